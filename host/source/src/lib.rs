@@ -1,0 +1,1 @@
+//! weft-source (being written).

@@ -1,0 +1,1 @@
+//! weft-state (being written).
