@@ -1,0 +1,34 @@
+//! Glue between the generated export bindings and the [`Metric`](crate::Metric)
+//! / [`Stage`](crate::Stage) traits. The export macros expand to calls into here.
+
+use std::{cell::RefCell, thread::LocalKey};
+
+use crate::{Config, Error, Result};
+
+/// Runs `init` with the parsed config and keeps the instance.
+pub fn init<P: 'static>(
+    slot: &'static LocalKey<RefCell<Option<P>>>,
+    config: &str,
+    init: fn(Config) -> Result<P>,
+) -> Result<(), String> {
+    let plugin = Config::parse(config).and_then(init).map_err(|Error(e)| e)?;
+    slot.with(|s| *s.borrow_mut() = Some(plugin));
+    Ok(())
+}
+
+/// Runs `f` on the instance; an error if `init` has not run.
+pub fn with<P: 'static, T>(
+    slot: &'static LocalKey<RefCell<Option<P>>>,
+    f: impl FnOnce(&mut P) -> Result<T>,
+) -> Result<T, String> {
+    slot.with(|s| match s.borrow_mut().as_mut() {
+        Some(p) => f(p).map_err(|Error(e)| e),
+        None => Err("the plugin was called before init".to_string()),
+    })
+}
+
+/// Hands every dirty state entry to the host.
+pub fn checkpoint() -> Result<(), String> {
+    crate::state::flush_all();
+    Ok(())
+}
