@@ -153,6 +153,8 @@ pub struct Normalizer {
 const MAX_DETAIL_VALUE: usize = 120;
 
 impl Normalizer {
+    /// A normalizer reading fields as `mapping` says (use `FieldMapping::default()` for the
+    /// built-in candidates only).
     pub fn new(mapping: FieldMapping) -> Self {
         Normalizer {
             paths: FieldPaths::new(&mapping),
@@ -161,6 +163,7 @@ impl Normalizer {
         }
     }
 
+    /// Normalizes one message, or says why it cannot be used. Never panics.
     pub fn normalize(&mut self, raw: &[u8]) -> Result<Event, Rejection> {
         let value: Value = serde_json::from_slice(raw)
             .map_err(|e| reject(Reason::NotJson, clip(&e.to_string(), MAX_DETAIL_VALUE)))?;

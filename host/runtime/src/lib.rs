@@ -1,1 +1,57 @@
-//! weft-runtime (being written).
+//! weft's plugin runtime: loads WebAssembly components written against the
+//! `weft:plugin` WIT package, calls them in batches and serves their imports.
+//!
+//! Layout:
+//! - [`bindings`]: the host bindings of the `stage` and `metric` worlds;
+//! - [`engine`]: the wasmtime engine, the linker (the WIT imports plus a WASI
+//!   that grants nothing) and the compiled-module cache;
+//! - [`plugin`]: one plugin instance — its store, its role, its calls;
+//! - [`state`]: the host side of the `state` import: pending writes over a
+//!   durable store, drained at checkpoints;
+//! - [`batch`]: building batches (one string table per batch) and applying a
+//!   stage's output.
+
+pub mod batch;
+pub mod bindings;
+pub mod engine;
+pub mod plugin;
+pub mod state;
+
+pub use batch::{BatchBuilder, apply};
+pub use bindings::{Batch, StageOutput};
+pub use engine::{Module, Runtime};
+pub use plugin::{Plugin, Role};
+pub use state::{DurableState, Write};
+
+/// What can go wrong loading or calling a plugin.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("plugin `{plugin}`: cannot compile the component: {source}")]
+    Compile {
+        plugin: String,
+        #[source]
+        source: wasmtime::Error,
+    },
+    #[error("plugin `{plugin}`: the component fits neither the `stage` nor the `metric` world: {detail}")]
+    WrongWorld { plugin: String, detail: String },
+    #[error("plugin `{plugin}`: cannot instantiate: {source}")]
+    Instantiate {
+        plugin: String,
+        #[source]
+        source: wasmtime::Error,
+    },
+    #[error("plugin `{plugin}`: `{function}` trapped: {detail}")]
+    Trap { plugin: String, function: &'static str, detail: String },
+    #[error("plugin `{plugin}`: `{function}` failed: {message}")]
+    Failed { plugin: String, function: &'static str, message: String },
+    #[error("plugin `{plugin}`: `process` returned a malformed batch: {detail}")]
+    BadOutput { plugin: String, detail: String },
+    #[error("plugin `{plugin}` has role {actual}, not {expected}")]
+    Role { plugin: String, expected: Role, actual: Role },
+    #[error("compiled-module cache at {path}: {source}")]
+    Cache {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}

@@ -1,0 +1,123 @@
+//! Batches as they cross into plugins: every distinct string of a batch is
+//! stored once in one text buffer and events refer to it by index, so a batch
+//! crosses the component boundary as a handful of flat lists rather than one
+//! allocation per string.
+
+use rustc_hash::FxHashMap;
+use weft_normalize::Event as Normalized;
+
+use crate::bindings::{Batch, Event, Prop, StageOutput};
+
+/// Builds a [`Batch`] from normalized events.
+#[derive(Default)]
+pub struct BatchBuilder {
+    batch: Batch,
+    index: FxHashMap<Box<str>, u32>,
+}
+
+impl Default for Batch {
+    fn default() -> Self {
+        Batch { text: Vec::new(), ends: vec![0], events: Vec::new(), props: Vec::new() }
+    }
+}
+
+impl BatchBuilder {
+    pub fn len(&self) -> usize {
+        self.batch.events.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.batch.events.is_empty()
+    }
+
+    fn intern(&mut self, s: &str) -> u32 {
+        if s.is_empty() {
+            return 0;
+        }
+        if let Some(&i) = self.index.get(s) {
+            return i;
+        }
+        let i = self.batch.ends.len() as u32;
+        self.batch.text.extend_from_slice(s.as_bytes());
+        self.batch.ends.push(self.batch.text.len() as u32);
+        self.index.insert(s.into(), i);
+        i
+    }
+
+    pub fn push(&mut self, e: &Normalized) {
+        let props_start = self.batch.props.len() as u32;
+        for (k, v) in &e.props {
+            let prop = Prop { key: self.intern(k), value: self.intern(v) };
+            self.batch.props.push(prop);
+        }
+        let event = Event {
+            id: self.intern(&e.id),
+            time: e.time,
+            user: self.intern(&e.user),
+            name: self.intern(&e.name),
+            session: self.intern(&e.session),
+            path: self.intern(&e.path),
+            device: self.intern(&e.device),
+            browser: self.intern(&e.browser),
+            os: self.intern(&e.os),
+            props_start,
+            props_len: e.props.len() as u32,
+        };
+        self.batch.events.push(event);
+    }
+
+    /// The batch built so far; the builder starts over.
+    pub fn finish(&mut self) -> Batch {
+        self.index.clear();
+        std::mem::take(&mut self.batch)
+    }
+}
+
+/// Applies a stage's output to its input: the input's string table and props
+/// extended by the output's, with the output's events. Checks every index,
+/// that strings are UTF-8 at their boundaries, that events keep a user and a
+/// name, and that they stay in event-time order.
+pub fn apply(mut batch: Batch, out: StageOutput) -> Result<Batch, String> {
+    std::str::from_utf8(&out.text).map_err(|e| format!("added text is not UTF-8: {e}"))?;
+    let mut previous = 0u32;
+    for &end in &out.ends {
+        if end < previous || end as usize > out.text.len() {
+            return Err(format!("added string ends out of order or past the text: {end}"));
+        }
+        let added = &out.text[..end as usize];
+        if std::str::from_utf8(added).is_err() {
+            return Err(format!("added string ending at {end} splits a UTF-8 character"));
+        }
+        previous = end;
+    }
+    let base = batch.text.len() as u32;
+    batch.text.extend_from_slice(&out.text);
+    batch.ends.extend(out.ends.iter().map(|e| e + base));
+    batch.props.extend(out.props);
+    let strings = batch.ends.len() as u32;
+    let props = batch.props.len() as u64;
+    for p in &batch.props {
+        if p.key >= strings || p.value >= strings {
+            return Err(format!("a property refers to string {} of {strings}", p.key.max(p.value)));
+        }
+    }
+    let mut last_time = i64::MIN;
+    for (i, e) in out.events.iter().enumerate() {
+        let fields = [e.id, e.user, e.name, e.session, e.path, e.device, e.browser, e.os];
+        if let Some(bad) = fields.iter().find(|&&s| s >= strings) {
+            return Err(format!("event {i} refers to string {bad} of {strings}"));
+        }
+        if e.user == 0 || e.name == 0 {
+            return Err(format!("event {i} has no user or no event name"));
+        }
+        if u64::from(e.props_start) + u64::from(e.props_len) > props {
+            return Err(format!("event {i} refers to properties past the batch's {props}"));
+        }
+        if e.time < last_time {
+            return Err(format!("event {i} is out of event-time order"));
+        }
+        last_time = e.time;
+    }
+    batch.events = out.events;
+    Ok(batch)
+}

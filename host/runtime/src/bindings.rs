@@ -1,0 +1,28 @@
+//! Host bindings of the `weft:plugin` worlds. The `metric` world generates
+//! the shared types and imports; the `stage` world reuses them, so one
+//! [`Batch`] value can be passed to plugins of either role.
+
+mod metric {
+    wasmtime::component::bindgen!({
+        path: "../../wit",
+        world: "weft:plugin/metric@0.1.0",
+    });
+}
+
+mod stage {
+    wasmtime::component::bindgen!({
+        path: "../../wit",
+        world: "weft:plugin/stage@0.1.0",
+        with: {
+            "weft:plugin/types": super::metric::weft::plugin::types,
+            "weft:plugin/state": super::metric::weft::plugin::state,
+            "weft:plugin/log": super::metric::weft::plugin::log,
+        },
+    });
+}
+
+pub use metric::{Metric as MetricWorld, MetricPre};
+pub use metric::weft::plugin::log::{Host as LogHost, Level};
+pub use metric::weft::plugin::state::{Entry, Host as StateHost};
+pub use metric::weft::plugin::types::{Batch, Event, Prop, StageOutput};
+pub use stage::{Stage as StageWorld, StagePre};

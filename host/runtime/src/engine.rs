@@ -1,0 +1,130 @@
+//! The wasmtime engine, the linker, and the compiled-module cache.
+//!
+//! Plugins get the WIT imports (`state`, `log`) and a WASI that grants
+//! nothing: no preopened directories, no environment or arguments, no
+//! sockets or name lookups, clocks frozen at zero and seeded randomness. It
+//! exists so components built by standard toolchains (whose language runtimes
+//! import WASI) instantiate; it gives them no way out.
+//!
+//! Compiling a component costs from tens of milliseconds (Rust) to seconds
+//! (Python, JS); the compiled artifact is cached on disk by the digest of the
+//! component and the engine's configuration, so a restart deserializes it.
+
+use std::{
+    hash::{Hash, Hasher},
+    path::PathBuf,
+    sync::Arc,
+};
+
+use sha2::{Digest, Sha256};
+use wasmtime::{
+    Config, Engine,
+    component::{Component, HasSelf, Linker},
+};
+
+use crate::{
+    Error,
+    bindings::{MetricPre, MetricWorld, StagePre},
+    plugin::{PluginCtx, Role},
+};
+
+/// A compiled component, ready to instantiate.
+#[derive(Clone)]
+pub struct Module {
+    pub(crate) pre: Pre,
+    /// Hex SHA-256 of the component's bytes: a version's identity.
+    pub digest: String,
+}
+
+impl Module {
+    pub fn role(&self) -> Role {
+        match self.pre {
+            Pre::Metric(_) => Role::Metric,
+            Pre::Stage(_) => Role::Stage,
+        }
+    }
+}
+
+/// The engine and linker shared by all plugin instances.
+#[derive(Clone)]
+pub struct Runtime {
+    pub(crate) engine: Engine,
+    pub(crate) linker: Arc<Linker<PluginCtx>>,
+    cache_dir: Option<PathBuf>,
+}
+
+impl Runtime {
+    /// A runtime; compiled modules are cached in `cache_dir` when given.
+    pub fn new(cache_dir: Option<PathBuf>) -> Result<Self, wasmtime::Error> {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        let engine = Engine::new(&config)?;
+        let mut linker = Linker::new(&engine);
+        MetricWorld::add_to_linker::<PluginCtx, HasSelf<PluginCtx>>(&mut linker, |ctx| ctx)?;
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        Ok(Runtime { engine, linker: Arc::new(linker), cache_dir })
+    }
+
+    /// Compiles `bytes` (or loads the cached compilation) and finds its role.
+    pub fn load(&self, name: &str, bytes: &[u8]) -> Result<Module, Error> {
+        let digest = hex::encode(Sha256::digest(bytes));
+        let component = match &self.cache_dir {
+            Some(dir) => self.load_cached(name, bytes, &digest, dir)?,
+            None => self.compile(name, bytes)?,
+        };
+        let pre = self.pre(name, &component)?;
+        Ok(Module { pre, digest })
+    }
+
+    fn compile(&self, name: &str, bytes: &[u8]) -> Result<Component, Error> {
+        Component::new(&self.engine, bytes).map_err(|source| Error::Compile { plugin: name.into(), source })
+    }
+
+    fn load_cached(&self, name: &str, bytes: &[u8], digest: &str, dir: &std::path::Path) -> Result<Component, Error> {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut hasher);
+        let path = dir.join(format!("{digest}-{:016x}.cwasm", hasher.finish()));
+        if path.exists() {
+            // SAFETY: the file was written by `Component::serialize` of this
+            // engine configuration (the name carries its compatibility hash)
+            // into weft's own data directory.
+            match unsafe { Component::deserialize_file(&self.engine, &path) } {
+                Ok(c) => return Ok(c),
+                Err(e) => tracing::warn!(plugin = name, path = %path.display(), error = %e, "Cached module unusable; recompiling."),
+            }
+        }
+        let component = self.compile(name, bytes)?;
+        let cache_err = |source| Error::Cache { path: path.clone(), source };
+        std::fs::create_dir_all(dir).map_err(cache_err)?;
+        match component.serialize() {
+            Ok(serialized) => {
+                let tmp = path.with_extension("tmp");
+                std::fs::write(&tmp, serialized).map_err(cache_err)?;
+                std::fs::rename(&tmp, &path).map_err(cache_err)?;
+            }
+            Err(e) => tracing::warn!(plugin = name, error = %e, "Cannot serialize the compiled module; it will be compiled again next start."),
+        }
+        Ok(component)
+    }
+
+    /// Checks the component against both worlds; the one it fits is its role.
+    fn pre(&self, name: &str, component: &Component) -> Result<Pre, Error> {
+        let wrong = |detail: String| Error::WrongWorld { plugin: name.into(), detail };
+        let instance = self.linker.instantiate_pre(component).map_err(|e| wrong(format!("{e:#}")))?;
+        let as_metric = match MetricPre::new(instance.clone()) {
+            Ok(pre) => return Ok(Pre::Metric(pre)),
+            Err(e) => e,
+        };
+        match StagePre::new(instance) {
+            Ok(pre) => Ok(Pre::Stage(pre)),
+            Err(as_stage) => Err(wrong(format!("as a metric: {as_metric:#}; as a stage: {as_stage:#}"))),
+        }
+    }
+}
+
+/// A component linked and type-checked against its world.
+#[derive(Clone)]
+pub(crate) enum Pre {
+    Metric(MetricPre<PluginCtx>),
+    Stage(StagePre<PluginCtx>),
+}
