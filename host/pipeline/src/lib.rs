@@ -1,1 +1,513 @@
-//! weft-pipeline (being written).
+//! weft's pipeline: the way every event takes.
+//!
+//! source → normalize → dedup → event-time order → stage plugins → metric
+//! plugins, with periodic checkpoints that write all plugin state, the dedup
+//! ids, the rejected messages, the reorder buffer, the counters and the
+//! source offsets in one atomic write. After a crash the pipeline resumes
+//! from the last checkpoint and re-reads from its offsets: nothing is lost
+//! and nothing counted twice.
+//!
+//! The pipeline runs on one thread that owns the source. Plugin instances sit
+//! behind mutexes in [`Shared`] so the HTTP layer can query them between
+//! batches.
+//!
+//! Layout:
+//! - [`reorder`]: the event-time buffer and watermark;
+//! - [`dedup`]: accepted event ids within the dedup horizon;
+//! - [`telemetry`]: Prometheus metrics.
+
+pub mod dedup;
+pub mod reorder;
+pub mod telemetry;
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use serde::{Deserialize, Serialize};
+use weft_normalize::{FieldMapping, Normalizer};
+use weft_runtime::{Batch, BatchBuilder, Plugin, Role, Runtime};
+use weft_source::{Message, Offsets, Source};
+use weft_state::{Checkpoint, Rejected, Store};
+
+use crate::{
+    dedup::Dedup,
+    reorder::{Held, Reorder, ReorderState},
+    telemetry::Telemetry,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Plugin(#[from] weft_runtime::Error),
+    #[error(transparent)]
+    State(#[from] weft_state::StateError),
+    #[error(transparent)]
+    Source(#[from] weft_source::SourceError),
+    #[error("the last checkpoint's metadata does not decode: {0}")]
+    Meta(serde_json::Error),
+    #[error("plugin names must be unique; `{0}` appears twice")]
+    DuplicatePlugin(String),
+    #[error("telemetry: {0}")]
+    Telemetry(#[from] prometheus::Error),
+}
+
+/// Pipeline settings (the `[pipeline]` section of `weft.toml`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Most events per plugin call.
+    pub batch_size: usize,
+    /// How far out of event-time order an event may arrive and still count.
+    pub lateness_ms: i64,
+    /// After this long with no message, everything buffered is released.
+    pub idle_ms: u64,
+    /// How long (event time) an accepted event id is remembered for dedup.
+    pub dedup_horizon_ms: i64,
+    /// A checkpoint is written at least this often while events flow...
+    pub checkpoint_interval_ms: u64,
+    /// ...and after at most this many messages.
+    pub checkpoint_events: u64,
+    /// Where to find fields of an input shape not recognised out of the box.
+    pub mapping: FieldMapping,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            batch_size: 1024,
+            lateness_ms: 5_000,
+            idle_ms: 1_000,
+            dedup_horizon_ms: 24 * 3_600_000,
+            checkpoint_interval_ms: 1_000,
+            checkpoint_events: 100_000,
+            mapping: FieldMapping::default(),
+        }
+    }
+}
+
+/// One plugin instance of the pipeline.
+#[derive(Clone)]
+pub struct PluginSpec {
+    pub name: String,
+    pub wasm: Arc<[u8]>,
+    /// The instance's config, passed to `init` as JSON.
+    pub config: serde_json::Value,
+}
+
+/// Message counters, kept in checkpoints so they survive restarts exactly.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Every message read, good or bad.
+    pub received: u64,
+    pub accepted: u64,
+    pub rejected: u64,
+    pub duplicates: u64,
+    pub rejected_by_reason: BTreeMap<String, u64>,
+}
+
+/// The last checkpoint, for the status API.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckpointInfo {
+    /// Wall-clock time it was written, epoch ms.
+    pub at: u64,
+    pub duration_ms: f64,
+    pub offsets: Offsets,
+}
+
+/// What `GET /api/status` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub events: Counters,
+    pub watermark: Option<i64>,
+    /// Accepted events waiting for the watermark.
+    pub buffered: usize,
+    pub last_checkpoint: Option<CheckpointInfo>,
+    pub source: serde_json::Value,
+    /// False once a finite source (file, stdin) has been read to its end.
+    pub source_running: bool,
+}
+
+/// Per-plugin counters for `GET /api/plugins`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PluginStats {
+    pub events_in: u64,
+    pub batches: u64,
+    pub errors: u64,
+    pub busy_seconds: f64,
+    pub last_error: Option<String>,
+}
+
+/// One plugin instance, shared between the pipeline and the HTTP layer.
+pub struct PluginSlot {
+    pub name: String,
+    pub role: Role,
+    pub digest: String,
+    pub plugin: Mutex<Plugin>,
+    pub stats: Mutex<PluginStats>,
+}
+
+/// What the HTTP layer sees of a running pipeline.
+pub struct Shared {
+    pub plugins: Vec<Arc<PluginSlot>>,
+    pub status: Mutex<Status>,
+    pub store: Store,
+    pub telemetry: Telemetry,
+}
+
+impl Shared {
+    pub fn plugin(&self, name: &str) -> Option<&Arc<PluginSlot>> {
+        self.plugins.iter().find(|p| p.name == name)
+    }
+
+    pub fn status(&self) -> Status {
+        lock(&self.status).clone()
+    }
+}
+
+/// Locks a mutex; a panic elsewhere must not take the host down with it.
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// What a checkpoint keeps besides plugin state and dedup ids.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Meta {
+    offsets: Offsets,
+    counters: Counters,
+    reorder: ReorderState,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+pub struct Pipeline {
+    settings: Settings,
+    source: Box<dyn Source>,
+    normalizer: Normalizer,
+    reorder: Reorder,
+    dedup: Dedup,
+    counters: Counters,
+    /// Next offset to read per partition: everything before was read.
+    offsets: Offsets,
+    /// Rejected messages since the last checkpoint, keyed by their sequence
+    /// number (the rejected count), so a replay after a crash rewrites the
+    /// same keys.
+    rejected: Vec<(u64, Rejected)>,
+    builder: BatchBuilder,
+    stages: Vec<Arc<PluginSlot>>,
+    metrics: Vec<Arc<PluginSlot>>,
+    shared: Arc<Shared>,
+    polled: Vec<Message>,
+    source_running: bool,
+    last_message: Instant,
+    last_checkpoint: Instant,
+    /// Messages read since the last checkpoint.
+    unsaved: u64,
+}
+
+impl Pipeline {
+    /// Loads the plugins, restores the last checkpoint and positions the
+    /// source after it.
+    pub fn open(
+        settings: Settings,
+        mut source: Box<dyn Source>,
+        plugins: Vec<PluginSpec>,
+        store: Store,
+        runtime: &Runtime,
+    ) -> Result<Self, PipelineError> {
+        let meta: Meta = match store.meta()? {
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(PipelineError::Meta)?,
+            None => Meta::default(),
+        };
+        let dedup = Dedup::new(store.dedup_ids()?);
+        source.resume(&meta.offsets)?;
+
+        let mut slots = Vec::new();
+        for spec in plugins {
+            if slots.iter().any(|s: &Arc<PluginSlot>| s.name == spec.name) {
+                return Err(PipelineError::DuplicatePlugin(spec.name));
+            }
+            let module = runtime.load(&spec.name, &spec.wasm)?;
+            let config = spec.config.to_string();
+            let plugin = Plugin::start(runtime, &spec.name, &module, store.plugin_state(&spec.name), &config)?;
+            tracing::info!(plugin = %spec.name, role = %module.role(), digest = %module.digest, "Plugin loaded.");
+            slots.push(Arc::new(PluginSlot {
+                name: spec.name,
+                role: module.role(),
+                digest: module.digest,
+                plugin: Mutex::new(plugin),
+                stats: Mutex::new(PluginStats::default()),
+            }));
+        }
+        let stages = slots.iter().filter(|s| s.role == Role::Stage).cloned().collect();
+        let metrics = slots.iter().filter(|s| s.role == Role::Metric).cloned().collect();
+
+        let telemetry = Telemetry::new()?;
+        let c = &meta.counters;
+        for (outcome, n) in [("received", c.received), ("accepted", c.accepted), ("rejected", c.rejected), ("duplicate", c.duplicates)] {
+            telemetry.events.with_label_values(&[outcome]).inc_by(n);
+        }
+        for (reason, n) in &c.rejected_by_reason {
+            telemetry.rejected.with_label_values(&[reason.as_str()]).inc_by(*n);
+        }
+        let reorder = Reorder::new(settings.lateness_ms, meta.reorder);
+        let status = Status {
+            events: meta.counters.clone(),
+            watermark: reorder.watermark(),
+            buffered: reorder.len(),
+            last_checkpoint: None,
+            source: source.describe(),
+            source_running: true,
+        };
+        if meta.counters.received > 0 {
+            tracing::info!(received = meta.counters.received, offsets = ?meta.offsets, "Resumed from the last checkpoint.");
+        }
+        let shared = Arc::new(Shared { plugins: slots, status: Mutex::new(status), store, telemetry });
+        Ok(Pipeline {
+            normalizer: Normalizer::new(settings.mapping.clone()),
+            settings,
+            source,
+            reorder,
+            dedup,
+            counters: meta.counters,
+            offsets: meta.offsets,
+            rejected: Vec::new(),
+            builder: BatchBuilder::default(),
+            stages,
+            metrics,
+            shared,
+            polled: Vec::new(),
+            source_running: true,
+            last_message: Instant::now(),
+            last_checkpoint: Instant::now(),
+            unsaved: 0,
+        })
+    }
+
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    /// Runs until `stop` is set, then writes a last checkpoint.
+    pub fn run(mut self, stop: &AtomicBool) -> Result<(), PipelineError> {
+        while !stop.load(Ordering::Relaxed) {
+            self.step()?;
+        }
+        self.checkpoint()?;
+        tracing::info!("Pipeline stopped after a final checkpoint.");
+        Ok(())
+    }
+
+    /// One round: poll the source, process what the watermark releases,
+    /// checkpoint when due.
+    pub fn step(&mut self) -> Result<(), PipelineError> {
+        let poll_timeout = Duration::from_millis(50);
+        if self.source_running {
+            self.polled.clear();
+            let mut polled = std::mem::take(&mut self.polled);
+            self.source_running = self.source.poll(&mut polled, self.settings.batch_size, poll_timeout)?;
+            if !polled.is_empty() {
+                self.last_message = Instant::now();
+            }
+            for message in polled.drain(..) {
+                self.admit(message);
+            }
+            self.polled = polled;
+            if !self.source_running {
+                tracing::info!("The source has ended; results stay served.");
+            }
+        } else {
+            std::thread::park_timeout(poll_timeout);
+        }
+
+        let idle = self.last_message.elapsed() >= Duration::from_millis(self.settings.idle_ms);
+        let moved = self.reorder.advance(self.source.caught_up(), idle || !self.source_running);
+        while let Some(held) = self.reorder.pop_ready() {
+            self.builder.push(&held.event);
+            if self.builder.len() >= self.settings.batch_size {
+                self.run_batch();
+            }
+        }
+        if !self.builder.is_empty() {
+            self.run_batch();
+        }
+        if let Some(watermark) = moved {
+            self.tick(watermark);
+            self.dedup.expire(watermark.saturating_sub(self.settings.dedup_horizon_ms));
+        }
+
+        let due = self.last_checkpoint.elapsed() >= Duration::from_millis(self.settings.checkpoint_interval_ms)
+            || self.unsaved >= self.settings.checkpoint_events;
+        if self.unsaved > 0 && (due || !self.source_running) {
+            self.checkpoint()?;
+        }
+        self.publish_status();
+        Ok(())
+    }
+
+    /// Normalizes, validates and dedups one message, then buffers it.
+    fn admit(&mut self, message: Message) {
+        let Message { payload, partition, offset } = message;
+        if self.offsets.get(&partition).is_some_and(|&next| offset < next) {
+            return; // Read before the last checkpoint already.
+        }
+        self.offsets.insert(partition, offset + 1);
+        self.counters.received += 1;
+        self.unsaved += 1;
+        let telemetry = &self.shared.telemetry;
+        telemetry.events.with_label_values(&["received"]).inc();
+        let event = match self.normalizer.normalize(&payload) {
+            Ok(event) => event,
+            Err(rejection) => {
+                return self.reject(rejection.reason.code(), rejection.detail, partition, offset, payload);
+            }
+        };
+        if !event.id.is_empty() && self.dedup.is_known(&event.id) {
+            self.counters.duplicates += 1;
+            telemetry.events.with_label_values(&["duplicate"]).inc();
+            return;
+        }
+        if self.reorder.is_late(event.time) {
+            let watermark = self.reorder.watermark().unwrap_or_default();
+            let detail = format!(
+                "event time {} is before the watermark {watermark} (allowed lateness {} ms)",
+                event.time, self.settings.lateness_ms
+            );
+            return self.reject("late", detail, partition, offset, payload);
+        }
+        if !event.id.is_empty() {
+            self.dedup.accept(&event.id, event.time);
+        }
+        self.counters.accepted += 1;
+        telemetry.events.with_label_values(&["accepted"]).inc();
+        self.reorder.push(Held { partition, offset, event });
+    }
+
+    fn reject(&mut self, reason: &str, detail: String, partition: i32, offset: i64, raw: Vec<u8>) {
+        self.counters.rejected += 1;
+        *self.counters.rejected_by_reason.entry(reason.to_owned()).or_default() += 1;
+        let telemetry = &self.shared.telemetry;
+        telemetry.events.with_label_values(&["rejected"]).inc();
+        telemetry.rejected.with_label_values(&[reason]).inc();
+        tracing::trace!(reason, partition, offset, %detail, "Message rejected.");
+        let record = Rejected { reason: reason.to_owned(), detail, partition, offset, raw };
+        self.rejected.push((self.counters.rejected, record));
+    }
+
+    /// Runs the built batch through the stages, then every metric.
+    fn run_batch(&mut self) {
+        let mut batch: Batch = self.builder.finish();
+        for slot in &self.stages {
+            let outcome = timed(&self.shared.telemetry, slot, batch.events.len(), |p| p.process(&batch));
+            if let Some(out) = outcome {
+                let before = batch.events.len();
+                if let Err(detail) = weft_runtime::apply(&mut batch, out) {
+                    let e = weft_runtime::Error::BadOutput { plugin: slot.name.clone(), detail };
+                    failed(&self.shared.telemetry, slot, &e);
+                } else if batch.events.len() != before {
+                    tracing::trace!(plugin = %slot.name, before, after = batch.events.len(), "Stage changed the batch size.");
+                }
+            }
+        }
+        for slot in &self.metrics {
+            timed(&self.shared.telemetry, slot, batch.events.len(), |p| p.ingest(&batch));
+        }
+    }
+
+    fn tick(&mut self, watermark: i64) {
+        self.shared.telemetry.watermark.set(watermark);
+        for slot in self.stages.iter().chain(&self.metrics) {
+            let result = lock(&slot.plugin).tick(watermark);
+            if let Err(e) = result {
+                failed(&self.shared.telemetry, slot, &e);
+            }
+        }
+    }
+
+    /// Writes all state and the source position atomically, then commits
+    /// the offsets to the source.
+    pub fn checkpoint(&mut self) -> Result<(), PipelineError> {
+        let started = Instant::now();
+        // Hold every plugin until the write is durable, so a query never reads
+        // state that was drained but not yet written.
+        let slots: Vec<_> = self.stages.iter().chain(&self.metrics).cloned().collect();
+        let mut guards: Vec<_> = slots.iter().map(|s| lock(&s.plugin)).collect();
+        let mut plugin_writes = Vec::with_capacity(guards.len());
+        for (slot, plugin) in slots.iter().zip(guards.iter_mut()) {
+            match plugin.checkpoint() {
+                Ok(writes) => plugin_writes.push((slot.name.clone(), writes)),
+                Err(e) => failed(&self.shared.telemetry, slot, &e),
+            }
+        }
+        let meta = Meta { offsets: self.offsets.clone(), counters: self.counters.clone(), reorder: self.reorder.state() };
+        let checkpoint = Checkpoint {
+            plugin_writes,
+            dedup: self.dedup.take_changes(),
+            rejected: std::mem::take(&mut self.rejected),
+            meta: serde_json::to_vec(&meta).map_err(PipelineError::Meta)?,
+        };
+        self.shared.store.checkpoint(checkpoint)?;
+        drop(guards);
+        if let Err(e) = self.source.commit(&self.offsets) {
+            tracing::warn!(error = %e, "Committing offsets to the source failed; the checkpoint holds them.");
+        }
+        let elapsed = started.elapsed();
+        self.shared.telemetry.checkpoint.observe(elapsed.as_secs_f64());
+        tracing::debug!(messages = self.unsaved, ms = elapsed.as_secs_f64() * 1e3, "Checkpoint written.");
+        self.unsaved = 0;
+        self.last_checkpoint = Instant::now();
+        lock(&self.shared.status).last_checkpoint =
+            Some(CheckpointInfo { at: now_ms(), duration_ms: elapsed.as_secs_f64() * 1e3, offsets: self.offsets.clone() });
+        Ok(())
+    }
+
+    fn publish_status(&mut self) {
+        let source = self.source.describe();
+        let telemetry = &self.shared.telemetry;
+        if let Some(lag) = source.get("lag").and_then(|l| l.as_i64()) {
+            telemetry.source_lag.set(lag);
+        }
+        telemetry.buffered.set(self.reorder.len() as i64);
+        let mut status = lock(&self.shared.status);
+        status.events = self.counters.clone();
+        status.watermark = self.reorder.watermark();
+        status.buffered = self.reorder.len();
+        status.source = source;
+        status.source_running = self.source_running;
+    }
+}
+
+/// Calls `f` on the slot's plugin, timing it and recording the outcome.
+fn timed<T>(
+    telemetry: &Telemetry,
+    slot: &PluginSlot,
+    events: usize,
+    f: impl FnOnce(&mut Plugin) -> Result<T, weft_runtime::Error>,
+) -> Option<T> {
+    let started = Instant::now();
+    let result = f(&mut lock(&slot.plugin));
+    let elapsed = started.elapsed().as_secs_f64();
+    telemetry.plugin_batch.with_label_values(&[slot.name.as_str()]).observe(elapsed);
+    {
+        let mut stats = lock(&slot.stats);
+        stats.batches += 1;
+        stats.events_in += events as u64;
+        stats.busy_seconds += elapsed;
+    }
+    result.map_err(|e| failed(telemetry, slot, &e)).ok()
+}
+
+fn failed(telemetry: &Telemetry, slot: &PluginSlot, error: &weft_runtime::Error) {
+    tracing::warn!(plugin = %slot.name, error = %error, "Plugin call failed.");
+    telemetry.plugin_errors.with_label_values(&[slot.name.as_str()]).inc();
+    let mut stats = lock(&slot.stats);
+    stats.errors += 1;
+    stats.last_error = Some(error.to_string());
+}

@@ -74,32 +74,26 @@ impl BatchBuilder {
 }
 
 /// Applies a stage's output to its input: the input's string table and props
-/// extended by the output's, with the output's events. Checks every index,
-/// that strings are UTF-8 at their boundaries, that events keep a user and a
-/// name, and that they stay in event-time order.
-pub fn apply(mut batch: Batch, out: StageOutput) -> Result<Batch, String> {
-    std::str::from_utf8(&out.text).map_err(|e| format!("added text is not UTF-8: {e}"))?;
+/// extended by the output's, with the output's events. Checks, before
+/// changing anything, every index, that strings are UTF-8 at their
+/// boundaries, that events keep a user and a name, and that they stay in
+/// event-time order; a malformed output leaves `batch` as it was.
+pub fn apply(batch: &mut Batch, out: StageOutput) -> Result<(), String> {
+    let text = std::str::from_utf8(&out.text).map_err(|e| format!("added text is not UTF-8: {e}"))?;
     let mut previous = 0u32;
     for &end in &out.ends {
-        if end < previous || end as usize > out.text.len() {
+        if end < previous || end as usize > text.len() {
             return Err(format!("added string ends out of order or past the text: {end}"));
         }
-        let added = &out.text[..end as usize];
-        if std::str::from_utf8(added).is_err() {
+        if !text.is_char_boundary(end as usize) {
             return Err(format!("added string ending at {end} splits a UTF-8 character"));
         }
         previous = end;
     }
-    let base = batch.text.len() as u32;
-    batch.text.extend_from_slice(&out.text);
-    batch.ends.extend(out.ends.iter().map(|e| e + base));
-    batch.props.extend(out.props);
-    let strings = batch.ends.len() as u32;
-    let props = batch.props.len() as u64;
-    for p in &batch.props {
-        if p.key >= strings || p.value >= strings {
-            return Err(format!("a property refers to string {} of {strings}", p.key.max(p.value)));
-        }
+    let strings = (batch.ends.len() + out.ends.len()) as u32;
+    let props = (batch.props.len() + out.props.len()) as u64;
+    if let Some(p) = out.props.iter().find(|p| p.key >= strings || p.value >= strings) {
+        return Err(format!("a property refers to string {} of {strings}", p.key.max(p.value)));
     }
     let mut last_time = i64::MIN;
     for (i, e) in out.events.iter().enumerate() {
@@ -107,7 +101,7 @@ pub fn apply(mut batch: Batch, out: StageOutput) -> Result<Batch, String> {
         if let Some(bad) = fields.iter().find(|&&s| s >= strings) {
             return Err(format!("event {i} refers to string {bad} of {strings}"));
         }
-        if e.user == 0 || e.name == 0 {
+        if string_len(batch, &out, e.user) == 0 || string_len(batch, &out, e.name) == 0 {
             return Err(format!("event {i} has no user or no event name"));
         }
         if u64::from(e.props_start) + u64::from(e.props_len) > props {
@@ -118,6 +112,20 @@ pub fn apply(mut batch: Batch, out: StageOutput) -> Result<Batch, String> {
         }
         last_time = e.time;
     }
+    let base = batch.text.len() as u32;
+    batch.text.extend_from_slice(&out.text);
+    batch.ends.extend(out.ends.iter().map(|e| e + base));
+    batch.props.extend(out.props);
     batch.events = out.events;
-    Ok(batch)
+    Ok(())
+}
+
+/// Length of string `i` of the input's table followed by the output's.
+fn string_len(batch: &Batch, out: &StageOutput, i: u32) -> u32 {
+    let span = |ends: &[u32], i: usize| ends[i] - if i == 0 { 0 } else { ends[i - 1] };
+    let i = i as usize;
+    match i.checked_sub(batch.ends.len()) {
+        None => span(&batch.ends, i),
+        Some(j) => span(&out.ends, j),
+    }
 }

@@ -13,7 +13,7 @@ use wasmtime_wasi::{
 
 use crate::{
     Error,
-    bindings::{Batch, Entry, Level, LogHost, MetricWorld, StageOutput, StageWorld, StateHost},
+    bindings::{Batch, Entry, Level, LogHost, MetricWorld, StageOutput, StageWorld, StateHost, TypesHost},
     engine::{Module, Pre, Runtime},
     state::{DurableState, PendingState, Write},
 };
@@ -73,6 +73,8 @@ impl StateHost for PluginCtx {
             .collect()
     }
 }
+
+impl TypesHost for PluginCtx {}
 
 impl LogHost for PluginCtx {
     fn log(&mut self, level: Level, message: String) {

@@ -99,7 +99,8 @@ impl FileSource {
 
 impl Source for FileSource {
     fn resume(&mut self, offsets: &Offsets) -> Result<(), SourceError> {
-        self.lines.skip_before(offsets.get(&0).copied().unwrap_or(0));
+        self.lines
+            .skip_before(offsets.get(&0).copied().unwrap_or(0));
         Ok(())
     }
 
@@ -191,10 +192,7 @@ mod tests {
     }
 
     /// Polls until the end, in batches of `max`, returning (offset, payload) pairs.
-    fn read_all(
-        source: &mut dyn Source,
-        max: usize,
-    ) -> Result<Vec<(i64, Vec<u8>)>, SourceError> {
+    fn read_all(source: &mut dyn Source, max: usize) -> Result<Vec<(i64, Vec<u8>)>, SourceError> {
         let mut out = Vec::new();
         while source.poll(&mut out, max, Duration::from_millis(10))? {
             assert!(out.len() <= 1_000, "the file source never ended");
@@ -218,7 +216,12 @@ mod tests {
         let got = read_all(&mut source, 2)?;
         assert_eq!(
             got,
-            lines(&[(0, r#"{"a":0}"#), (2, r#"{"a":2}"#), (4, r#"{"a":4}"#), (6, r#"{"a":6}"#)])
+            lines(&[
+                (0, r#"{"a":0}"#),
+                (2, r#"{"a":2}"#),
+                (4, r#"{"a":4}"#),
+                (6, r#"{"a":6}"#)
+            ])
         );
         Ok(())
     }
@@ -275,7 +278,10 @@ mod tests {
         let file = TempFile::with(b"\xff\xfe{}\n");
         let mut source = FileSource::open(&file.0)?;
         source.resume(&Offsets::new())?;
-        assert_eq!(read_all(&mut source, 10)?, vec![(0, b"\xff\xfe{}".to_vec())]);
+        assert_eq!(
+            read_all(&mut source, 10)?,
+            vec![(0, b"\xff\xfe{}".to_vec())]
+        );
         Ok(())
     }
 

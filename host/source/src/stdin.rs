@@ -4,7 +4,7 @@
 //! `poll` waits on the channel, which lets it honour its timeout.
 
 use std::collections::BTreeSet;
-use std::io::{BufReader, Stdin};
+use std::io::{BufReader, Read};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
 use std::time::Duration;
 
@@ -16,15 +16,17 @@ const CHANNEL_LINES: usize = 4096;
 
 /// What the reader thread sends: a line, or the error that stopped it. It ends the
 /// stream by hanging up.
-type Read = Result<Message, SourceError>;
+type Line = Result<Message, SourceError>;
 
 pub(crate) struct StdinSource {
+    /// Standard input, until the reader thread takes it.
+    input: Option<Box<dyn Read + Send>>,
     /// Lines before this one are skipped; known once `resume` has been called.
     skip_before: i64,
     /// Started by the first poll, after `resume` said where to start.
-    receiver: Option<Receiver<Read>>,
+    receiver: Option<Receiver<Line>>,
     /// A line taken off the channel to learn whether more were waiting.
-    peeked: Option<Read>,
+    peeked: Option<Line>,
     caught_up: BTreeSet<i32>,
     ended: bool,
     /// Offset of the last line delivered, for the status API.
@@ -33,7 +35,13 @@ pub(crate) struct StdinSource {
 
 impl StdinSource {
     pub(crate) fn new() -> Self {
+        Self::reading(std::io::stdin())
+    }
+
+    /// A source reading `input` instead of standard input.
+    pub(crate) fn reading(input: impl Read + Send + 'static) -> Self {
         Self {
+            input: Some(Box::new(input)),
             skip_before: 0,
             receiver: None,
             peeked: None,
@@ -43,10 +51,13 @@ impl StdinSource {
         }
     }
 
-    fn start_reader(&self) -> Result<Receiver<Read>, SourceError> {
+    fn start_reader(&mut self) -> Result<Receiver<Line>, SourceError> {
         let (sender, receiver) = mpsc::sync_channel(CHANNEL_LINES);
-        let mut lines: Lines<BufReader<Stdin>> =
-            Lines::new(BufReader::with_capacity(READ_BUFFER, std::io::stdin()));
+        let input = self
+            .input
+            .take()
+            .unwrap_or_else(|| Box::new(std::io::empty()));
+        let mut lines = Lines::new(BufReader::with_capacity(READ_BUFFER, input));
         lines.skip_before(self.skip_before);
         std::thread::Builder::new()
             .name("weft-stdin".to_owned())
@@ -172,5 +183,69 @@ impl Source for StdinSource {
             "last_offset": self.last_offset,
             "ended": self.ended,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+    use std::time::Instant;
+
+    /// Input that yields its lines and then blocks, like a terminal nobody types into.
+    struct Stalling(Cursor<Vec<u8>>);
+
+    impl Read for Stalling {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            match self.0.read(buf)? {
+                0 => loop {
+                    std::thread::park();
+                },
+                n => Ok(n),
+            }
+        }
+    }
+
+    #[test]
+    fn reads_lines_until_the_end() -> Result<(), SourceError> {
+        let mut source = StdinSource::reading(Cursor::new(b"{}\n\n{\"b\":1}\r\n[]".to_vec()));
+        source.resume(&Offsets::from([(0, 1)]))?;
+        let mut out = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while source.poll(&mut out, 1, Duration::from_millis(100))? {
+            assert!(Instant::now() < deadline, "the stdin source never ended");
+        }
+        let got: Vec<(i64, &[u8])> = out.iter().map(|m| (m.offset, &m.payload[..])).collect();
+        assert_eq!(got, vec![(2, &b"{\"b\":1}"[..]), (3, &b"[]"[..])]);
+        assert!(source.caught_up().contains(&0));
+        assert!(!source.poll(&mut out, 1, Duration::ZERO)?);
+        Ok(())
+    }
+
+    #[test]
+    fn waits_at_most_the_timeout_and_reports_caught_up() -> Result<(), SourceError> {
+        let input = Stalling(Cursor::new(b"1\n2\n3\n".to_vec()));
+        let mut source = StdinSource::reading(input);
+        source.resume(&Offsets::new())?;
+        let mut out = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while out.len() < 3 {
+            assert!(source.poll(&mut out, 2, Duration::from_millis(100))?);
+            assert!(Instant::now() < deadline, "lines never arrived");
+        }
+        assert_eq!(out.iter().map(|m| m.offset).collect::<Vec<_>>(), [0, 1, 2]);
+        // Nothing is waiting now: a poll waits out its timeout and the partition is caught up.
+        let started = Instant::now();
+        assert!(source.poll(&mut out, 2, Duration::from_millis(50))?);
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(40),
+            "returned after {waited:?}"
+        );
+        assert!(waited < Duration::from_secs(2), "blocked for {waited:?}");
+        assert_eq!(out.len(), 3);
+        assert!(source.caught_up().contains(&0));
+        assert_eq!(source.describe()["kind"], "stdin");
+        Ok(())
     }
 }

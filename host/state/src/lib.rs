@@ -1,1 +1,205 @@
-//! weft-state (being written).
+//! weft's durable state, in one sled tree.
+//!
+//! A checkpoint writes, in one atomic sled batch followed by a flush: every
+//! plugin's pending state writes, the dedup ids accepted and expired since
+//! the last checkpoint, the messages rejected since then, and the pipeline's
+//! metadata (source offsets, counters, the reorder buffer). After a crash the
+//! host resumes from exactly that point, so nothing is lost or counted twice.
+//!
+//! Key layout (one tree, prefixes keep the parts apart):
+//! - `p\0{plugin}\0{key}`: plugin state;
+//! - `d\0{event id}`: event time (i64 BE) of an accepted id, for dedup;
+//! - `r\0{seq u64 BE}`: a rejected message ([`Rejected`]);
+//! - `m\0meta`: the pipeline's metadata, opaque bytes to this crate.
+
+use std::{path::Path, sync::Arc};
+
+use serde::{Deserialize, Serialize};
+use weft_runtime::{DurableState, Write};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot open the state store at {path}: {source}")]
+    Open {
+        path: std::path::PathBuf,
+        #[source]
+        source: sled::Error,
+    },
+    #[error("state store {action}: {source}")]
+    Io {
+        action: &'static str,
+        #[source]
+        source: sled::Error,
+    },
+    #[error("state store: corrupt {what}: {detail}")]
+    Corrupt { what: &'static str, detail: String },
+}
+
+const PLUGIN: &[u8] = b"p\0";
+const DEDUP: &[u8] = b"d\0";
+const REJECTED: &[u8] = b"r\0";
+const META: &[u8] = b"m\0meta";
+
+/// A message that failed validation, kept with its raw bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejected {
+    /// Reason code, e.g. `not_json`, `missing_user`, `late`.
+    pub reason: String,
+    pub detail: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub raw: Vec<u8>,
+}
+
+/// Everything one checkpoint writes.
+#[derive(Default)]
+pub struct Checkpoint {
+    pub plugin_writes: Vec<(String, Vec<Write>)>,
+    /// Dedup ids added (with their event time) or expired (`None`).
+    pub dedup: Vec<(String, Option<i64>)>,
+    pub rejected: Vec<(u64, Rejected)>,
+    pub meta: Vec<u8>,
+}
+
+/// The state store.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    tree: sled::Tree,
+}
+
+fn io(action: &'static str) -> impl FnOnce(sled::Error) -> StateError {
+    move |source| StateError::Io { action, source }
+}
+
+fn key(parts: &[&[u8]]) -> Vec<u8> {
+    parts.concat()
+}
+
+impl Store {
+    pub fn open(dir: &Path) -> Result<Self, StateError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .open()
+            .map_err(|source| StateError::Open { path: dir.to_path_buf(), source })?;
+        let tree = db.open_tree("weft").map_err(io("open tree"))?;
+        Ok(Store { db, tree })
+    }
+
+    /// The durable state of plugin `name`, for its runtime instance.
+    pub fn plugin_state(&self, name: &str) -> Arc<dyn DurableState> {
+        Arc::new(PluginState { tree: self.tree.clone(), prefix: key(&[PLUGIN, name.as_bytes(), b"\0"]) })
+    }
+
+    /// Writes `cp` atomically and makes it durable.
+    pub fn checkpoint(&self, cp: Checkpoint) -> Result<(), StateError> {
+        let mut batch = sled::Batch::default();
+        for (plugin, writes) in cp.plugin_writes {
+            for (k, v) in writes {
+                let k = key(&[PLUGIN, plugin.as_bytes(), b"\0", &k]);
+                match v {
+                    Some(v) => batch.insert(k, v),
+                    None => batch.remove(k),
+                }
+            }
+        }
+        for (id, time) in cp.dedup {
+            let k = key(&[DEDUP, id.as_bytes()]);
+            match time {
+                Some(t) => batch.insert(k, &t.to_be_bytes()[..]),
+                None => batch.remove(k),
+            }
+        }
+        for (seq, r) in cp.rejected {
+            let bytes = postcard::to_allocvec(&r).map_err(|e| StateError::Corrupt { what: "rejected record", detail: e.to_string() })?;
+            batch.insert(key(&[REJECTED, &seq.to_be_bytes()]), bytes);
+        }
+        batch.insert(META, cp.meta);
+        self.tree.apply_batch(batch).map_err(io("apply checkpoint"))?;
+        self.db.flush().map_err(io("flush checkpoint"))?;
+        Ok(())
+    }
+
+    /// The pipeline metadata of the last checkpoint, if any.
+    pub fn meta(&self) -> Result<Option<Vec<u8>>, StateError> {
+        Ok(self.tree.get(META).map_err(io("read meta"))?.map(|v| v.to_vec()))
+    }
+
+    /// Every accepted event id kept for dedup, with its event time.
+    pub fn dedup_ids(&self) -> Result<Vec<(String, i64)>, StateError> {
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix(DEDUP) {
+            let (k, v) = item.map_err(io("scan dedup ids"))?;
+            let id = String::from_utf8_lossy(&k[DEDUP.len()..]).into_owned();
+            let time = <[u8; 8]>::try_from(&v[..])
+                .map(i64::from_be_bytes)
+                .map_err(|_| StateError::Corrupt { what: "dedup entry", detail: id.clone() })?;
+            out.push((id, time));
+        }
+        Ok(out)
+    }
+
+    /// Rejected messages with sequence number above `after`, oldest first.
+    pub fn rejected(&self, after: Option<u64>, limit: usize) -> Result<Vec<(u64, Rejected)>, StateError> {
+        let start = key(&[REJECTED, &after.map_or(0, |a| a.saturating_add(1)).to_be_bytes()]);
+        let mut out = Vec::new();
+        for item in self.tree.range(start..).take(limit) {
+            let (k, v) = item.map_err(io("scan rejected"))?;
+            if !k.starts_with(REJECTED) {
+                break;
+            }
+            let seq = <[u8; 8]>::try_from(&k[REJECTED.len()..])
+                .map(u64::from_be_bytes)
+                .map_err(|_| StateError::Corrupt { what: "rejected key", detail: format!("{k:?}") })?;
+            let r = postcard::from_bytes(&v).map_err(|e| StateError::Corrupt { what: "rejected record", detail: e.to_string() })?;
+            out.push((seq, r));
+        }
+        Ok(out)
+    }
+
+    /// Bytes sled uses on disk.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+}
+
+/// One plugin's namespace of the tree.
+struct PluginState {
+    tree: sled::Tree,
+    prefix: Vec<u8>,
+}
+
+impl DurableState for PluginState {
+    fn get(&self, k: &[u8]) -> Option<Vec<u8>> {
+        match self.tree.get(key(&[&self.prefix, k])) {
+            Ok(v) => v.map(|v| v.to_vec()),
+            Err(e) => {
+                tracing_error(&e);
+                None
+            }
+        }
+    }
+
+    fn scan(&self, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let full_prefix = key(&[&self.prefix, prefix]);
+        let iter = match after {
+            Some(a) => {
+                let mut start = key(&[&self.prefix, a]);
+                start.push(0); // the smallest key strictly after `a`
+                self.tree.range(start..)
+            }
+            None => self.tree.range(full_prefix.clone()..),
+        };
+        iter.filter_map(|item| item.map_err(|e| tracing_error(&e)).ok())
+            .take_while(|(k, _)| k.starts_with(&full_prefix))
+            .take(limit)
+            .map(|(k, v)| (k[self.prefix.len()..].to_vec(), v.to_vec()))
+            .collect()
+    }
+}
+
+/// A read error inside a plugin call cannot be returned through the WIT
+/// `state` interface; it is logged loudly (it means the disk is failing).
+fn tracing_error(e: &sled::Error) {
+    tracing::error!(error = %e, "Reading plugin state failed.");
+}
