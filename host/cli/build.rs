@@ -48,6 +48,10 @@ fn main() {
         source.push_str(&format!("    ({name:?}, include_bytes!({:?})),\n", path.display().to_string()));
     }
     source.push_str("];\n");
+    source.push_str(&format!(
+        "/// Where the plugins workspace's components are, fixtures included.\npub const ARTIFACTS_DIR: &str = {:?};\n",
+        out.display().to_string()
+    ));
     let dest = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join("bundled.rs");
     std::fs::write(dest, source).expect("write bundled.rs");
 }

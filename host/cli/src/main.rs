@@ -5,8 +5,6 @@
 //! data directory and serves the HTTP API. Settings come from flags, then
 //! `WEFT_*` environment variables, then `--config weft.toml`, then defaults.
 
-mod config;
-
 use std::{
     sync::{
         Arc,
@@ -20,11 +18,8 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use weft_pipeline::Pipeline;
 use weft_runtime::Runtime;
+use weft::{bundled, config};
 use weft_state::Store;
-
-mod bundled {
-    include!(concat!(env!("OUT_DIR"), "/bundled.rs"));
-}
 
 #[derive(Parser)]
 #[command(name = "weft", version, about = "Clickstream analytics through WebAssembly component plugins.")]

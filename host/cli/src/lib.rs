@@ -1,0 +1,14 @@
+//! The `weft` binary's library half: its config resolution and the bundled
+//! plugins, shared with the end-to-end tests.
+
+pub mod config;
+
+/// The bundled plugins, compiled by `build.rs` from `plugins/`.
+pub mod bundled {
+    include!(concat!(env!("OUT_DIR"), "/bundled.rs"));
+
+    /// The plugin bytes bundled under `name`.
+    pub fn get(name: &str) -> Option<&'static [u8]> {
+        BUNDLED.iter().find(|(n, _)| *n == name).map(|(_, b)| *b)
+    }
+}
