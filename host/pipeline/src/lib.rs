@@ -327,8 +327,14 @@ impl Pipeline {
             std::thread::park_timeout(poll_timeout);
         }
 
-        let idle = self.last_message.elapsed() >= Duration::from_millis(self.settings.idle_ms);
-        let moved = self.reorder.advance(self.source.caught_up(), idle || !self.source_running);
+        // Release everything once the source has nothing more to give: ended,
+        // or every partition read to its end and quiet for `idle_ms`.
+        let partitions = self.source.partitions();
+        let caught_up = self.source.caught_up();
+        let quiet = !partitions.is_empty()
+            && partitions.is_subset(caught_up)
+            && self.last_message.elapsed() >= Duration::from_millis(self.settings.idle_ms);
+        let moved = self.reorder.advance(&partitions, caught_up, quiet || !self.source_running);
         while let Some(held) = self.reorder.pop_ready() {
             self.builder.push(&held.event);
             if self.builder.len() >= self.settings.batch_size {

@@ -3,8 +3,10 @@
 //!
 //! The watermark is the smallest, over the partitions still delivering, of
 //! the newest event time seen in that partition, minus the allowed lateness.
-//! Partitions read to their end stop holding it back; when every partition
-//! has been quiet for `idle`, everything buffered is released. An event older
+//! A partition that has delivered nothing yet holds it where it is;
+//! partitions read to their end stop holding it back; when every partition
+//! is read to its end and the source has been quiet for a while, everything
+//! buffered is released. An event older
 //! than the watermark when it arrives is late: the pipeline rejects it (kept,
 //! with the reason) rather than process it out of order. Within the lateness
 //! bound, results equal those on sorted input.
@@ -105,15 +107,22 @@ impl Reorder {
         self.heap.push(Reverse(held));
     }
 
-    /// Moves the watermark: from the partitions still delivering, or past
+    /// Moves the watermark: from the `partitions` still delivering, or past
     /// everything when `flush_all`. Returns the new watermark if it moved.
-    pub fn advance(&mut self, caught_up: &BTreeSet<i32>, flush_all: bool) -> Option<i64> {
+    pub fn advance(&mut self, partitions: &BTreeSet<i32>, caught_up: &BTreeSet<i32>, flush_all: bool) -> Option<i64> {
         let newest_overall = self.newest.values().copied().max()?;
         let candidate = if flush_all {
             newest_overall.saturating_add(1)
         } else {
-            let active = self.newest.iter().filter(|(p, _)| !caught_up.contains(p)).map(|(_, &t)| t).min();
-            active.unwrap_or(newest_overall).saturating_sub(self.lateness)
+            if partitions.is_empty() {
+                return None; // Nothing assigned yet: nothing known about what follows.
+            }
+            let mut slowest: Option<i64> = None;
+            for p in partitions.difference(caught_up) {
+                let newest = *self.newest.get(p)?;
+                slowest = Some(slowest.map_or(newest, |s| s.min(newest)));
+            }
+            slowest.unwrap_or(newest_overall).saturating_sub(self.lateness)
         };
         match self.watermark {
             Some(w) if candidate <= w => None,
@@ -154,6 +163,10 @@ mod tests {
         Held { partition, offset, event }
     }
 
+    fn one() -> BTreeSet<i32> {
+        BTreeSet::from([0])
+    }
+
     fn drain(r: &mut Reorder) -> Vec<i64> {
         std::iter::from_fn(|| r.pop_ready()).map(|h| h.event.time).collect()
     }
@@ -164,11 +177,11 @@ mod tests {
         for (o, t) in [100, 98, 103, 101, 110].into_iter().enumerate() {
             r.push(held(0, o as i64, t));
         }
-        assert_eq!(r.advance(&BTreeSet::new(), false), Some(105));
+        assert_eq!(r.advance(&one(), &BTreeSet::new(), false), Some(105));
         assert_eq!(drain(&mut r), vec![98, 100, 101, 103]);
         assert!(r.is_late(104));
         assert!(!r.is_late(105));
-        assert_eq!(r.advance(&BTreeSet::new(), true), Some(111));
+        assert_eq!(r.advance(&one(), &BTreeSet::new(), true), Some(111));
         assert_eq!(drain(&mut r), vec![110]);
     }
 
@@ -177,11 +190,16 @@ mod tests {
         let mut r = Reorder::new(5, ReorderState::default());
         r.push(held(0, 0, 1000));
         r.push(held(1, 0, 20));
-        assert_eq!(r.advance(&BTreeSet::new(), false), Some(15));
+        let three = BTreeSet::from([0, 1, 2]);
+        assert_eq!(r.advance(&three, &BTreeSet::new(), false), None, "partition 2 has delivered nothing yet");
+        r.push(held(2, 0, 500));
+        assert_eq!(r.advance(&three, &BTreeSet::new(), false), Some(15));
         assert_eq!(drain(&mut r), Vec::<i64>::new());
         // Partition 1 read to its end: it no longer holds the watermark back.
-        assert_eq!(r.advance(&BTreeSet::from([1]), false), Some(995));
+        assert_eq!(r.advance(&three, &BTreeSet::from([1]), false), Some(495));
         assert_eq!(drain(&mut r), vec![20]);
+        // Nothing assigned (a rebalance in progress): the watermark stays.
+        assert_eq!(r.advance(&BTreeSet::new(), &BTreeSet::new(), false), None);
     }
 
     #[test]
@@ -190,11 +208,11 @@ mod tests {
         r.push(held(1, 7, 50));
         r.push(held(0, 9, 50));
         r.push(held(0, 3, 50));
-        r.advance(&BTreeSet::new(), true);
+        r.advance(&BTreeSet::from([0, 1]), &BTreeSet::new(), true);
         let order: Vec<_> = std::iter::from_fn(|| r.pop_ready()).map(|h| (h.partition, h.offset)).collect();
         assert_eq!(order, vec![(0, 3), (0, 9), (1, 7)]);
         r.push(held(0, 10, 40));
-        assert_eq!(r.advance(&BTreeSet::new(), false), None);
+        assert_eq!(r.advance(&BTreeSet::from([0, 1]), &BTreeSet::new(), false), None);
         assert_eq!(r.watermark(), Some(51));
     }
 
@@ -203,7 +221,7 @@ mod tests {
         let mut r = Reorder::new(5, ReorderState::default());
         r.push(held(0, 0, 10));
         r.push(held(0, 1, 30));
-        r.advance(&BTreeSet::new(), false);
+        r.advance(&one(), &BTreeSet::new(), false);
         let saved = serde_json::to_string(&r.state()).unwrap();
         let mut restored = Reorder::new(5, serde_json::from_str(&saved).unwrap());
         assert_eq!(restored.watermark(), Some(25));

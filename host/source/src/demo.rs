@@ -148,6 +148,10 @@ impl Source for DemoSource {
         &self.caught_up
     }
 
+    fn partitions(&self) -> BTreeSet<i32> {
+        BTreeSet::from([0])
+    }
+
     fn commit(&mut self, _offsets: &Offsets) -> Result<(), SourceError> {
         Ok(())
     }
@@ -358,13 +362,11 @@ impl User {
             Device::Phone => (chrome_on_android(rng), "android"),
             Device::Tablet => (safari_on_ipad(rng), "ios"),
         };
-        // Browsers report "web"; some mobile users are on the app, and older clients
-        // do not say.
+        // Browsers do not say (the device comes from the user agent); a quarter of
+        // mobile users are on the app, which reports its platform.
         let platform = match device {
-            Device::Desktop => Some("web"),
-            Device::Phone | Device::Tablet => {
-                pick(rng, &[(60, Some("web")), (25, Some(os)), (15, None)])
-            }
+            Device::Desktop => None,
+            Device::Phone | Device::Tablet => pick(rng, &[(75, None), (25, Some(os))]),
         };
         Self {
             number,
@@ -845,7 +847,7 @@ mod tests {
                 .get("platform")
                 .map(|p| p.as_str().unwrap_or_default().to_owned());
             match platform.as_deref() {
-                None | Some("web") => {}
+                None => {}
                 Some("ios") => assert!(
                     agent.contains("iPhone") || agent.contains("iPad"),
                     "{agent}"

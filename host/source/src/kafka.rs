@@ -58,6 +58,7 @@ impl KafkaSource {
         }
         let mut client = ClientConfig::new();
         client
+            .set_log_level(log_level())
             .set("bootstrap.servers", &config.brokers)
             .set("group.id", &config.group)
             .set("client.id", "weft")
@@ -242,6 +243,10 @@ impl Source for KafkaSource {
         &self.caught_up
     }
 
+    fn partitions(&self) -> BTreeSet<i32> {
+        lock(&self.consumer.context().assignment).assigned.clone()
+    }
+
     fn commit(&mut self, offsets: &Offsets) -> Result<(), SourceError> {
         if offsets.is_empty() {
             return Ok(());
@@ -263,11 +268,7 @@ impl Source for KafkaSource {
     }
 
     fn describe(&self) -> serde_json::Value {
-        let assigned: Vec<i32> = lock(&self.consumer.context().assignment)
-            .assigned
-            .iter()
-            .copied()
-            .collect();
+        let assigned = self.partitions();
         let mut description = serde_json::json!({
             "kind": "kafka",
             "brokers": self.config.brokers,
@@ -514,6 +515,20 @@ impl Warnings {
         }
         self.seen.insert(text.to_owned(), (now, 0));
         Some(0)
+    }
+}
+
+/// The librdkafka log level that lets through what the tracing subscriber would show,
+/// given how [`Context::log`] maps the levels.
+fn log_level() -> RDKafkaLogLevel {
+    use tracing::level_filters::LevelFilter;
+    match LevelFilter::current() {
+        LevelFilter::TRACE => RDKafkaLogLevel::Debug,
+        LevelFilter::DEBUG => RDKafkaLogLevel::Info,
+        LevelFilter::INFO => RDKafkaLogLevel::Notice,
+        LevelFilter::WARN => RDKafkaLogLevel::Warning,
+        LevelFilter::ERROR => RDKafkaLogLevel::Error,
+        _ => RDKafkaLogLevel::Emerg,
     }
 }
 

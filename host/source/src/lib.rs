@@ -50,6 +50,10 @@ pub trait Source: Send {
     /// Partitions currently read to their end (nothing more is available right now). A partition leaves this set when a message from it is returned again. The pipeline lets caught-up partitions stop holding back its event-time watermark.
     fn caught_up(&self) -> &BTreeSet<i32>;
 
+    /// Partitions this source currently reads (a Kafka source: its assignment). One
+    /// that has delivered nothing yet holds back the pipeline's watermark.
+    fn partitions(&self) -> BTreeSet<i32>;
+
     /// Everything before `offsets` is durably processed (a Kafka source commits them to its consumer group, async).
     fn commit(&mut self, offsets: &Offsets) -> Result<(), SourceError>;
 

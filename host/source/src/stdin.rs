@@ -173,6 +173,10 @@ impl Source for StdinSource {
         &self.caught_up
     }
 
+    fn partitions(&self) -> BTreeSet<i32> {
+        BTreeSet::from([0])
+    }
+
     fn commit(&mut self, _offsets: &Offsets) -> Result<(), SourceError> {
         Ok(())
     }

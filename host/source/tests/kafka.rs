@@ -2,21 +2,25 @@
 //! partition ends, commits to the group, and resuming from a checkpoint.
 //!
 //! The broker comes from `WEFT_TEST_BROKERS` (default `127.0.0.1:9092`). Without one
-//! the test fails, saying how to start one, unless `WEFT_SKIP_KAFKA=1`.
+//! the test fails, saying how to start one, unless `WEFT_SKIP_KAFKA=1`. Tansu must use
+//! its SQLite (or Postgres) storage: with `memory://` it returns nothing for a fetch
+//! that starts inside a record batch, so resuming from a checkpoint stalls.
+//! The same scenario also runs against librdkafka's mock cluster, which needs no broker.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::error::Error;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use weft_source::{KafkaConfig, Message, Offsets, Source, SourceSpec};
 
@@ -49,12 +53,47 @@ fn kafka_source_works_with_the_librdkafka_mock_cluster() -> TestResult {
     Ok(())
 }
 
+/// A message without a payload is handed over empty, not skipped: the pipeline
+/// counts it as a rejected event.
+#[test]
+fn tombstones_are_delivered_empty() -> TestResult {
+    log_to_test_output();
+    let cluster = MockCluster::new(1)?;
+    let brokers = cluster.bootstrap_servers();
+    cluster.create_topic("tombstones", 1, 1)?;
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()?;
+    let record = BaseRecord::<str, str>::to("tombstones")
+        .key("a")
+        .payload("{}");
+    producer.send(record).map_err(|(error, _)| error)?;
+    let record = BaseRecord::<str, ()>::to("tombstones").key("a");
+    producer.send(record).map_err(|(error, _)| error)?;
+    producer.flush(Duration::from_secs(30))?;
+
+    let mut source = weft_source::open(&SourceSpec::Kafka(KafkaConfig {
+        brokers,
+        topic: "tombstones".to_owned(),
+        group: "tombstones".to_owned(),
+        options: BTreeMap::new(),
+    }))?;
+    source.resume(&Offsets::new())?;
+    let messages = read_until(source.as_mut(), "both messages", |out, caught_up| {
+        out.len() >= 2 && caught_up.contains(&0)
+    })?;
+    let payloads: Vec<&[u8]> = messages.iter().map(|m| &m.payload[..]).collect();
+    assert_eq!(payloads, [&b"{}"[..], &b""[..]]);
+    Ok(())
+}
+
 /// Produces to a new topic, reads it all, commits, and resumes from a checkpoint with
 /// a second source. Returns the topic's name.
 fn scenario(
     brokers: &str,
     create_topic: &dyn Fn(&str) -> TestResult,
 ) -> Result<String, Box<dyn Error>> {
+    log_to_test_output();
     let brokers = brokers.to_owned();
     let suffix: u64 = rand::random();
     let topic = format!("weft-source-test-{suffix:016x}");
@@ -67,10 +106,10 @@ fn scenario(
         brokers: brokers.clone(),
         topic: topic.clone(),
         group: group.clone(),
-        options: BTreeMap::from([("debug".to_owned(), "cgrp".to_owned())]),
+        // A short session timeout speeds up the second source joining the group;
+        // librdkafka's mock cluster otherwise waits out the first one's 45 s.
+        options: BTreeMap::from([("session.timeout.ms".to_owned(), "6000".to_owned())]),
     };
-    let _ = tracing_subscriber::fmt().with_env_filter("weft_source=trace").try_init();
-    let t0 = Instant::now();
     let mut source = weft_source::open(&SourceSpec::Kafka(config.clone()))?;
     source.resume(&Offsets::new())?;
     let all_partitions: BTreeSet<i32> = (0..PARTITIONS).collect();
@@ -79,7 +118,6 @@ fn scenario(
         "all messages and partition ends",
         |out, caught_up| out.len() >= MESSAGES && *caught_up == all_partitions,
     )?;
-    eprintln!("DEBUG read all {:?}", t0.elapsed());
     let mut payloads: Vec<String> = messages
         .iter()
         .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
@@ -117,9 +155,7 @@ fn scenario(
     let middle: Offsets = counts.iter().map(|(&p, &count)| (p, count / 2)).collect();
     source.commit(&middle)?;
     wait_for_committed(source.as_mut(), &brokers, &group, &topic, &middle)?;
-    eprintln!("DEBUG committed {:?}", t0.elapsed());
     drop(source);
-    eprintln!("DEBUG dropped {:?}", t0.elapsed());
 
     // A restarted source resumes from its checkpoint, whether that is ahead of or
     // behind what the group committed, and delivers exactly what follows it.
@@ -138,10 +174,11 @@ fn scenario(
     source.resume(&resume)?;
     let resumed = read_until(
         source.as_mut(),
-        "the messages after the checkpoint",
+        "the messages after the checkpoint (if the broker is tansu with memory:// storage: \
+         tansu 0.6 returns nothing for a fetch that starts inside a record batch, so resuming \
+         there stalls; run it with --storage-engine sqlite://tansu.db instead)",
         |out, caught_up| out.len() >= expected.len() && *caught_up == all_partitions,
     )?;
-    eprintln!("DEBUG resumed {:?}", t0.elapsed());
     let got: Vec<(i32, i64)> = resumed.iter().map(|m| (m.partition, m.offset)).collect();
     let unique: BTreeSet<(i32, i64)> = got.iter().copied().collect();
     assert_eq!(
@@ -178,7 +215,7 @@ fn broker_or_skip() -> Result<Option<String>, Box<dyn Error>> {
         panic!(
             "No Kafka broker answers at {brokers} ({error}).\n\
              Start one, for example:\n    \
-             tansu broker --listener-url tcp://127.0.0.1:9092 --advertised-listener-url tcp://127.0.0.1:9092 --storage-engine memory://tansu/ &\n\
+             tansu broker --listener-url tcp://127.0.0.1:9092 --advertised-listener-url tcp://127.0.0.1:9092 --storage-engine sqlite://tansu.db &\n\
              or point WEFT_TEST_BROKERS at a running broker, or set WEFT_SKIP_KAFKA=1 to skip this test."
         );
     }
@@ -212,10 +249,10 @@ fn delete_topic(brokers: &str, topic: &str) {
 
 /// Produces `MESSAGES` keyed messages spread over the partitions, and checks they all landed.
 fn produce(brokers: &str, topic: &str) -> TestResult {
-    let producer: BaseProducer = ClientConfig::new()
+    let producer: BaseProducer<Deliveries> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("linger.ms", "5")
-        .create()?;
+        .create_with_context(Deliveries::default())?;
     for i in 0..MESSAGES {
         let key = format!("user-{i}");
         let payload = format!(r#"{{"n":{i}}}"#);
@@ -234,19 +271,44 @@ fn produce(brokers: &str, topic: &str) -> TestResult {
         }
     }
     producer.flush(Duration::from_secs(30))?;
-    let mut total = 0;
-    for partition in 0..PARTITIONS {
-        let (low, high) =
-            producer
-                .client()
-                .fetch_watermarks(topic, partition, Duration::from_secs(10))?;
-        total += high - low;
+    let deliveries = producer.context();
+    if let Some(error) = lock(&deliveries.failure).take() {
+        return Err(format!("producing failed: {error}").into());
     }
     assert_eq!(
-        total, MESSAGES as i64,
-        "messages in the topic after producing"
+        deliveries.delivered.load(Ordering::Relaxed),
+        MESSAGES,
+        "messages acknowledged by the broker"
     );
     Ok(())
+}
+
+/// Counts the messages the broker acknowledged, and keeps a delivery failure.
+#[derive(Default)]
+struct Deliveries {
+    delivered: AtomicUsize,
+    failure: Mutex<Option<String>>,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => {
+                self.delivered.fetch_add(1, Ordering::Relaxed);
+            }
+            Err((error, _)) => {
+                lock(&self.failure).get_or_insert_with(|| error.to_string());
+            }
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Polls `source` until `done` says so, failing after `STAGE_DEADLINE`.
@@ -319,6 +381,16 @@ fn wait_for_committed(
             return Err(format!("the group committed {committed:?}, not {expected:?}").into());
         }
     }
+}
+
+/// Shows the source's logs (RUST_LOG, default debug) with a failing test's output.
+fn log_to_test_output() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("weft_source=debug"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
 }
 
 /// Runs a future to completion on this thread. The admin client's futures are completed

@@ -1,0 +1,198 @@
+#!/usr/bin/env bash
+# Runs every weft check: lint, then all tests against a real Kafka-protocol
+# broker (tansu) on loopback. This is what `.ci/run` calls.
+#
+#   scripts/test.sh                    # lint + all tests
+#   scripts/test.sh -- --nocapture     # extra args go to `cargo test`
+#   scripts/test.sh -p weft-normalize  # ...so do package selections
+#   scripts/test.sh shape_1            # ...and name filters
+#
+# Environment:
+#   WEFT_TEST_BROKERS=host:port  use this broker; start none (and install none)
+#   WEFT_TEST_LINT=0             skip the fmt and clippy step
+#   WEFT_TEST_TANSU_STORAGE=URL  the started broker's storage engine, default
+#                                sqlite://tansu.db in a temp dir (memory://tansu/
+#                                stalls a fetch that starts inside a record batch,
+#                                which resuming from a checkpoint does)
+#
+# Idempotent: installs only what is missing (the wasm32-wasip2 target; the
+# tansu broker, which takes ~21 min to build the first time on 2 cores).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+CARGO_BIN="${CARGO_HOME:-$HOME/.cargo}/bin"
+
+log() { printf '\n==> %s\n' "$*" >&2; }
+die() { printf '\nERROR: %s\n' "$*" >&2; exit 1; }
+
+# Phase timings, printed at exit (also after a failure).
+PHASES=()
+phase_started=0
+phase_name=""
+phase() {
+  phase_end
+  phase_name="$1"
+  phase_started=$SECONDS
+  log "$1"
+}
+phase_end() {
+  if [[ -n "$phase_name" ]]; then
+    PHASES+=("$(printf '%6ss  %s' "$((SECONDS - phase_started))" "$phase_name")")
+    phase_name=""
+  fi
+}
+summary() {
+  phase_end
+  if ((${#PHASES[@]})); then
+    printf '\n--- scripts/test.sh timings ---\n' >&2
+    printf '%s\n' "${PHASES[@]}" >&2
+  fi
+}
+
+# --- broker lifecycle ------------------------------------------------------
+broker_pid=""
+broker_dir=""
+cleanup() {
+  local status=$?
+  if [[ -n "$broker_pid" ]] && kill -0 "$broker_pid" 2>/dev/null; then
+    kill "$broker_pid" 2>/dev/null || true
+    wait "$broker_pid" 2>/dev/null || true
+    printf '==> stopped the tansu broker (pid %s)\n' "$broker_pid" >&2
+  fi
+  if [[ -n "$broker_dir" ]]; then
+    if ((status != 0)) && [[ -s "$broker_dir/tansu.log" ]]; then
+      printf '==> broker log kept: %s (last lines below)\n' "$broker_dir/tansu.log" >&2
+      tail -n 20 "$broker_dir/tansu.log" >&2 || true
+    else
+      rm -rf "$broker_dir"
+    fi
+  fi
+  summary
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# A TCP port on 127.0.0.1 that nothing listens on right now.
+free_port() {
+  if command -v python3 >/dev/null 2>&1; then
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+    return
+  fi
+  local port
+  for _ in $(seq 200); do
+    port=$((20000 + RANDOM % 20000))
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      echo "$port"
+      return
+    fi
+  done
+  die "found no free TCP port on 127.0.0.1"
+}
+
+accepts() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+find_tansu() {
+  if command -v tansu >/dev/null 2>&1; then
+    command -v tansu
+  elif [[ -x "$CARGO_BIN/tansu" ]]; then
+    echo "$CARGO_BIN/tansu"
+  fi
+}
+
+# Starts tansu on a free port; sets broker_pid and WEFT_TEST_BROKERS.
+start_broker() {
+  local tansu="$1" port deadline attempt
+  local storage="${WEFT_TEST_TANSU_STORAGE:-sqlite://tansu.db}"
+  broker_dir="$(mktemp -d "${TMPDIR:-/tmp}/weft-tansu.XXXXXX")"
+  for attempt in 1 2 3; do
+    port="$(free_port)"
+    [[ -n "$port" ]] || die "found no free TCP port on 127.0.0.1"
+    echo "starting: $tansu broker on 127.0.0.1:$port (storage $storage in $broker_dir)" >&2
+    (
+      cd "$broker_dir"
+      exec "$tansu" broker \
+        --listener-url "tcp://127.0.0.1:$port" \
+        --advertised-listener-url "tcp://127.0.0.1:$port" \
+        --storage-engine "$storage" \
+        </dev/null >>"$broker_dir/tansu.log" 2>&1
+    ) &
+    broker_pid=$!
+    deadline=$((SECONDS + 30))
+    while ((SECONDS < deadline)); do
+      if ! kill -0 "$broker_pid" 2>/dev/null; then
+        break # exited: maybe the port was taken in the meantime; try another
+      fi
+      if accepts "$port"; then
+        export WEFT_TEST_BROKERS="127.0.0.1:$port"
+        echo "tansu (pid $broker_pid) accepts connections at $WEFT_TEST_BROKERS" >&2
+        return
+      fi
+      sleep 0.05
+    done
+    kill "$broker_pid" 2>/dev/null || true
+    wait "$broker_pid" 2>/dev/null || true
+    broker_pid=""
+    rm -f "$broker_dir"/tansu.db*
+    echo "attempt $attempt: tansu did not come up on port $port" >&2
+    tail -n 10 "$broker_dir/tansu.log" >&2 || true
+  done
+  die "could not start the tansu broker (log: $broker_dir/tansu.log)"
+}
+
+# --- 1. toolchain -----------------------------------------------------------
+phase "toolchain: rustc and the wasm32-wasip2 target"
+command -v cargo >/dev/null 2>&1 || export PATH="$CARGO_BIN:$PATH"
+command -v cargo >/dev/null 2>&1 || die "cargo not found; install Rust (https://rustup.rs), then run this again"
+rustc --version
+installed_targets="$(rustup target list --installed)"
+if grep -qx wasm32-wasip2 <<<"$installed_targets"; then
+  echo "wasm32-wasip2 is installed"
+else
+  echo "installing: rustup target add wasm32-wasip2"
+  rustup target add wasm32-wasip2
+fi
+
+# --- 2. lint (fails fast, before the long broker build) ----------------------
+if [[ "${WEFT_TEST_LINT:-1}" != 0 ]]; then
+  phase "lint: cargo fmt --all -- --check"
+  cargo fmt --all -- --check ||
+    die "formatting differs (diff above). Run \`cargo fmt --all\` and commit the result."
+  (cd plugins && cargo fmt --all -- --check) ||
+    die "formatting of plugins/ differs (diff above). Run \`cd plugins && cargo fmt --all\`."
+
+  phase "lint: cargo clippy --workspace --all-targets --release -- -D warnings"
+  cargo clippy --workspace --all-targets --release -- -D warnings ||
+    die "clippy found problems (above); fix them or run with WEFT_TEST_LINT=0 to skip linting"
+  phase "lint: clippy on the plugins workspace (wasm32-wasip2)"
+  (cd plugins && cargo clippy --release --locked -- -D warnings) ||
+    die "clippy found problems in plugins/ (above)"
+else
+  log "lint skipped (WEFT_TEST_LINT=0)"
+fi
+
+# --- 3. broker ----------------------------------------------------------------
+if [[ -n "${WEFT_TEST_BROKERS:-}" ]]; then
+  log "using the broker at WEFT_TEST_BROKERS=$WEFT_TEST_BROKERS (starting none)"
+else
+  tansu="$(find_tansu)"
+  if [[ -z "$tansu" ]]; then
+    phase "install the tansu broker (first time only: ~21 min on 2 cores)"
+    echo "running: cargo install tansu --locked --features dynostore,libsql"
+    cargo install tansu --locked --features dynostore,libsql
+    tansu="$(find_tansu)"
+    [[ -n "$tansu" ]] || die "cargo install tansu finished but no tansu binary is in $CARGO_BIN or on PATH"
+  else
+    log "tansu found: $tansu"
+  fi
+  phase "start the tansu broker"
+  start_broker "$tansu"
+fi
+
+# --- 4. tests -------------------------------------------------------------------
+phase "tests: cargo test --workspace --release $*"
+echo "WEFT_TEST_BROKERS=$WEFT_TEST_BROKERS"
+cargo test --workspace --release "$@"
+phase_end
+log "all checks passed"

@@ -1,0 +1,117 @@
+//! The `weft` binary under test: started on a free port with its own data
+//! directory, asked over real HTTP, stopped or killed with SIGKILL.
+
+use std::{
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use serde_json::Value;
+
+use crate::wait_for;
+
+/// The `weft` binary built alongside this test (`target/<profile>/weft`).
+pub fn binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>");
+    let bin = profile_dir.join(format!("weft{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build -p weft` (cargo test --workspace does)",
+        bin.display()
+    );
+    bin
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+pub struct Weft {
+    child: Child,
+    pub base: String,
+}
+
+impl Weft {
+    /// Starts `weft run` with `args` plus a free `--listen` port and `data_dir`,
+    /// and waits until its API answers.
+    pub fn start(data_dir: &Path, args: &[&str]) -> Weft {
+        let port = free_port();
+        let log = std::fs::File::create(data_dir.with_extension(format!("{port}.log")))
+            .expect("a log file");
+        let child = Command::new(binary())
+            .arg("run")
+            .args(args)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .env("WEFT_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start weft");
+        let mut weft = Weft {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        };
+        wait_for("weft's API to answer", Duration::from_secs(120), || {
+            if let Ok(Some(status)) = weft.child.try_wait() {
+                panic!(
+                    "weft exited early with {status}; see the log beside {}",
+                    data_dir.display()
+                );
+            }
+            Ok(weft.try_get("/api/status").ok())
+        });
+        weft
+    }
+
+    pub fn try_get(&self, path: &str) -> Result<Value, String> {
+        let response = ureq::get(&format!("{}{path}", self.base))
+            .call()
+            .map_err(|e| e.to_string())?;
+        response.into_json().map_err(|e| e.to_string())
+    }
+
+    /// GET `path`; panics on anything but a 2xx JSON answer.
+    pub fn get(&self, path: &str) -> Value {
+        self.try_get(path)
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
+    /// GET `path` expecting an error status; returns (status, JSON body).
+    pub fn get_err(&self, path: &str) -> (u16, Value) {
+        match ureq::get(&format!("{}{path}", self.base)).call() {
+            Err(ureq::Error::Status(code, response)) => {
+                (code, response.into_json().expect("a JSON error body"))
+            }
+            other => panic!(
+                "GET {path}: expected an error status, got {:?}",
+                other.map(|r| r.status())
+            ),
+        }
+    }
+
+    /// SIGKILL: no chance to checkpoint.
+    pub fn kill(mut self) {
+        self.child.kill().expect("kill weft");
+        self.child.wait().expect("reap weft");
+    }
+}
+
+impl Drop for Weft {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,223 @@
+//! End to end against a real Kafka-protocol broker over TCP: a generated
+//! clickstream with disorder, duplicate deliveries and malformed messages,
+//! produced keyed by user; the real `weft` binary consumes it; every number
+//! of `core`, `event_counts` and `funnel` and the status counters must equal
+//! the plain reference implementation — uninterrupted, and again with
+//! `kill -9` in the middle of the stream and restarts.
+
+use std::{collections::BTreeMap, path::Path, time::Duration};
+
+use serde_json::{Value, json};
+use weft_tests::{
+    broker::{brokers, create_topic, produce},
+    clickstream::{Stream, generate},
+    process::Weft,
+    reference, wait_for,
+};
+
+const LATENESS_MS: i64 = 5_000;
+
+struct Expected {
+    messages: u64,
+    counters: Value,
+    core: Value,
+    event_counts: Value,
+    funnel: Value,
+}
+
+fn expected(stream: &Stream) -> Expected {
+    let rejected: u64 = stream.malformed.values().sum();
+    Expected {
+        messages: stream.deliveries.len() as u64,
+        counters: json!({
+            "received": stream.deliveries.len(),
+            "accepted": stream.events.len(),
+            "rejected": rejected,
+            "duplicates": stream.duplicates,
+            "rejected_by_reason": stream.malformed,
+        }),
+        core: reference::core(&stream.events),
+        event_counts: reference::event_counts(&stream.events),
+        funnel: reference::funnel(&stream.events),
+    }
+}
+
+fn kafka_args<'a>(
+    topic: &'a str,
+    group: &'a str,
+    brokers: &'a str,
+    config: &'a str,
+) -> Vec<&'a str> {
+    vec![
+        "--source",
+        "kafka",
+        "--brokers",
+        brokers,
+        "--topic",
+        topic,
+        "--group",
+        group,
+        "--config",
+        config,
+    ]
+}
+
+fn received(weft: &Weft) -> Result<u64, String> {
+    let status = weft.try_get("/api/status")?;
+    status["events"]["received"]
+        .as_u64()
+        .ok_or_else(|| format!("no received count in {status}"))
+}
+
+/// Waits until every message is read and every accepted event processed.
+fn wait_until_done(weft: &Weft, want: &Expected) {
+    let accepted = want.counters["accepted"].as_u64().unwrap_or_default();
+    wait_for(
+        "weft to process the whole stream",
+        Duration::from_secs(300),
+        || {
+            let status = weft.try_get("/api/status")?;
+            let core = weft.try_get("/api/plugins/core/query")?;
+            let done = status["events"]["received"].as_u64() == Some(want.messages)
+                && status["buffered"].as_u64() == Some(0)
+                && core["total_events"].as_u64() == Some(accepted);
+            if done {
+                Ok(Some(()))
+            } else {
+                Err(format!(
+                    "status {status}; core total_events {}",
+                    core["total_events"]
+                ))
+            }
+        },
+    );
+}
+
+fn check_results(weft: &Weft, want: &Expected) {
+    let status = weft.get("/api/status");
+    assert_eq!(status["events"], want.counters, "status counters");
+    assert_eq!(weft.get("/api/plugins/core/query"), want.core, "core");
+    assert_eq!(
+        weft.get("/api/plugins/event_counts/query"),
+        want.event_counts,
+        "event_counts"
+    );
+    assert_eq!(weft.get("/api/plugins/funnel/query"), want.funnel, "funnel");
+}
+
+fn write_config(dir: &Path, checkpoint_interval_ms: u64) -> String {
+    let path = dir.join("weft.toml");
+    let text = format!(
+        "[pipeline]\nlateness_ms = {LATENESS_MS}\ncheckpoint_interval_ms = {checkpoint_interval_ms}\nbatch_size = 256\n"
+    );
+    std::fs::write(&path, text).expect("write weft.toml");
+    path.display().to_string()
+}
+
+#[test]
+fn kafka_stream_gives_exact_results_and_survives_kill_9() {
+    let stream = generate(7, 400, LATENESS_MS);
+    let want = expected(&stream);
+    let topic = create_topic(4);
+    produce(&topic, &stream.deliveries);
+    let brokers = brokers();
+    let dir = tempfile::tempdir().expect("a temp dir");
+
+    // 1. Uninterrupted.
+    let config = write_config(dir.path(), 1_000);
+    let weft = Weft::start(
+        &dir.path().join("a"),
+        &kafka_args(&topic, "weft-a", &brokers, &config),
+    );
+    wait_until_done(&weft, &want);
+    check_results(&weft, &want);
+    check_api(&weft, &stream);
+    drop(weft);
+
+    // 2. kill -9 twice mid-stream, restarting on the same data directory.
+    let config = write_config(dir.path(), 50);
+    let data = dir.path().join("b");
+    let args = kafka_args(&topic, "weft-b", &brokers, &config);
+    for fraction in [0.3, 0.6] {
+        let weft = Weft::start(&data, &args);
+        let at = (want.messages as f64 * fraction) as u64;
+        let seen = wait_for(
+            "weft to read into the stream",
+            Duration::from_secs(300),
+            || {
+                let n = received(&weft)?;
+                Ok((n >= at).then_some(n))
+            },
+        );
+        assert!(
+            seen < want.messages,
+            "weft read the whole stream before the kill; make the stream longer"
+        );
+        weft.kill();
+    }
+    let weft = Weft::start(&data, &args);
+    wait_until_done(&weft, &want);
+    check_results(&weft, &want);
+}
+
+/// The API around the results: rejected messages, errors, metrics.
+fn check_api(weft: &Weft, stream: &Stream) {
+    let rejected = weft.get("/api/rejected?limit=1000");
+    let records = rejected["rejected"].as_array().expect("a list");
+    let mut by_reason: BTreeMap<String, u64> = BTreeMap::new();
+    for r in records {
+        *by_reason
+            .entry(r["reason"].as_str().unwrap_or_default().to_string())
+            .or_default() += 1;
+        assert!(
+            !r["detail"].as_str().unwrap_or_default().is_empty(),
+            "a reason detail in {r}"
+        );
+        assert!(
+            r["offset"].as_i64().is_some() && r["partition"].as_i64().is_some(),
+            "a position in {r}"
+        );
+    }
+    assert_eq!(
+        by_reason, stream.malformed,
+        "rejected messages kept with their reasons"
+    );
+    let raws: Vec<&str> = records.iter().filter_map(|r| r["raw"].as_str()).collect();
+    assert!(raws.iter().any(|r| r.starts_with('[')), "raw bytes kept");
+
+    let (code, body) = weft.get_err("/api/plugins/nope/query");
+    assert_eq!(code, 404);
+    assert!(
+        body["error"].as_str().unwrap_or_default().contains("nope"),
+        "{body}"
+    );
+    let (code, body) = weft.get_err("/api/plugins/core/query?window=soon");
+    assert_eq!(code, 400);
+    assert!(
+        body["error"].as_str().unwrap_or_default().contains("soon"),
+        "{body}"
+    );
+    let (code, _) = weft.get_err("/api/rejected?limit=0");
+    assert_eq!(code, 400);
+
+    let metrics = ureq::get(&format!("{}/metrics", weft.base))
+        .call()
+        .expect("metrics")
+        .into_string()
+        .expect("text");
+    let received = stream.deliveries.len();
+    assert!(
+        metrics.contains(&format!(
+            "weft_events_total{{outcome=\"received\"}} {received}"
+        )),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("weft_plugin_batch_seconds_count{plugin=\"core\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("weft_checkpoint_seconds_count"),
+        "{metrics}"
+    );
+}

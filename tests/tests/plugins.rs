@@ -1,0 +1,1014 @@
+//! The plugins as really compiled, driven through the host's runtime.
+//!
+//! Loads the components the `plugins/` workspace builds (`weft::bundled` for
+//! the bundled ones, `weft::bundled::ARTIFACTS_DIR` for the fixtures), runs
+//! them with `weft_runtime` over a real sled `Store` in a temporary
+//! directory, and checks every answer against a plain reference
+//! implementation in this file, computed from the same events: the
+//! sessionizer's edge cases, every number of `core`, `event_counts` and
+//! `funnel` (all time and over time ranges), restarts from a checkpoint, and
+//! how errors surface.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    path::PathBuf,
+    sync::OnceLock,
+};
+
+use serde_json::{Value, json};
+use weft_normalize::Event;
+use weft_runtime::{
+    Batch, BatchBuilder, Error, Module, Plugin, Role, Runtime, StageOutput, apply,
+    bindings::{Event as RawEvent, Prop},
+};
+use weft_state::{Checkpoint, Store};
+
+/// The sessionizer's (and the metrics') default gap: 30 minutes.
+const GAP: i64 = 30 * 60 * 1000;
+/// `core`'s default bucket resolution: 1 minute.
+const MINUTE: i64 = 60_000;
+/// A Saturday, 2025-11-22 10:00:12.345 UTC: deliberately not on a minute.
+const BASE: i64 = 1_763_805_612_345;
+/// The funnel plugin's default steps.
+const FUNNEL: [&str; 4] = ["page_view", "add_to_cart", "checkout", "purchase"];
+
+// ---------------------------------------------------------------------------
+// Harness: one runtime and compiled modules per test binary, one store per test.
+
+/// Every plugin the tests use: (instance name, component file in ARTIFACTS_DIR).
+const PLUGINS: &[(&str, &str)] = &[
+    ("sessionizer", "sessionizer"),
+    ("core", "core"),
+    ("event_counts", "event_counts"),
+    ("funnel", "funnel"),
+    ("noop", "noop"),
+    ("noop_stage", "noop_stage"),
+];
+
+/// The runtime and the compiled plugins, shared by every test: compiling is
+/// the slow part, instantiating is cheap.
+fn compiled() -> &'static (Runtime, HashMap<&'static str, Module>) {
+    static COMPILED: OnceLock<(Runtime, HashMap<&'static str, Module>)> = OnceLock::new();
+    COMPILED.get_or_init(|| {
+        let runtime = Runtime::new(None).expect("wasmtime engine");
+        let modules = PLUGINS
+            .iter()
+            .map(|&(name, artifact)| {
+                // The bundled ones as the binary embeds them; fixtures from the build output.
+                let bytes = match weft::bundled::get(name) {
+                    Some(bytes) => bytes.to_vec(),
+                    None => {
+                        let path = PathBuf::from(weft::bundled::ARTIFACTS_DIR)
+                            .join(format!("{artifact}.wasm"));
+                        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+                    }
+                };
+                (
+                    name,
+                    runtime.load(name, &bytes).unwrap_or_else(|e| panic!("{e}")),
+                )
+            })
+            .collect();
+        (runtime, modules)
+    })
+}
+
+fn runtime() -> &'static Runtime {
+    &compiled().0
+}
+
+/// A sled store in a temporary directory.
+struct Host {
+    dir: tempfile::TempDir,
+    store: Store,
+}
+
+impl Host {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(dir.path()).expect("open store");
+        Host { dir, store }
+    }
+
+    /// Starts plugin `name` over its state in this store.
+    fn start(&self, name: &str, config: &str) -> Plugin {
+        self.try_start(name, config)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn try_start(&self, name: &str, config: &str) -> Result<Plugin, Error> {
+        let module = &compiled().1[name];
+        Plugin::start(
+            runtime(),
+            name,
+            module,
+            self.store.plugin_state(name),
+            config,
+        )
+    }
+
+    /// Closes the sled store and opens it again from disk. Every plugin
+    /// started over it must be dropped first (they hold the tree).
+    fn reopen(self) -> Self {
+        let Host { dir, store } = self;
+        drop(store);
+        let store = Store::open(dir.path()).expect("reopen store");
+        Host { dir, store }
+    }
+
+    /// Checkpoints `plugins` and writes their writes to the store.
+    fn checkpoint(&self, plugins: &mut [&mut Plugin]) {
+        let plugin_writes = plugins
+            .iter_mut()
+            .map(|p| {
+                (
+                    p.name().to_owned(),
+                    p.checkpoint().unwrap_or_else(|e| panic!("{e}")),
+                )
+            })
+            .collect();
+        self.store
+            .checkpoint(Checkpoint {
+                plugin_writes,
+                ..Checkpoint::default()
+            })
+            .expect("checkpoint");
+    }
+}
+
+/// A plain event of `user`; devices, browsers and props are set by the callers that need them.
+fn event(time: i64, user: &str, name: &str, path: &str) -> Event {
+    Event {
+        id: String::new(),
+        time,
+        user: user.into(),
+        name: name.into(),
+        session: String::new(),
+        path: path.into(),
+        device: "desktop".into(),
+        browser: "Firefox".into(),
+        os: "Linux".into(),
+        props: Vec::new(),
+    }
+}
+
+fn batch(events: &[Event]) -> Batch {
+    let mut builder = BatchBuilder::default();
+    for e in events {
+        builder.push(e);
+    }
+    builder.finish()
+}
+
+/// String `i` of a batch's table.
+fn text(batch: &Batch, i: u32) -> String {
+    let i = i as usize;
+    let start = if i == 0 {
+        0
+    } else {
+        batch.ends[i - 1] as usize
+    };
+    String::from_utf8(batch.text[start..batch.ends[i] as usize].to_vec()).expect("UTF-8")
+}
+
+/// The events of a batch, strings resolved through its table.
+fn events_of(batch: &Batch) -> Vec<Event> {
+    batch
+        .events
+        .iter()
+        .map(|e| {
+            let props =
+                &batch.props[e.props_start as usize..(e.props_start + e.props_len) as usize];
+            Event {
+                id: text(batch, e.id),
+                time: e.time,
+                user: text(batch, e.user),
+                name: text(batch, e.name),
+                session: text(batch, e.session),
+                path: text(batch, e.path),
+                device: text(batch, e.device),
+                browser: text(batch, e.browser),
+                os: text(batch, e.os),
+                props: props
+                    .iter()
+                    .map(|p| (text(batch, p.key), text(batch, p.value)))
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+/// Runs `events` through a stage and applies its output; returns the batch
+/// as the metrics would receive it.
+fn run_stage(stage: &mut Plugin, events: &[Event]) -> Batch {
+    let mut b = batch(events);
+    let out = stage.process(&b).unwrap_or_else(|e| panic!("{e}"));
+    apply(&mut b, out).expect("the stage's output applies");
+    b
+}
+
+/// The session ids the sessionizer set on `events`, fed in batches of
+/// `batch_size`, with a tick after each batch at its last event time (the
+/// events are in time order, so no older event follows).
+fn sessionize(stage: &mut Plugin, events: &[Event], batch_size: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for chunk in events.chunks(batch_size) {
+        let b = run_stage(stage, chunk);
+        ids.extend(b.events.iter().map(|e| text(&b, e.session)));
+        stage
+            .tick(chunk.last().expect("chunks are not empty").time)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    ids
+}
+
+fn query(metric: &mut Plugin, params: &[(&str, &str)]) -> Value {
+    let params: Vec<(String, String)> = params
+        .iter()
+        .map(|&(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    let answer = metric.query(&params).unwrap_or_else(|e| panic!("{e}"));
+    serde_json::from_str(&answer).expect("queries answer JSON")
+}
+
+/// Whether two JSON documents are equal, fractions up to rounding: the
+/// averages cross as decimal text, and parsing it back is not always
+/// correctly rounded (serde_json without `float_roundtrip`).
+fn same(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) if x.is_f64() || y.is_f64() => {
+            let (x, y) = (
+                x.as_f64().unwrap_or(f64::NAN),
+                y.as_f64().unwrap_or(f64::NAN),
+            );
+            (x - y).abs() <= 1e-12 * x.abs().max(y.abs()).max(1.0)
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same(x, y))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+#[track_caller]
+fn assert_same(got: &Value, want: &Value, context: &str) {
+    assert!(same(got, want), "{context}\n got: {got}\nwant: {want}");
+}
+
+// ---------------------------------------------------------------------------
+// Reference implementations, straight from the definitions in the plugins' docs.
+
+/// Session ids by definition: a user's events (in time order) split wherever
+/// two consecutive ones are more than `gap` apart; a session's id is
+/// `USER:START_MS`, START_MS its first event's time.
+fn reference_sessions(events: &[Event], gap: i64) -> Vec<String> {
+    let mut by_user: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, e) in events.iter().enumerate() {
+        by_user.entry(&e.user).or_default().push(i);
+    }
+    let mut ids = vec![String::new(); events.len()];
+    for (user, indices) in by_user {
+        let mut start = events[indices[0]].time;
+        for (k, &i) in indices.iter().enumerate() {
+            if k > 0 && events[i].time - events[indices[k - 1]].time > gap {
+                start = events[i].time;
+            }
+            ids[i] = format!("{user}:{start}");
+        }
+    }
+    ids
+}
+
+/// Copies of `events` carrying the reference session ids.
+fn with_sessions(events: &[Event], gap: i64) -> Vec<Event> {
+    let ids = reference_sessions(events, gap);
+    events
+        .iter()
+        .zip(ids)
+        .map(|(e, session)| Event {
+            session,
+            ..e.clone()
+        })
+        .collect()
+}
+
+/// What `core` knows of one session.
+struct SessionFacts<'a> {
+    start: i64,
+    end: i64,
+    page_views: u64,
+    entry: Option<&'a str>,
+    exit: Option<&'a str>,
+}
+
+fn session_facts(events: &[Event]) -> BTreeMap<&str, SessionFacts<'_>> {
+    let mut sessions: BTreeMap<&str, SessionFacts> = BTreeMap::new();
+    for e in events {
+        let s = sessions.entry(&e.session).or_insert(SessionFacts {
+            start: e.time,
+            end: e.time,
+            page_views: 0,
+            entry: None,
+            exit: None,
+        });
+        s.start = s.start.min(e.time);
+        s.end = s.end.max(e.time);
+        s.page_views += u64::from(e.name == "page_view");
+        if !e.path.is_empty() {
+            s.entry.get_or_insert(&e.path);
+            s.exit = Some(&e.path);
+        }
+    }
+    sessions
+}
+
+fn count<'a>(values: impl Iterator<Item = &'a str>) -> BTreeMap<&'a str, u64> {
+    let mut counts = BTreeMap::new();
+    for v in values.filter(|v| !v.is_empty()) {
+        *counts.entry(v).or_default() += 1;
+    }
+    counts
+}
+
+/// `core`'s report over `events` and `sessions` (each counted where the
+/// plugin's docs say: events by their own time, sessions whole, by their start).
+fn core_report(events: &[&Event], sessions: &[&SessionFacts]) -> Value {
+    let n = sessions.len() as u64;
+    let avg = |sum: f64| if n == 0 { 0.0 } else { sum / n as f64 };
+    let users: BTreeSet<&str> = events.iter().map(|e| e.user.as_str()).collect();
+    json!({
+        "active_users": users.len(),
+        "session_count": n,
+        "total_events": events.len(),
+        "avg_session_duration_ms": avg(sessions.iter().map(|s| s.end - s.start).sum::<i64>() as f64),
+        "avg_session_depth": avg(sessions.iter().map(|s| s.page_views).sum::<u64>() as f64),
+        "device_distribution": count(events.iter().map(|e| e.device.as_str())),
+        "browser_distribution": count(events.iter().map(|e| e.browser.as_str())),
+        "popular_paths": count(events.iter().filter(|e| e.name == "page_view").map(|e| e.path.as_str())),
+        "entry_pages": count(sessions.iter().filter_map(|s| s.entry)),
+        "exit_pages": count(sessions.iter().filter_map(|s| s.exit)),
+    })
+}
+
+fn bucket(time: i64) -> i64 {
+    time.div_euclid(MINUTE) * MINUTE
+}
+
+/// `core`'s report over `[from, to)` resolved to whole buckets: the buckets
+/// starting from the one holding `from` up to before `to`.
+fn core_range(events: &[Event], from: i64, to: i64) -> Value {
+    let inside = |t: i64| bucket(t) >= bucket(from) && bucket(t) < to;
+    let facts = session_facts(events);
+    let in_range: Vec<&Event> = events.iter().filter(|e| inside(e.time)).collect();
+    let sessions: Vec<&SessionFacts> = facts.values().filter(|s| inside(s.start)).collect();
+    core_report(&in_range, &sessions)
+}
+
+fn core_all_time(events: &[Event]) -> Value {
+    let facts = session_facts(events);
+    core_report(
+        &events.iter().collect::<Vec<_>>(),
+        &facts.values().collect::<Vec<_>>(),
+    )
+}
+
+fn event_counts_reference(events: &[Event]) -> Value {
+    json!({ "counts": count(events.iter().map(|e| e.name.as_str())) })
+}
+
+/// A session reaches step k when its event names contain steps 1..=k as a
+/// subsequence (in order, not necessarily adjacent).
+fn funnel_reference(events: &[Event]) -> Value {
+    let mut names: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for e in events {
+        names.entry(&e.session).or_default().push(&e.name);
+    }
+    let is_subsequence = |steps: &[&str], names: &[&str]| {
+        let mut rest = names.iter();
+        steps.iter().all(|step| rest.any(|n| n == step))
+    };
+    let reached: Vec<u64> = (1..=FUNNEL.len())
+        .map(|k| {
+            names
+                .values()
+                .filter(|n| is_subsequence(&FUNNEL[..k], n))
+                .count() as u64
+        })
+        .collect();
+    let ratio = |n: u64, d: u64| if d == 0 { 0.0 } else { n as f64 / d as f64 };
+    let steps: Vec<Value> = FUNNEL
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            json!({
+                "name": name,
+                "sessions": reached[i],
+                "conversion_from_first": ratio(reached[i], reached[0]),
+                "conversion_from_previous": ratio(reached[i], reached[i.saturating_sub(1)]),
+            })
+        })
+        .collect();
+    json!({ "steps": steps })
+}
+
+// ---------------------------------------------------------------------------
+// A generated clickstream.
+
+/// SplitMix64: a deterministic stream, so failures reproduce.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn pick<'a>(&mut self, values: &[&'a str]) -> &'a str {
+        values[self.below(values.len() as u64) as usize]
+    }
+}
+
+/// `users` users, each with one to four visits of one to twelve events; the
+/// pause between visits is up to 90 minutes, so some fall within the gap
+/// (and stay one session) and some do not. Some events have no path or no
+/// browser, some share a time. Sorted by time, as the pipeline delivers them.
+fn clickstream(users: usize, seed: u64) -> Vec<Event> {
+    const NAMES: &[&str] = &[
+        "page_view",
+        "page_view",
+        "page_view",
+        "add_to_cart",
+        "checkout",
+        "purchase",
+        "click",
+        "search",
+    ];
+    const PATHS: &[&str] = &[
+        "/",
+        "/products",
+        "/products/1",
+        "/products/2",
+        "/cart",
+        "/checkout",
+        "/search",
+    ];
+    let mut rng = Rng(seed);
+    let mut events = Vec::new();
+    for u in 0..users {
+        let user = format!("user-{u}");
+        let device = rng.pick(&["desktop", "mobile", "tablet"]);
+        let browser = rng.pick(&["Chrome", "Firefox", "Safari", ""]);
+        let os = rng.pick(&["Linux", "Windows", "macOS", "iOS", "Android"]);
+        let mut time = BASE + rng.below(20 * MINUTE as u64) as i64;
+        for _ in 0..1 + rng.below(4) {
+            for _ in 0..1 + rng.below(12) {
+                let name = rng.pick(NAMES);
+                let path = if name == "page_view" || rng.below(3) == 0 {
+                    rng.pick(PATHS)
+                } else {
+                    ""
+                };
+                let n = events.len();
+                events.push(Event {
+                    id: format!("e{n}"),
+                    device: device.into(),
+                    browser: browser.into(),
+                    os: os.into(),
+                    props: vec![
+                        ("campaign".into(), rng.pick(&["spring", "sale"]).into()),
+                        ("n".into(), n.to_string()),
+                    ],
+                    ..event(time, &user, name, path)
+                });
+                // One pause in five is zero: events sharing a time.
+                if rng.below(5) > 0 {
+                    time += rng.below(4 * MINUTE as u64) as i64;
+                }
+            }
+            time += rng.below(90 * MINUTE as u64) as i64;
+        }
+    }
+    events.sort_by_key(|e| e.time);
+    events
+}
+
+/// The sessionizer feeding the three metrics, as the default pipeline runs them.
+struct Pipeline {
+    sessionizer: Plugin,
+    core: Plugin,
+    event_counts: Plugin,
+    funnel: Plugin,
+}
+
+impl Pipeline {
+    fn start(host: &Host) -> Self {
+        Pipeline {
+            sessionizer: host.start("sessionizer", "{}"),
+            core: host.start("core", "{}"),
+            event_counts: host.start("event_counts", "{}"),
+            funnel: host.start("funnel", "{}"),
+        }
+    }
+
+    /// Feeds `events` in batches of `batch_size`, ticking every plugin after
+    /// each batch; returns the events as the metrics received them.
+    fn feed(&mut self, events: &[Event], batch_size: usize) -> Vec<Event> {
+        let mut seen = Vec::new();
+        for chunk in events.chunks(batch_size) {
+            let b = run_stage(&mut self.sessionizer, chunk);
+            for metric in [&mut self.core, &mut self.event_counts, &mut self.funnel] {
+                metric.ingest(&b).unwrap_or_else(|e| panic!("{e}"));
+            }
+            let watermark = chunk.last().expect("chunks are not empty").time;
+            for plugin in self.all() {
+                plugin.tick(watermark).unwrap_or_else(|e| panic!("{e}"));
+            }
+            seen.extend(events_of(&b));
+        }
+        seen
+    }
+
+    fn all(&mut self) -> [&mut Plugin; 4] {
+        [
+            &mut self.sessionizer,
+            &mut self.core,
+            &mut self.event_counts,
+            &mut self.funnel,
+        ]
+    }
+
+    /// The answers the comparisons look at.
+    fn answers(&mut self) -> Value {
+        json!({
+            "core": query(&mut self.core, &[]),
+            "core_series": query(&mut self.core, &[("bucket", "1m")]),
+            "event_counts": query(&mut self.event_counts, &[]),
+            "funnel": query(&mut self.funnel, &[]),
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Sessionizer edge cases.
+
+#[test]
+fn sessionizer_keeps_events_exactly_a_gap_apart_and_splits_one_ms_later() {
+    let host = Host::new();
+    let mut stage = host.start("sessionizer", "{}");
+    let events = [
+        event(BASE, "u", "page_view", "/"),
+        event(BASE + GAP, "u", "page_view", "/a"),
+        event(BASE + 2 * GAP + 1, "u", "page_view", "/b"),
+        event(BASE + 3 * GAP + 1, "u", "page_view", "/c"),
+    ];
+    let ids = sessionize(&mut stage, &events, events.len());
+    assert_eq!(ids, reference_sessions(&events, GAP));
+    // Exactly `gap` apart: one session; `gap + 1` apart: a new one, named by its start.
+    assert_eq!(ids[0], ids[1]);
+    assert_ne!(ids[1], ids[2]);
+    assert_eq!(ids[2], format!("u:{}", events[2].time));
+    assert_eq!(ids[3], ids[2]);
+}
+
+#[test]
+fn sessionizer_one_event_sessions() {
+    let host = Host::new();
+    let mut stage = host.start("sessionizer", "{}");
+    // Users seen once, and one user whose every event is more than a gap after the last.
+    let mut events: Vec<Event> = (0..5)
+        .map(|i| event(BASE + i, &format!("once-{i}"), "click", ""))
+        .collect();
+    events.extend((0..4).map(|i| event(BASE + 10 + i * (GAP + 1), "sparse", "page_view", "/")));
+    events.sort_by_key(|e| e.time);
+    let ids = sessionize(&mut stage, &events, 3);
+    assert_eq!(ids, reference_sessions(&events, GAP));
+    // Every event is its own session: the id is its user and its time.
+    let own: Vec<String> = events
+        .iter()
+        .map(|e| format!("{}:{}", e.user, e.time))
+        .collect();
+    assert_eq!(ids, own);
+}
+
+#[test]
+fn sessionizer_interleaved_users_in_batches_of_any_size() {
+    let events = clickstream(25, 7);
+    let expected = reference_sessions(&events, GAP);
+    assert!(
+        expected.iter().collect::<BTreeSet<_>>().len() > 25,
+        "the stream has users with several sessions"
+    );
+    for batch_size in [1, 7, 64, events.len()] {
+        let host = Host::new();
+        let mut stage = host.start("sessionizer", "{}");
+        assert_eq!(
+            sessionize(&mut stage, &events, batch_size),
+            expected,
+            "batches of {batch_size}"
+        );
+    }
+}
+
+#[test]
+fn sessionizer_session_spans_batches() {
+    let host = Host::new();
+    let mut stage = host.start("sessionizer", "{}");
+    // Every 10 minutes for 3 hours, three events per batch, with ticks between.
+    let events: Vec<Event> = (0..18)
+        .map(|i| event(BASE + i * 10 * MINUTE, "long", "page_view", "/"))
+        .collect();
+    let ids = sessionize(&mut stage, &events, 3);
+    assert_eq!(ids, reference_sessions(&events, GAP));
+    assert!(
+        ids.iter().all(|id| *id == format!("long:{BASE}")),
+        "one session across six batches: {ids:?}"
+    );
+}
+
+#[test]
+fn sessionizer_custom_gap() {
+    let host = Host::new();
+    let mut stage = host.start("sessionizer", r#"{"gap_ms": 1000}"#);
+    let times = [0, 1000, 2001, 2500, 3500, 4501, 4501, 60_000];
+    let mut events: Vec<Event> = times
+        .iter()
+        .map(|&t| event(BASE + t, "u", "click", ""))
+        .collect();
+    events.extend(
+        times
+            .iter()
+            .map(|&t| event(BASE + t + 500, "v", "click", "")),
+    );
+    events.sort_by_key(|e| e.time);
+    let ids = sessionize(&mut stage, &events, 4);
+    assert_eq!(ids, reference_sessions(&events, 1000));
+    // The same events with the default gap are one session per user.
+    assert_ne!(ids, reference_sessions(&events, GAP));
+    assert_eq!(
+        reference_sessions(&events, GAP)
+            .iter()
+            .collect::<BTreeSet<_>>()
+            .len(),
+        2
+    );
+}
+
+#[test]
+fn sessionizer_tick_evicts_closed_sessions_and_results_stay_right() {
+    let host = Host::new();
+    let mut stage = host.start("sessionizer", "{}");
+    let first = [
+        event(BASE, "gone", "page_view", "/"),
+        event(BASE + 1, "stays", "page_view", "/"),
+        event(BASE + GAP, "stays", "page_view", "/a"),
+    ];
+    let second = [
+        event(BASE + GAP + 1, "gone", "page_view", "/"),
+        event(BASE + 2 * GAP, "stays", "page_view", "/b"),
+    ];
+    let mut ids = sessionize(&mut stage, &first, first.len());
+    // No event older than this follows: `gone`'s session (last event a gap
+    // + 1 ms earlier) is closed, `stays`'s is not.
+    let watermark = BASE + GAP + 1;
+    stage.tick(watermark).expect("tick");
+    host.checkpoint(&mut [&mut stage]);
+    let state = host.store.plugin_state("sessionizer");
+    assert_eq!(
+        state.get(b"open\0gone"),
+        None,
+        "the closed session is evicted from the state"
+    );
+    assert!(
+        state.get(b"open\0stays").is_some(),
+        "the open session is kept"
+    );
+
+    ids.extend(sessionize(&mut stage, &second, second.len()));
+    let all: Vec<Event> = first.iter().chain(&second).cloned().collect();
+    assert_eq!(ids, reference_sessions(&all, GAP));
+    assert_eq!(
+        ids[3],
+        format!("gone:{}", BASE + GAP + 1),
+        "a returning user starts a new session"
+    );
+    assert_eq!(
+        ids[4],
+        format!("stays:{}", BASE + 1),
+        "the open session goes on"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Metrics over a generated clickstream.
+
+#[test]
+fn metrics_all_time_match_the_reference() {
+    let events = clickstream(40, 42);
+    let host = Host::new();
+    let mut pipeline = Pipeline::start(&host);
+    let seen = pipeline.feed(&events, 50);
+    let expected = with_sessions(&events, GAP);
+    assert_eq!(
+        seen, expected,
+        "the sessionizer set the reference sessions and changed nothing else"
+    );
+
+    assert_same(
+        &query(&mut pipeline.core, &[]),
+        &core_all_time(&expected),
+        "core",
+    );
+    assert_same(
+        &query(&mut pipeline.event_counts, &[]),
+        &event_counts_reference(&expected),
+        "event_counts",
+    );
+    let funnel = query(&mut pipeline.funnel, &[]);
+    assert_same(&funnel, &funnel_reference(&expected), "funnel");
+    assert!(
+        funnel["steps"][3]["sessions"].as_u64() > Some(0),
+        "some sessions reach the last step: {funnel}"
+    );
+}
+
+#[test]
+fn core_ranges_windows_and_buckets_match_the_reference() {
+    let events = clickstream(40, 1234);
+    let host = Host::new();
+    let mut pipeline = Pipeline::start(&host);
+    let expected = with_sessions(&events, GAP);
+    assert_eq!(pipeline.feed(&events, 64), expected);
+    let core = &mut pipeline.core;
+    let newest = events.iter().map(|e| e.time).max().expect("events");
+
+    // from / to, off the bucket boundaries, in epoch ms and in RFC 3339.
+    for (from, to) in [
+        (BASE + 17 * MINUTE + 123, BASE + 63 * MINUTE + 7),
+        (BASE - MINUTE, BASE + 5 * MINUTE),
+        (newest, newest + 1),
+    ] {
+        let mut want = core_range(&expected, from, to);
+        want["from"] = from.into();
+        want["to"] = to.into();
+        let got = query(
+            core,
+            &[("from", &from.to_string()), ("to", &to.to_string())],
+        );
+        assert_same(&got, &want, &format!("from {from} to {to}"));
+        let rfc3339 = |ms: i64| {
+            chrono::DateTime::from_timestamp_millis(ms)
+                .expect("a valid time")
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        };
+        assert_eq!(
+            query(core, &[("from", &rfc3339(from)), ("to", &rfc3339(to))]),
+            got,
+            "RFC 3339 times"
+        );
+    }
+    // Only `from`: up to the end of time.
+    let from = BASE + 45 * MINUTE;
+    let mut want = core_range(&expected, from, i64::MAX);
+    want["from"] = from.into();
+    want["to"] = i64::MAX.into();
+    assert_same(
+        &query(core, &[("from", &from.to_string())]),
+        &want,
+        "only from",
+    );
+
+    // window=5m: the five minutes up to the newest event.
+    let (from, to) = (newest - 5 * MINUTE, newest + 1);
+    let mut want = core_range(&expected, from, to);
+    want["from"] = from.into();
+    want["to"] = to.into();
+    assert_same(&query(core, &[("window", "5m")]), &want, "window=5m");
+
+    // bucket=1m: one point per minute from the first event's to the newest's.
+    let series: Vec<Value> = (bucket(events[0].time)..=bucket(newest))
+        .step_by(MINUTE as usize)
+        .map(|t| {
+            let mut point = core_range(&expected, t, t + MINUTE);
+            point["t"] = t.into();
+            point
+        })
+        .collect();
+    let got = query(core, &[("bucket", "1m")]);
+    assert_same(
+        &got,
+        &json!({ "bucket_ms": MINUTE, "series": series }),
+        "bucket=1m",
+    );
+    // The buckets add up to all time.
+    let total: u64 = got["series"]
+        .as_array()
+        .expect("series")
+        .iter()
+        .map(|p| p["total_events"].as_u64().expect("n"))
+        .sum();
+    assert_eq!(total, events.len() as u64);
+}
+
+// ---------------------------------------------------------------------------
+// Restarts.
+
+#[test]
+fn restart_from_a_checkpoint_equals_one_uninterrupted_run() {
+    let events = clickstream(40, 99);
+    let (first, second) = events.split_at(events.len() / 2);
+
+    let uninterrupted = Host::new();
+    let mut pipeline = Pipeline::start(&uninterrupted);
+    let seen_once = pipeline.feed(&events, 50);
+    let want = pipeline.answers();
+
+    let host = Host::new();
+    let mut pipeline = Pipeline::start(&host);
+    let mut seen = pipeline.feed(first, 50);
+    host.checkpoint(&mut pipeline.all());
+    // Stop everything, close sled, and come back from what is on disk.
+    drop(pipeline);
+    let host = host.reopen();
+    let mut pipeline = Pipeline::start(&host);
+    seen.extend(pipeline.feed(second, 50));
+
+    assert_eq!(seen, seen_once, "sessions continue across the restart");
+    assert_eq!(pipeline.answers(), want);
+    assert_same(
+        &want["core"],
+        &core_all_time(&with_sessions(&events, GAP)),
+        "core",
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Errors and fixtures.
+
+#[test]
+fn query_with_bad_parameters_fails_naming_query() {
+    let host = Host::new();
+    let mut core = host.start("core", "{}");
+    let params = [("window".to_owned(), "abc".to_owned())];
+    let err = core.query(&params).expect_err("`abc` is not a duration");
+    let Error::Failed {
+        plugin,
+        function,
+        message,
+    } = &err
+    else {
+        panic!("expected Error::Failed, got {err}");
+    };
+    assert_eq!((plugin.as_str(), *function), ("core", "query"));
+    assert!(message.contains("abc"), "{message}");
+    assert!(err.to_string().contains("`query`"), "{err}");
+    // The instance is still usable.
+    assert_eq!(query(&mut core, &[])["total_events"], 0);
+}
+
+#[test]
+fn load_rejects_bytes_that_are_not_wasm() {
+    match runtime().load("junk", b"this is not a WebAssembly component") {
+        Err(Error::Compile { plugin, .. }) => assert_eq!(plugin, "junk"),
+        Err(other) => panic!("expected Error::Compile, got {other}"),
+        Ok(_) => panic!("junk loaded"),
+    }
+}
+
+#[test]
+fn bad_config_fails_init_and_roles_are_checked() {
+    let host = Host::new();
+    match host.try_start("sessionizer", r#"{"gap": 5}"#) {
+        Err(Error::Failed {
+            function: "init",
+            message,
+            ..
+        }) => assert!(message.contains("gap"), "{message}"),
+        Err(other) => panic!("expected Error::Failed in init, got {other}"),
+        Ok(_) => panic!("an unknown setting was accepted"),
+    }
+    let mut stage = host.start("sessionizer", "{}");
+    let b = batch(&[event(BASE, "u", "click", "")]);
+    assert!(matches!(
+        stage.ingest(&b),
+        Err(Error::Role {
+            expected: Role::Metric,
+            actual: Role::Stage,
+            ..
+        })
+    ));
+    let mut metric = host.start("noop", "{}");
+    assert!(matches!(
+        metric.process(&b),
+        Err(Error::Role {
+            expected: Role::Stage,
+            actual: Role::Metric,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn apply_rejects_malformed_output_leaving_the_batch_unchanged() {
+    let events = clickstream(3, 5);
+    let mut b = batch(&events);
+    let before = format!("{b:?}");
+    let strings = b.ends.len() as u32;
+    let good = b.events[0];
+
+    let output = |event: RawEvent, props: Vec<Prop>| StageOutput {
+        text: Vec::new(),
+        ends: Vec::new(),
+        events: vec![event],
+        props,
+    };
+    let malformed = [
+        (
+            "string index out of range",
+            output(
+                RawEvent {
+                    path: strings,
+                    ..good
+                },
+                vec![],
+            ),
+        ),
+        ("empty user", output(RawEvent { user: 0, ..good }, vec![])),
+        ("empty name", output(RawEvent { name: 0, ..good }, vec![])),
+        (
+            "props out of range",
+            output(
+                RawEvent {
+                    props_start: b.props.len() as u32,
+                    props_len: 1,
+                    ..good
+                },
+                vec![],
+            ),
+        ),
+        (
+            "prop string out of range",
+            output(
+                good,
+                vec![Prop {
+                    key: strings + 1,
+                    value: 0,
+                }],
+            ),
+        ),
+        (
+            "added string past the text",
+            StageOutput {
+                text: b"x".to_vec(),
+                ends: vec![2],
+                events: vec![good],
+                props: Vec::new(),
+            },
+        ),
+        (
+            "out of time order",
+            StageOutput {
+                events: vec![
+                    good,
+                    RawEvent {
+                        time: good.time - 1,
+                        ..good
+                    },
+                ],
+                ..output(good, vec![])
+            },
+        ),
+    ];
+    for (what, out) in malformed {
+        assert!(apply(&mut b, out).is_err(), "{what} was accepted");
+        assert_eq!(format!("{b:?}"), before, "{what} changed the batch");
+    }
+}
+
+#[test]
+fn noop_fixtures_ignore_and_pass_through() {
+    let host = Host::new();
+    let events = clickstream(5, 3);
+    let mut metric = host.start("noop", "{}");
+    metric.ingest(&batch(&events)).expect("ingest");
+    assert_eq!(query(&mut metric, &[]), json!({}));
+
+    let mut stage = host.start("noop_stage", "{}");
+    let before = batch(&events);
+    let after = run_stage(&mut stage, &events);
+    assert_eq!(
+        format!("{after:?}"),
+        format!("{before:?}"),
+        "the identity stage changes nothing"
+    );
+    assert_eq!(events_of(&after), events);
+}
