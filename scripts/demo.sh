@@ -12,8 +12,8 @@ if ! grep -qx wasm32-wasip2 <<<"$installed_targets"; then
   rustup target add wasm32-wasip2
 fi
 
-echo "==> cargo build --release (the first build takes a few minutes)"
-cargo build --release
+echo "==> cargo build --release -p weft (the first build takes a few minutes)"
+cargo build --release -p weft
 
 args=("$@")
 listen="${WEFT_LISTEN:-127.0.0.1:8080}"

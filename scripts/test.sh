@@ -191,8 +191,16 @@ else
 fi
 
 # --- 4. tests -------------------------------------------------------------------
-phase "tests: cargo test --workspace --release $*"
+# The whole workspace, unless the arguments pick packages (`-p NAME`).
+scope=(--workspace)
+for arg in "$@"; do
+  case "$arg" in
+    --) break ;;
+    -p | -p* | --package | --package=*) scope=() ;;
+  esac
+done
+phase "tests: cargo test ${scope[*]} --release --no-fail-fast $*"
 echo "WEFT_TEST_BROKERS=$WEFT_TEST_BROKERS"
-cargo test --workspace --release "$@"
+cargo test "${scope[@]}" --release --no-fail-fast "$@"
 phase_end
 log "all checks passed"

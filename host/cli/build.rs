@@ -10,12 +10,20 @@ use std::{
 };
 
 /// Bundled plugins: (instance name, crate artifact name).
-const BUNDLED: &[(&str, &str)] =
-    &[("sessionizer", "sessionizer"), ("core", "core"), ("event_counts", "event_counts"), ("funnel", "funnel")];
+const BUNDLED: &[(&str, &str)] = &[
+    ("sessionizer", "sessionizer"),
+    ("core", "core"),
+    ("event_counts", "event_counts"),
+    ("funnel", "funnel"),
+];
 
 fn main() {
-    let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
-    let root = manifest.join("../..").canonicalize().expect("the workspace root");
+    let manifest =
+        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let root = manifest
+        .join("../..")
+        .canonicalize()
+        .expect("the workspace root");
     let plugins = root.join("plugins");
     watch(&plugins, &root.join("wit"));
 
@@ -23,12 +31,22 @@ fn main() {
     let target_dir = plugins.join("target");
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&plugins)
-        .args(["build", "--release", "--locked", "--target", "wasm32-wasip2", "--target-dir"])
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--target",
+            "wasm32-wasip2",
+            "--target-dir",
+        ])
         .arg(&target_dir);
     for (key, _) in env::vars_os() {
         let key = key.to_string_lossy();
         // The outer build's flags and wrappers are not for the guest build.
-        if key.starts_with("CARGO_") && key != "CARGO_HOME" || key.starts_with("RUSTC") || key == "RUSTFLAGS" {
+        if key.starts_with("CARGO_") && key != "CARGO_HOME"
+            || key.starts_with("RUSTC")
+            || key == "RUSTFLAGS"
+        {
             cmd.env_remove(key.as_ref());
         }
     }
@@ -41,18 +59,24 @@ fn main() {
     }
 
     let out = target_dir.join("wasm32-wasip2/release");
-    let mut source = String::from("/// The bundled plugins: (name, component bytes).\npub const BUNDLED: &[(&str, &[u8])] = &[\n");
+    let mut source = String::from(
+        "/// The bundled plugins: (name, component bytes).\npub const BUNDLED: &[(&str, &[u8])] = &[\n",
+    );
     for (name, artifact) in BUNDLED {
         let path = out.join(format!("{artifact}.wasm"));
         assert!(path.exists(), "missing {}", path.display());
-        source.push_str(&format!("    ({name:?}, include_bytes!({:?})),\n", path.display().to_string()));
+        source.push_str(&format!(
+            "    ({name:?}, include_bytes!({:?})),\n",
+            path.display().to_string()
+        ));
     }
     source.push_str("];\n");
     source.push_str(&format!(
         "/// Where the plugins workspace's components are, fixtures included.\npub const ARTIFACTS_DIR: &str = {:?};\n",
         out.display().to_string()
     ));
-    let dest = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join("bundled.rs");
+    let dest =
+        PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join("bundled.rs");
     std::fs::write(dest, source).expect("write bundled.rs");
 }
 
@@ -63,7 +87,8 @@ fn watch(plugins: &Path, wit: &Path) {
         println!("cargo:rerun-if-changed={}", plugins.join(file).display());
     }
     for entry in std::fs::read_dir(plugins).expect("read plugins/").flatten() {
-        if entry.path().is_dir() && !matches!(entry.file_name().to_str(), Some("target" | ".cargo")) {
+        if entry.path().is_dir() && !matches!(entry.file_name().to_str(), Some("target" | ".cargo"))
+        {
             println!("cargo:rerun-if-changed={}", entry.path().display());
         }
     }

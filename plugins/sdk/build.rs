@@ -6,8 +6,12 @@
 use std::{env, fs, path::PathBuf};
 
 fn main() {
-    let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
-    let wit = manifest.join("wit").canonicalize().expect("plugins/sdk/wit links to the WIT package");
+    let manifest =
+        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let wit = manifest
+        .join("wit")
+        .canonicalize()
+        .expect("plugins/sdk/wit links to the WIT package");
     println!("cargo:rerun-if-changed={}", wit.display());
     let wit = wit.display().to_string().replace('\\', "/");
     let arm = |world: &str| {
@@ -31,6 +35,7 @@ fn main() {
         arm("metric"),
         arm("stage")
     );
-    let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join("generate.rs");
+    let out =
+        PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join("generate.rs");
     fs::write(out, source).expect("write generate.rs");
 }

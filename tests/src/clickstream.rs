@@ -86,11 +86,11 @@ pub fn generate(seed: u64, users: usize, lateness_ms: i64) -> Stream {
     let mut events = Vec::new();
     for u in 0..users {
         let user = format!("{}", 1000 + u);
-        let (agent, browser, ua_device) = AGENTS[u % AGENTS.len()];
+        let (_, browser, ua_device) = AGENTS[u % AGENTS.len()];
         // Every third user reports its platform, which wins over the agent.
         let platform = (u % 3 == 0).then_some(if u % 2 == 0 { "ios" } else { "android" });
         let device = platform.unwrap_or(ua_device).to_string();
-        let mut t = START_MS + rng.random_range(0..3_600_000);
+        let mut t = START_MS + 1000 * rng.random_range(0..3600);
         for _session in 0..rng.random_range(1..=3) {
             let steps = rng.random_range(1..=12);
             let mut funnel_at = 0;

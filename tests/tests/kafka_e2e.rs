@@ -108,7 +108,7 @@ fn check_results(weft: &Weft, want: &Expected) {
 fn write_config(dir: &Path, checkpoint_interval_ms: u64) -> String {
     let path = dir.join("weft.toml");
     let text = format!(
-        "[pipeline]\nlateness_ms = {LATENESS_MS}\ncheckpoint_interval_ms = {checkpoint_interval_ms}\nbatch_size = 256\n"
+        "[kafka_options]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n[pipeline]\nlateness_ms = {LATENESS_MS}\ncheckpoint_interval_ms = {checkpoint_interval_ms}\nbatch_size = 256\n"
     );
     std::fs::write(&path, text).expect("write weft.toml");
     path.display().to_string()
@@ -125,9 +125,10 @@ fn kafka_stream_gives_exact_results_and_survives_kill_9() {
 
     // 1. Uninterrupted.
     let config = write_config(dir.path(), 1_000);
+    let group_a = format!("{topic}-a");
     let weft = Weft::start(
         &dir.path().join("a"),
-        &kafka_args(&topic, "weft-a", &brokers, &config),
+        &kafka_args(&topic, &group_a, &brokers, &config),
     );
     wait_until_done(&weft, &want);
     check_results(&weft, &want);
@@ -137,7 +138,8 @@ fn kafka_stream_gives_exact_results_and_survives_kill_9() {
     // 2. kill -9 twice mid-stream, restarting on the same data directory.
     let config = write_config(dir.path(), 50);
     let data = dir.path().join("b");
-    let args = kafka_args(&topic, "weft-b", &brokers, &config);
+    let group_b = format!("{topic}-b");
+    let args = kafka_args(&topic, &group_b, &brokers, &config);
     for fraction in [0.3, 0.6] {
         let weft = Weft::start(&data, &args);
         let at = (want.messages as f64 * fraction) as u64;

@@ -85,12 +85,18 @@ const DEFAULT_PIPELINE: &[&str] = &["sessionizer", "core", "event_counts", "funn
 pub fn resolve(args: RunArgs, bundled: &[(&str, &[u8])]) -> Result<RunConfig> {
     let file: FileConfig = match &args.config {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-            toml::from_str(&text).with_context(|| format!("{} is not a valid weft config", path.display()))?
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            toml::from_str(&text)
+                .with_context(|| format!("{} is not a valid weft config", path.display()))?
         }
         None => FileConfig::default(),
     };
-    let base = args.config.as_deref().and_then(Path::parent).unwrap_or(Path::new("."));
+    let base = args
+        .config
+        .as_deref()
+        .and_then(Path::parent)
+        .unwrap_or(Path::new("."));
 
     let source_label = args.source.or(file.source).unwrap_or_else(|| "demo".into());
     let mut source: SourceSpec = source_label.parse()?;
@@ -109,35 +115,60 @@ pub fn resolve(args: RunArgs, bundled: &[(&str, &[u8])]) -> Result<RunConfig> {
     }
 
     let entries = file.plugins.unwrap_or_else(|| {
-        DEFAULT_PIPELINE.iter().map(|n| PluginEntry { name: (*n).into(), module: None, config: None }).collect()
+        DEFAULT_PIPELINE
+            .iter()
+            .map(|n| PluginEntry {
+                name: (*n).into(),
+                module: None,
+                config: None,
+            })
+            .collect()
     });
     let mut plugins = Vec::new();
     for entry in entries {
-        let module = entry.module.unwrap_or_else(|| format!("bundled:{}", entry.name));
+        let module = entry
+            .module
+            .unwrap_or_else(|| format!("bundled:{}", entry.name));
         let wasm: Arc<[u8]> = match module.strip_prefix("bundled:") {
             Some(name) => match bundled.iter().find(|(n, _)| *n == name) {
                 Some((_, bytes)) => Arc::from(*bytes),
                 None => {
                     let known: Vec<_> = bundled.iter().map(|(n, _)| *n).collect();
-                    bail!("plugin `{}`: no bundled plugin `{name}` (bundled: {})", entry.name, known.join(", "));
+                    bail!(
+                        "plugin `{}`: no bundled plugin `{name}` (bundled: {})",
+                        entry.name,
+                        known.join(", ")
+                    );
                 }
             },
             None => {
                 let path = base.join(&module);
                 std::fs::read(&path)
-                    .with_context(|| format!("plugin `{}`: cannot read {}", entry.name, path.display()))?
+                    .with_context(|| {
+                        format!("plugin `{}`: cannot read {}", entry.name, path.display())
+                    })?
                     .into()
             }
         };
         let config = serde_json::to_value(entry.config.unwrap_or_default())?;
-        plugins.push(PluginSpec { name: entry.name, wasm, config });
+        plugins.push(PluginSpec {
+            name: entry.name,
+            wasm,
+            config,
+        });
     }
 
     Ok(RunConfig {
         source,
         source_label,
-        data_dir: args.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("weft-data")),
-        listen: args.listen.or(file.listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+        data_dir: args
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("weft-data")),
+        listen: args
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
         pipeline: file.pipeline,
         plugins,
     })

@@ -16,13 +16,17 @@ use std::{
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
+use weft::{bundled, config};
 use weft_pipeline::Pipeline;
 use weft_runtime::Runtime;
-use weft::{bundled, config};
 use weft_state::Store;
 
 #[derive(Parser)]
-#[command(name = "weft", version, about = "Clickstream analytics through WebAssembly component plugins.")]
+#[command(
+    name = "weft",
+    version,
+    about = "Clickstream analytics through WebAssembly component plugins."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -36,8 +40,11 @@ enum Command {
 
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("WEFT_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_env("WEFT_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match Cli::parse().command {
         Command::Run(args) => run(args),
@@ -46,10 +53,15 @@ fn main() -> Result<()> {
 
 fn run(args: config::RunArgs) -> Result<()> {
     let config = config::resolve(args, bundled::BUNDLED)?;
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
+    std::fs::create_dir_all(&config.data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {}",
+            config.data_dir.display()
+        )
+    })?;
     let store = Store::open(&config.data_dir.join("state"))?;
-    let runtime = Runtime::new(Some(config.data_dir.join("modules"))).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    let runtime = Runtime::new(Some(config.data_dir.join("modules")))
+        .map_err(|e| anyhow::anyhow!("{e:#}"))?;
     let source = weft_source::open(&config.source).context("cannot open the source")?;
     let pipeline = Pipeline::open(config.pipeline, source, config.plugins, store, &runtime)?;
     let shared = pipeline.shared();
@@ -74,11 +86,13 @@ fn run(args: config::RunArgs) -> Result<()> {
     let (ended_tx, ended_rx) = tokio::sync::oneshot::channel::<()>();
     let worker = {
         let stop = stop.clone();
-        thread::Builder::new().name("pipeline".into()).spawn(move || {
-            let result = pipeline.run(&stop);
-            let _ = ended_tx.send(());
-            result
-        })?
+        thread::Builder::new()
+            .name("pipeline".into())
+            .spawn(move || {
+                let result = pipeline.run(&stop);
+                let _ = ended_tx.send(());
+                result
+            })?
     };
     let http_stop = stop.clone();
     let served = tokio.block_on(async move {
@@ -92,7 +106,9 @@ fn run(args: config::RunArgs) -> Result<()> {
         weft_http::serve(listener, shared, shutdown).await
     });
     stop.store(true, Ordering::Relaxed);
-    let pipeline_result = worker.join().map_err(|_| anyhow::anyhow!("the pipeline thread panicked"))?;
+    let pipeline_result = worker
+        .join()
+        .map_err(|_| anyhow::anyhow!("the pipeline thread panicked"))?;
     served.context("the HTTP server failed")?;
     pipeline_result?;
     Ok(())
@@ -103,10 +119,11 @@ async fn terminated() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return std::future::pending().await,
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

@@ -30,7 +30,10 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        ApiError { status, message: message.into() }
+        ApiError {
+            status,
+            message: message.into(),
+        }
     }
 }
 
@@ -39,7 +42,11 @@ impl IntoResponse for ApiError {
         if self.status.is_server_error() {
             tracing::warn!(status = %self.status, message = %self.message, "API request failed.");
         }
-        (self.status, Json(serde_json::json!({ "error": self.message }))).into_response()
+        (
+            self.status,
+            Json(serde_json::json!({ "error": self.message })),
+        )
+            .into_response()
     }
 }
 
@@ -54,7 +61,12 @@ pub fn app(shared: Arc<Shared>) -> Router {
         .route("/api/plugins/{name}/query", get(query))
         .route("/api/rejected", get(rejected))
         .route("/metrics", get(metrics))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; see GET / for the API") })
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no such endpoint; see GET / for the API",
+            )
+        })
         .with_state(shared)
 }
 
@@ -64,9 +76,12 @@ pub async fn serve(
     shared: Arc<Shared>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app(shared).into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(
+        listener,
+        app(shared).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }
 
 async fn index() -> Html<&'static str> {
@@ -96,12 +111,16 @@ async fn plugins(State(shared): State<Arc<Shared>>) -> Json<Vec<PluginView>> {
         .iter()
         .map(|slot| {
             let stats = lock(&slot.stats).clone();
-            let mean = if stats.batches == 0 { 0.0 } else { stats.busy_seconds * 1e3 / stats.batches as f64 };
+            let mean = if stats.batches == 0 {
+                0.0
+            } else {
+                stats.busy_seconds * 1e3 / stats.batches as f64
+            };
             PluginView {
                 name: slot.name.clone(),
                 role: slot.role.to_string(),
                 digest: slot.digest.clone(),
-                status: if stats.last_error.is_some() { "failing" } else { "running" },
+                status: if stats.failing { "failing" } else { "running" },
                 events_in: stats.events_in,
                 batches: stats.batches,
                 errors: stats.errors,
@@ -125,17 +144,30 @@ async fn query(
     if slot.role != Role::Metric {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            format!("plugin `{name}` is a {}; only metrics answer queries", slot.role),
+            format!(
+                "plugin `{name}` is a {}; only metrics answer queries",
+                slot.role
+            ),
         ));
     }
     let answer = tokio::task::spawn_blocking(move || lock(&slot.plugin).query(&params))
         .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("query task failed: {e}")))?;
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("query task failed: {e}"),
+            )
+        })?;
     match answer {
         Ok(json) => Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response()),
         // The plugin declined the parameters: the caller's mistake.
-        Err(weft_runtime::Error::Failed { message, .. }) => Err(ApiError::new(StatusCode::BAD_REQUEST, message)),
-        Err(e) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+        Err(weft_runtime::Error::Failed { message, .. }) => {
+            Err(ApiError::new(StatusCode::BAD_REQUEST, message))
+        }
+        Err(e) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            e.to_string(),
+        )),
     }
 }
 
@@ -160,10 +192,14 @@ async fn rejected(
     State(shared): State<Arc<Shared>>,
     params: Result<Query<RejectedParams>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let Query(params) = params.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let Query(params) =
+        params.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
     let limit = params.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "limit must be between 1 and 1000"));
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "limit must be between 1 and 1000",
+        ));
     }
     let records = shared
         .store
@@ -185,5 +221,8 @@ async fn rejected(
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], shared.telemetry.render())
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        shared.telemetry.render(),
+    )
 }

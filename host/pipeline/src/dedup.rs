@@ -63,8 +63,14 @@ impl Dedup {
     /// What changed since the last call, for a checkpoint: each touched id
     /// with its time, or `None` if it is gone. Sorted by id.
     pub fn take_changes(&mut self) -> Vec<(String, Option<i64>)> {
-        let mut changes: Vec<_> =
-            self.touched.drain().map(|id| { let t = self.times.get(&id).copied(); (id, t) }).collect();
+        let mut changes: Vec<_> = self
+            .touched
+            .drain()
+            .map(|id| {
+                let t = self.times.get(&id).copied();
+                (id, t)
+            })
+            .collect();
         changes.sort();
         changes
     }
@@ -84,7 +90,10 @@ mod tests {
         assert!(d.accept("a", 30), "expired ids are new again");
         assert!(!d.accept("b", 20));
         d.expire(25);
-        assert_eq!(d.take_changes(), vec![("a".into(), Some(30)), ("b".into(), None)]);
+        assert_eq!(
+            d.take_changes(),
+            vec![("a".into(), Some(30)), ("b".into(), None)]
+        );
         assert_eq!(d.take_changes(), vec![]);
     }
 }

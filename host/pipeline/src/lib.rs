@@ -140,6 +140,8 @@ pub struct PluginStats {
     pub batches: u64,
     pub errors: u64,
     pub busy_seconds: f64,
+    /// Whether the last call failed.
+    pub failing: bool,
     pub last_error: Option<String>,
 }
 
@@ -184,7 +186,9 @@ struct Meta {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 pub struct Pipeline {
@@ -236,7 +240,13 @@ impl Pipeline {
             }
             let module = runtime.load(&spec.name, &spec.wasm)?;
             let config = spec.config.to_string();
-            let plugin = Plugin::start(runtime, &spec.name, &module, store.plugin_state(&spec.name), &config)?;
+            let plugin = Plugin::start(
+                runtime,
+                &spec.name,
+                &module,
+                store.plugin_state(&spec.name),
+                &config,
+            )?;
             tracing::info!(plugin = %spec.name, role = %module.role(), digest = %module.digest, "Plugin loaded.");
             slots.push(Arc::new(PluginSlot {
                 name: spec.name,
@@ -246,16 +256,32 @@ impl Pipeline {
                 stats: Mutex::new(PluginStats::default()),
             }));
         }
-        let stages = slots.iter().filter(|s| s.role == Role::Stage).cloned().collect();
-        let metrics = slots.iter().filter(|s| s.role == Role::Metric).cloned().collect();
+        let stages = slots
+            .iter()
+            .filter(|s| s.role == Role::Stage)
+            .cloned()
+            .collect();
+        let metrics = slots
+            .iter()
+            .filter(|s| s.role == Role::Metric)
+            .cloned()
+            .collect();
 
         let telemetry = Telemetry::new()?;
         let c = &meta.counters;
-        for (outcome, n) in [("received", c.received), ("accepted", c.accepted), ("rejected", c.rejected), ("duplicate", c.duplicates)] {
+        for (outcome, n) in [
+            ("received", c.received),
+            ("accepted", c.accepted),
+            ("rejected", c.rejected),
+            ("duplicate", c.duplicates),
+        ] {
             telemetry.events.with_label_values(&[outcome]).inc_by(n);
         }
         for (reason, n) in &c.rejected_by_reason {
-            telemetry.rejected.with_label_values(&[reason.as_str()]).inc_by(*n);
+            telemetry
+                .rejected
+                .with_label_values(&[reason.as_str()])
+                .inc_by(*n);
         }
         let reorder = Reorder::new(settings.lateness_ms, meta.reorder);
         let status = Status {
@@ -269,7 +295,12 @@ impl Pipeline {
         if meta.counters.received > 0 {
             tracing::info!(received = meta.counters.received, offsets = ?meta.offsets, "Resumed from the last checkpoint.");
         }
-        let shared = Arc::new(Shared { plugins: slots, status: Mutex::new(status), store, telemetry });
+        let shared = Arc::new(Shared {
+            plugins: slots,
+            status: Mutex::new(status),
+            store,
+            telemetry,
+        });
         Ok(Pipeline {
             normalizer: Normalizer::new(settings.mapping.clone()),
             settings,
@@ -312,7 +343,9 @@ impl Pipeline {
         if self.source_running {
             self.polled.clear();
             let mut polled = std::mem::take(&mut self.polled);
-            self.source_running = self.source.poll(&mut polled, self.settings.batch_size, poll_timeout)?;
+            self.source_running =
+                self.source
+                    .poll(&mut polled, self.settings.batch_size, poll_timeout)?;
             if !polled.is_empty() {
                 self.last_message = Instant::now();
             }
@@ -334,7 +367,9 @@ impl Pipeline {
         let quiet = !partitions.is_empty()
             && partitions.is_subset(caught_up)
             && self.last_message.elapsed() >= Duration::from_millis(self.settings.idle_ms);
-        let moved = self.reorder.advance(&partitions, caught_up, quiet || !self.source_running);
+        let moved = self
+            .reorder
+            .advance(&partitions, caught_up, quiet || !self.source_running);
         while let Some(held) = self.reorder.pop_ready() {
             self.builder.push(&held.event);
             if self.builder.len() >= self.settings.batch_size {
@@ -346,10 +381,12 @@ impl Pipeline {
         }
         if let Some(watermark) = moved {
             self.tick(watermark);
-            self.dedup.expire(watermark.saturating_sub(self.settings.dedup_horizon_ms));
+            self.dedup
+                .expire(watermark.saturating_sub(self.settings.dedup_horizon_ms));
         }
 
-        let due = self.last_checkpoint.elapsed() >= Duration::from_millis(self.settings.checkpoint_interval_ms)
+        let due = self.last_checkpoint.elapsed()
+            >= Duration::from_millis(self.settings.checkpoint_interval_ms)
             || self.unsaved >= self.settings.checkpoint_events;
         if self.unsaved > 0 && (due || !self.source_running) {
             self.checkpoint()?;
@@ -360,8 +397,16 @@ impl Pipeline {
 
     /// Normalizes, validates and dedups one message, then buffers it.
     fn admit(&mut self, message: Message) {
-        let Message { payload, partition, offset } = message;
-        if self.offsets.get(&partition).is_some_and(|&next| offset < next) {
+        let Message {
+            payload,
+            partition,
+            offset,
+        } = message;
+        if self
+            .offsets
+            .get(&partition)
+            .is_some_and(|&next| offset < next)
+        {
             return; // Read before the last checkpoint already.
         }
         self.offsets.insert(partition, offset + 1);
@@ -372,7 +417,13 @@ impl Pipeline {
         let event = match self.normalizer.normalize(&payload) {
             Ok(event) => event,
             Err(rejection) => {
-                return self.reject(rejection.reason.code(), rejection.detail, partition, offset, payload);
+                return self.reject(
+                    rejection.reason.code(),
+                    rejection.detail,
+                    partition,
+                    offset,
+                    payload,
+                );
             }
         };
         if !event.id.is_empty() && self.dedup.is_known(&event.id) {
@@ -393,17 +444,31 @@ impl Pipeline {
         }
         self.counters.accepted += 1;
         telemetry.events.with_label_values(&["accepted"]).inc();
-        self.reorder.push(Held { partition, offset, event });
+        self.reorder.push(Held {
+            partition,
+            offset,
+            event,
+        });
     }
 
     fn reject(&mut self, reason: &str, detail: String, partition: i32, offset: i64, raw: Vec<u8>) {
         self.counters.rejected += 1;
-        *self.counters.rejected_by_reason.entry(reason.to_owned()).or_default() += 1;
+        *self
+            .counters
+            .rejected_by_reason
+            .entry(reason.to_owned())
+            .or_default() += 1;
         let telemetry = &self.shared.telemetry;
         telemetry.events.with_label_values(&["rejected"]).inc();
         telemetry.rejected.with_label_values(&[reason]).inc();
         tracing::trace!(reason, partition, offset, %detail, "Message rejected.");
-        let record = Rejected { reason: reason.to_owned(), detail, partition, offset, raw };
+        let record = Rejected {
+            reason: reason.to_owned(),
+            detail,
+            partition,
+            offset,
+            raw,
+        };
         self.rejected.push((self.counters.rejected, record));
     }
 
@@ -411,11 +476,16 @@ impl Pipeline {
     fn run_batch(&mut self) {
         let mut batch: Batch = self.builder.finish();
         for slot in &self.stages {
-            let outcome = timed(&self.shared.telemetry, slot, batch.events.len(), |p| p.process(&batch));
+            let outcome = timed(&self.shared.telemetry, slot, batch.events.len(), |p| {
+                p.process(&batch)
+            });
             if let Some(out) = outcome {
                 let before = batch.events.len();
                 if let Err(detail) = weft_runtime::apply(&mut batch, out) {
-                    let e = weft_runtime::Error::BadOutput { plugin: slot.name.clone(), detail };
+                    let e = weft_runtime::Error::BadOutput {
+                        plugin: slot.name.clone(),
+                        detail,
+                    };
                     failed(&self.shared.telemetry, slot, &e);
                 } else if batch.events.len() != before {
                     tracing::trace!(plugin = %slot.name, before, after = batch.events.len(), "Stage changed the batch size.");
@@ -423,7 +493,9 @@ impl Pipeline {
             }
         }
         for slot in &self.metrics {
-            timed(&self.shared.telemetry, slot, batch.events.len(), |p| p.ingest(&batch));
+            timed(&self.shared.telemetry, slot, batch.events.len(), |p| {
+                p.ingest(&batch)
+            });
         }
     }
 
@@ -452,7 +524,11 @@ impl Pipeline {
                 Err(e) => failed(&self.shared.telemetry, slot, &e),
             }
         }
-        let meta = Meta { offsets: self.offsets.clone(), counters: self.counters.clone(), reorder: self.reorder.state() };
+        let meta = Meta {
+            offsets: self.offsets.clone(),
+            counters: self.counters.clone(),
+            reorder: self.reorder.state(),
+        };
         let checkpoint = Checkpoint {
             plugin_writes,
             dedup: self.dedup.take_changes(),
@@ -465,12 +541,22 @@ impl Pipeline {
             tracing::warn!(error = %e, "Committing offsets to the source failed; the checkpoint holds them.");
         }
         let elapsed = started.elapsed();
-        self.shared.telemetry.checkpoint.observe(elapsed.as_secs_f64());
-        tracing::debug!(messages = self.unsaved, ms = elapsed.as_secs_f64() * 1e3, "Checkpoint written.");
+        self.shared
+            .telemetry
+            .checkpoint
+            .observe(elapsed.as_secs_f64());
+        tracing::debug!(
+            messages = self.unsaved,
+            ms = elapsed.as_secs_f64() * 1e3,
+            "Checkpoint written."
+        );
         self.unsaved = 0;
         self.last_checkpoint = Instant::now();
-        lock(&self.shared.status).last_checkpoint =
-            Some(CheckpointInfo { at: now_ms(), duration_ms: elapsed.as_secs_f64() * 1e3, offsets: self.offsets.clone() });
+        lock(&self.shared.status).last_checkpoint = Some(CheckpointInfo {
+            at: now_ms(),
+            duration_ms: elapsed.as_secs_f64() * 1e3,
+            offsets: self.offsets.clone(),
+        });
         Ok(())
     }
 
@@ -500,20 +586,28 @@ fn timed<T>(
     let started = Instant::now();
     let result = f(&mut lock(&slot.plugin));
     let elapsed = started.elapsed().as_secs_f64();
-    telemetry.plugin_batch.with_label_values(&[slot.name.as_str()]).observe(elapsed);
+    telemetry
+        .plugin_batch
+        .with_label_values(&[slot.name.as_str()])
+        .observe(elapsed);
     {
         let mut stats = lock(&slot.stats);
         stats.batches += 1;
         stats.events_in += events as u64;
         stats.busy_seconds += elapsed;
+        stats.failing = result.is_err();
     }
     result.map_err(|e| failed(telemetry, slot, &e)).ok()
 }
 
 fn failed(telemetry: &Telemetry, slot: &PluginSlot, error: &weft_runtime::Error) {
     tracing::warn!(plugin = %slot.name, error = %error, "Plugin call failed.");
-    telemetry.plugin_errors.with_label_values(&[slot.name.as_str()]).inc();
+    telemetry
+        .plugin_errors
+        .with_label_values(&[slot.name.as_str()])
+        .inc();
     let mut stats = lock(&slot.stats);
     stats.errors += 1;
+    stats.failing = true;
     stats.last_error = Some(error.to_string());
 }

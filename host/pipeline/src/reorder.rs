@@ -81,7 +81,11 @@ impl Reorder {
     pub fn state(&self) -> ReorderState {
         let mut held: Vec<Held> = self.heap.iter().map(|Reverse(h)| h.clone()).collect();
         held.sort();
-        ReorderState { watermark: self.watermark, newest: self.newest.clone(), held }
+        ReorderState {
+            watermark: self.watermark,
+            newest: self.newest.clone(),
+            held,
+        }
     }
 
     pub fn watermark(&self) -> Option<i64> {
@@ -109,7 +113,12 @@ impl Reorder {
 
     /// Moves the watermark: from the `partitions` still delivering, or past
     /// everything when `flush_all`. Returns the new watermark if it moved.
-    pub fn advance(&mut self, partitions: &BTreeSet<i32>, caught_up: &BTreeSet<i32>, flush_all: bool) -> Option<i64> {
+    pub fn advance(
+        &mut self,
+        partitions: &BTreeSet<i32>,
+        caught_up: &BTreeSet<i32>,
+        flush_all: bool,
+    ) -> Option<i64> {
         let newest_overall = self.newest.values().copied().max()?;
         let candidate = if flush_all {
             newest_overall.saturating_add(1)
@@ -122,7 +131,9 @@ impl Reorder {
                 let newest = *self.newest.get(p)?;
                 slowest = Some(slowest.map_or(newest, |s| s.min(newest)));
             }
-            slowest.unwrap_or(newest_overall).saturating_sub(self.lateness)
+            slowest
+                .unwrap_or(newest_overall)
+                .saturating_sub(self.lateness)
         };
         match self.watermark {
             Some(w) if candidate <= w => None,
@@ -160,7 +171,11 @@ mod tests {
             os: String::new(),
             props: Vec::new(),
         };
-        Held { partition, offset, event }
+        Held {
+            partition,
+            offset,
+            event,
+        }
     }
 
     fn one() -> BTreeSet<i32> {
@@ -168,7 +183,9 @@ mod tests {
     }
 
     fn drain(r: &mut Reorder) -> Vec<i64> {
-        std::iter::from_fn(|| r.pop_ready()).map(|h| h.event.time).collect()
+        std::iter::from_fn(|| r.pop_ready())
+            .map(|h| h.event.time)
+            .collect()
     }
 
     #[test]
@@ -191,7 +208,11 @@ mod tests {
         r.push(held(0, 0, 1000));
         r.push(held(1, 0, 20));
         let three = BTreeSet::from([0, 1, 2]);
-        assert_eq!(r.advance(&three, &BTreeSet::new(), false), None, "partition 2 has delivered nothing yet");
+        assert_eq!(
+            r.advance(&three, &BTreeSet::new(), false),
+            None,
+            "partition 2 has delivered nothing yet"
+        );
         r.push(held(2, 0, 500));
         assert_eq!(r.advance(&three, &BTreeSet::new(), false), Some(15));
         assert_eq!(drain(&mut r), Vec::<i64>::new());
@@ -209,10 +230,15 @@ mod tests {
         r.push(held(0, 9, 50));
         r.push(held(0, 3, 50));
         r.advance(&BTreeSet::from([0, 1]), &BTreeSet::new(), true);
-        let order: Vec<_> = std::iter::from_fn(|| r.pop_ready()).map(|h| (h.partition, h.offset)).collect();
+        let order: Vec<_> = std::iter::from_fn(|| r.pop_ready())
+            .map(|h| (h.partition, h.offset))
+            .collect();
         assert_eq!(order, vec![(0, 3), (0, 9), (1, 7)]);
         r.push(held(0, 10, 40));
-        assert_eq!(r.advance(&BTreeSet::from([0, 1]), &BTreeSet::new(), false), None);
+        assert_eq!(
+            r.advance(&BTreeSet::from([0, 1]), &BTreeSet::new(), false),
+            None
+        );
         assert_eq!(r.watermark(), Some(51));
     }
 

@@ -1,9 +1,7 @@
 //! The pipeline's Prometheus metrics, registered in one registry that the
 //! HTTP layer exposes at `/metrics`.
 
-use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
-};
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
 
 pub struct Telemetry {
     pub registry: Registry,
@@ -21,19 +19,39 @@ pub struct Telemetry {
 impl Telemetry {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new_custom(Some("weft".into()), None)?;
-        let events = IntCounterVec::new(Opts::new("events_total", "Messages by outcome."), &["outcome"])?;
-        let rejected = IntCounterVec::new(Opts::new("rejected_total", "Rejected messages by reason."), &["reason"])?;
-        let source_lag = IntGauge::new("source_lag", "Messages behind the end of the source, when known.")?;
+        let events = IntCounterVec::new(
+            Opts::new("events_total", "Messages by outcome."),
+            &["outcome"],
+        )?;
+        let rejected = IntCounterVec::new(
+            Opts::new("rejected_total", "Rejected messages by reason."),
+            &["reason"],
+        )?;
+        let source_lag = IntGauge::new(
+            "source_lag",
+            "Messages behind the end of the source, when known.",
+        )?;
         let watermark = IntGauge::new("watermark_ms", "Event-time watermark, epoch ms.")?;
-        let buffered = IntGauge::new("buffered_events", "Accepted events waiting for the watermark.")?;
+        let buffered = IntGauge::new(
+            "buffered_events",
+            "Accepted events waiting for the watermark.",
+        )?;
         let buckets = prometheus::exponential_buckets(0.000_05, 2.0, 16)?;
         let plugin_batch = HistogramVec::new(
-            HistogramOpts::new("plugin_batch_seconds", "Time of one plugin call on a batch.").buckets(buckets.clone()),
+            HistogramOpts::new(
+                "plugin_batch_seconds",
+                "Time of one plugin call on a batch.",
+            )
+            .buckets(buckets.clone()),
             &["plugin"],
         )?;
-        let plugin_errors = IntCounterVec::new(Opts::new("plugin_errors_total", "Failed plugin calls."), &["plugin"])?;
+        let plugin_errors = IntCounterVec::new(
+            Opts::new("plugin_errors_total", "Failed plugin calls."),
+            &["plugin"],
+        )?;
         let checkpoint = Histogram::with_opts(
-            HistogramOpts::new("checkpoint_seconds", "Time to write one checkpoint.").buckets(buckets),
+            HistogramOpts::new("checkpoint_seconds", "Time to write one checkpoint.")
+                .buckets(buckets),
         )?;
         registry.register(Box::new(events.clone()))?;
         registry.register(Box::new(rejected.clone()))?;
@@ -43,11 +61,23 @@ impl Telemetry {
         registry.register(Box::new(plugin_batch.clone()))?;
         registry.register(Box::new(plugin_errors.clone()))?;
         registry.register(Box::new(checkpoint.clone()))?;
-        Ok(Telemetry { registry, events, rejected, source_lag, watermark, buffered, plugin_batch, plugin_errors, checkpoint })
+        Ok(Telemetry {
+            registry,
+            events,
+            rejected,
+            source_lag,
+            watermark,
+            buffered,
+            plugin_batch,
+            plugin_errors,
+            checkpoint,
+        })
     }
 
     /// The registry's text exposition.
     pub fn render(&self) -> String {
-        prometheus::TextEncoder::new().encode_to_string(&self.registry.gather()).unwrap_or_default()
+        prometheus::TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_default()
     }
 }

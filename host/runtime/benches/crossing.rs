@@ -55,7 +55,8 @@ impl DurableState for NoState {
 
 /// The bytes of fixture `artifact`, as the plugins workspace builds it.
 fn component(artifact: &str) -> Vec<u8> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../plugins/target/wasm32-wasip2/release");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../plugins/target/wasm32-wasip2/release");
     let path = dir.join(format!("{artifact}.wasm"));
     std::fs::read(&path).unwrap_or_else(|e| {
         panic!(
@@ -83,13 +84,21 @@ fn clickstream(n: usize) -> Vec<Event> {
     const DEVICES: [&str; 3] = ["desktop", "mobile", "tablet"];
     const BROWSERS: [&str; 3] = ["Chrome", "Safari", "Firefox"];
     const OSES: [&str; 4] = ["Windows", "macOS", "iOS", "Android"];
-    const REFERRERS: [&str; 6] =
-        ["https://www.google.com/", "https://news.ycombinator.com/", "direct", "newsletter", "https://t.co/", "ads"];
+    const REFERRERS: [&str; 6] = [
+        "https://www.google.com/",
+        "https://news.ycombinator.com/",
+        "direct",
+        "newsletter",
+        "https://t.co/",
+        "ads",
+    ];
     const CAMPAIGNS: [&str; 4] = ["spring_sale", "retarget_q4", "brand", "none"];
     // A fixed LCG: the same events every run.
     let mut seed = 0x2545_f491_4f6c_dd1du64;
     let mut next = move |below: usize| {
-        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
         (seed >> 33) as usize % below
     };
     let start = 1_763_805_600_000i64;
@@ -150,17 +159,25 @@ fn measure(n: usize, mut call: impl FnMut()) -> Figure {
         }
         calls *= 2;
     }
-    let mut per_event: Vec<f64> =
-        (0..RUNS).map(|_| run(calls).as_nanos() as f64 / (calls as f64 * n as f64)).collect();
+    let mut per_event: Vec<f64> = (0..RUNS)
+        .map(|_| run(calls).as_nanos() as f64 / (calls as f64 * n as f64))
+        .collect();
     per_event.sort_by(f64::total_cmp);
-    Figure { median: per_event[RUNS / 2], min: per_event[0], max: per_event[RUNS - 1] }
+    Figure {
+        median: per_event[RUNS / 2],
+        min: per_event[0],
+        max: per_event[RUNS - 1],
+    }
 }
 
 fn main() {
     let runtime = Runtime::new(None).expect("wasmtime engine");
     let start = |name: &str, artifact: &str| {
-        let module = runtime.load(name, &component(artifact)).unwrap_or_else(|e| panic!("{e}"));
-        Plugin::start(&runtime, name, &module, Arc::new(NoState), "{}").unwrap_or_else(|e| panic!("{e}"))
+        let module = runtime
+            .load(name, &component(artifact))
+            .unwrap_or_else(|e| panic!("{e}"));
+        Plugin::start(&runtime, name, &module, Arc::new(NoState), "{}")
+            .unwrap_or_else(|e| panic!("{e}"))
     };
     let mut metric = start("noop", "noop");
     let mut stage = start("noop_stage", "noop_stage");
@@ -193,9 +210,17 @@ fn main() {
             apply(&mut staged, out).expect("apply");
         });
         assert_eq!(staged.events.len(), n);
-        assert_eq!((staged.text.len(), staged.ends.len()), (batch.text.len(), batch.ends.len()));
+        assert_eq!(
+            (staged.text.len(), staged.ends.len()),
+            (batch.text.len(), batch.ends.len())
+        );
 
-        eprintln!("batch of {n}: build {}, ingest {}, stage {}", build.cell(), ingest.cell(), process.cell());
+        eprintln!(
+            "batch of {n}: build {}, ingest {}, stage {}",
+            build.cell(),
+            ingest.cell(),
+            process.cell()
+        );
         rows.push((n, batch.ends.len() - 1, build, ingest, process));
     }
 
@@ -215,7 +240,11 @@ fn main() {
         );
     }
     if let Some((_, _, _, ingest, _)) = rows.iter().find(|r| r.0 == 1024) {
-        let verdict = if ingest.median <= TARGET_NS { "met" } else { "missed" };
+        let verdict = if ingest.median <= TARGET_NS {
+            "met"
+        } else {
+            "missed"
+        };
         println!(
             "\nTarget: a no-op plugin costs ≤ {TARGET_NS} ns per event at 1024 events per call: \
              {:.1} ns — {verdict}.",

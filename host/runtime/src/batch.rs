@@ -17,7 +17,12 @@ pub struct BatchBuilder {
 
 impl Default for Batch {
     fn default() -> Self {
-        Batch { text: Vec::new(), ends: vec![0], events: Vec::new(), props: Vec::new() }
+        Batch {
+            text: Vec::new(),
+            ends: vec![0],
+            events: Vec::new(),
+            props: Vec::new(),
+        }
     }
 }
 
@@ -47,7 +52,10 @@ impl BatchBuilder {
     pub fn push(&mut self, e: &Normalized) {
         let props_start = self.batch.props.len() as u32;
         for (k, v) in &e.props {
-            let prop = Prop { key: self.intern(k), value: self.intern(v) };
+            let prop = Prop {
+                key: self.intern(k),
+                value: self.intern(v),
+            };
             self.batch.props.push(prop);
         }
         let event = Event {
@@ -79,25 +87,39 @@ impl BatchBuilder {
 /// boundaries, that events keep a user and a name, and that they stay in
 /// event-time order; a malformed output leaves `batch` as it was.
 pub fn apply(batch: &mut Batch, out: StageOutput) -> Result<(), String> {
-    let text = std::str::from_utf8(&out.text).map_err(|e| format!("added text is not UTF-8: {e}"))?;
+    let text =
+        std::str::from_utf8(&out.text).map_err(|e| format!("added text is not UTF-8: {e}"))?;
     let mut previous = 0u32;
     for &end in &out.ends {
         if end < previous || end as usize > text.len() {
-            return Err(format!("added string ends out of order or past the text: {end}"));
+            return Err(format!(
+                "added string ends out of order or past the text: {end}"
+            ));
         }
         if !text.is_char_boundary(end as usize) {
-            return Err(format!("added string ending at {end} splits a UTF-8 character"));
+            return Err(format!(
+                "added string ending at {end} splits a UTF-8 character"
+            ));
         }
         previous = end;
     }
     let strings = (batch.ends.len() + out.ends.len()) as u32;
     let props = (batch.props.len() + out.props.len()) as u64;
-    if let Some(p) = out.props.iter().find(|p| p.key >= strings || p.value >= strings) {
-        return Err(format!("a property refers to string {} of {strings}", p.key.max(p.value)));
+    if let Some(p) = out
+        .props
+        .iter()
+        .find(|p| p.key >= strings || p.value >= strings)
+    {
+        return Err(format!(
+            "a property refers to string {} of {strings}",
+            p.key.max(p.value)
+        ));
     }
     let mut last_time = i64::MIN;
     for (i, e) in out.events.iter().enumerate() {
-        let fields = [e.id, e.user, e.name, e.session, e.path, e.device, e.browser, e.os];
+        let fields = [
+            e.id, e.user, e.name, e.session, e.path, e.device, e.browser, e.os,
+        ];
         if let Some(bad) = fields.iter().find(|&&s| s >= strings) {
             return Err(format!("event {i} refers to string {bad} of {strings}"));
         }
@@ -105,7 +127,9 @@ pub fn apply(batch: &mut Batch, out: StageOutput) -> Result<(), String> {
             return Err(format!("event {i} has no user or no event name"));
         }
         if u64::from(e.props_start) + u64::from(e.props_len) > props {
-            return Err(format!("event {i} refers to properties past the batch's {props}"));
+            return Err(format!(
+                "event {i} refers to properties past the batch's {props}"
+            ));
         }
         if e.time < last_time {
             return Err(format!("event {i} is out of event-time order"));

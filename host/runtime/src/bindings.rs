@@ -21,8 +21,8 @@ mod stage {
     });
 }
 
-pub use metric::{Metric as MetricWorld, MetricPre};
 pub use metric::weft::plugin::log::{Host as LogHost, Level};
 pub use metric::weft::plugin::state::{Entry, Host as StateHost};
 pub use metric::weft::plugin::types::{Batch, Event, Host as TypesHost, Prop, StageOutput};
+pub use metric::{Metric as MetricWorld, MetricPre};
 pub use stage::{Stage as StageWorld, StagePre};

@@ -62,7 +62,11 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         MetricWorld::add_to_linker::<PluginCtx, HasSelf<PluginCtx>>(&mut linker, |ctx| ctx)?;
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-        Ok(Runtime { engine, linker: Arc::new(linker), cache_dir })
+        Ok(Runtime {
+            engine,
+            linker: Arc::new(linker),
+            cache_dir,
+        })
     }
 
     /// Compiles `bytes` (or loads the cached compilation) and finds its role.
@@ -77,12 +81,23 @@ impl Runtime {
     }
 
     fn compile(&self, name: &str, bytes: &[u8]) -> Result<Component, Error> {
-        Component::new(&self.engine, bytes).map_err(|source| Error::Compile { plugin: name.into(), source })
+        Component::new(&self.engine, bytes).map_err(|source| Error::Compile {
+            plugin: name.into(),
+            source,
+        })
     }
 
-    fn load_cached(&self, name: &str, bytes: &[u8], digest: &str, dir: &std::path::Path) -> Result<Component, Error> {
+    fn load_cached(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        digest: &str,
+        dir: &std::path::Path,
+    ) -> Result<Component, Error> {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        self.engine.precompile_compatibility_hash().hash(&mut hasher);
+        self.engine
+            .precompile_compatibility_hash()
+            .hash(&mut hasher);
         let path = dir.join(format!("{digest}-{:016x}.cwasm", hasher.finish()));
         if path.exists() {
             // SAFETY: the file was written by `Component::serialize` of this
@@ -90,11 +105,16 @@ impl Runtime {
             // into weft's own data directory.
             match unsafe { Component::deserialize_file(&self.engine, &path) } {
                 Ok(c) => return Ok(c),
-                Err(e) => tracing::warn!(plugin = name, path = %path.display(), error = %e, "Cached module unusable; recompiling."),
+                Err(e) => {
+                    tracing::warn!(plugin = name, path = %path.display(), error = %e, "Cached module unusable; recompiling.")
+                }
             }
         }
         let component = self.compile(name, bytes)?;
-        let cache_err = |source| Error::Cache { path: path.clone(), source };
+        let cache_err = |source| Error::Cache {
+            path: path.clone(),
+            source,
+        };
         std::fs::create_dir_all(dir).map_err(cache_err)?;
         match component.serialize() {
             Ok(serialized) => {
@@ -102,22 +122,32 @@ impl Runtime {
                 std::fs::write(&tmp, serialized).map_err(cache_err)?;
                 std::fs::rename(&tmp, &path).map_err(cache_err)?;
             }
-            Err(e) => tracing::warn!(plugin = name, error = %e, "Cannot serialize the compiled module; it will be compiled again next start."),
+            Err(e) => {
+                tracing::warn!(plugin = name, error = %e, "Cannot serialize the compiled module; it will be compiled again next start.")
+            }
         }
         Ok(component)
     }
 
     /// Checks the component against both worlds; the one it fits is its role.
     fn pre(&self, name: &str, component: &Component) -> Result<Pre, Error> {
-        let wrong = |detail: String| Error::WrongWorld { plugin: name.into(), detail };
-        let instance = self.linker.instantiate_pre(component).map_err(|e| wrong(format!("{e:#}")))?;
+        let wrong = |detail: String| Error::WrongWorld {
+            plugin: name.into(),
+            detail,
+        };
+        let instance = self
+            .linker
+            .instantiate_pre(component)
+            .map_err(|e| wrong(format!("{e:#}")))?;
         let as_metric = match MetricPre::new(instance.clone()) {
             Ok(pre) => return Ok(Pre::Metric(pre)),
             Err(e) => e,
         };
         match StagePre::new(instance) {
             Ok(pre) => Ok(Pre::Stage(pre)),
-            Err(as_stage) => Err(wrong(format!("as a metric: {as_metric:#}; as a stage: {as_stage:#}"))),
+            Err(as_stage) => Err(wrong(format!(
+                "as a metric: {as_metric:#}; as a stage: {as_stage:#}"
+            ))),
         }
     }
 }

@@ -32,7 +32,9 @@ pub enum Error {
         #[source]
         source: wasmtime::Error,
     },
-    #[error("plugin `{plugin}`: the component fits neither the `stage` nor the `metric` world: {detail}")]
+    #[error(
+        "plugin `{plugin}`: the component fits neither the `stage` nor the `metric` world: {detail}"
+    )]
     WrongWorld { plugin: String, detail: String },
     #[error("plugin `{plugin}`: cannot instantiate: {source}")]
     Instantiate {
@@ -41,13 +43,25 @@ pub enum Error {
         source: wasmtime::Error,
     },
     #[error("plugin `{plugin}`: `{function}` trapped: {detail}")]
-    Trap { plugin: String, function: &'static str, detail: String },
+    Trap {
+        plugin: String,
+        function: &'static str,
+        detail: String,
+    },
     #[error("plugin `{plugin}`: `{function}` failed: {message}")]
-    Failed { plugin: String, function: &'static str, message: String },
+    Failed {
+        plugin: String,
+        function: &'static str,
+        message: String,
+    },
     #[error("plugin `{plugin}`: `process` returned a malformed batch: {detail}")]
     BadOutput { plugin: String, detail: String },
     #[error("plugin `{plugin}` has role {actual}, not {expected}")]
-    Role { plugin: String, expected: Role, actual: Role },
+    Role {
+        plugin: String,
+        expected: Role,
+        actual: Role,
+    },
     #[error("compiled-module cache at {path}: {source}")]
     Cache {
         path: std::path::PathBuf,

@@ -13,7 +13,9 @@ use wasmtime_wasi::{
 
 use crate::{
     Error,
-    bindings::{Batch, Entry, Level, LogHost, MetricWorld, StageOutput, StageWorld, StateHost, TypesHost},
+    bindings::{
+        Batch, Entry, Level, LogHost, MetricWorld, StageOutput, StageWorld, StateHost, TypesHost,
+    },
     engine::{Module, Pre, Runtime},
     state::{DurableState, PendingState, Write},
 };
@@ -48,7 +50,10 @@ pub struct PluginCtx {
 
 impl WasiView for PluginCtx {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -157,12 +162,20 @@ impl Plugin {
             stderr,
         };
         let mut store = Store::new(&runtime.engine, ctx);
-        let instantiate = |source| Error::Instantiate { plugin: name.into(), source };
+        let instantiate = |source| Error::Instantiate {
+            plugin: name.into(),
+            source,
+        };
         let instance = match &module.pre {
             Pre::Metric(pre) => Instance::Metric(pre.instantiate(&mut store).map_err(instantiate)?),
             Pre::Stage(pre) => Instance::Stage(pre.instantiate(&mut store).map_err(instantiate)?),
         };
-        let mut plugin = Plugin { name: name.to_owned(), digest: module.digest.clone(), store, instance };
+        let mut plugin = Plugin {
+            name: name.to_owned(),
+            digest: module.digest.clone(),
+            store,
+            instance,
+        };
         let result = match &plugin.instance {
             Instance::Metric(m) => m.call_init(&mut plugin.store, config),
             Instance::Stage(s) => s.call_init(&mut plugin.store, config),
@@ -187,10 +200,18 @@ impl Plugin {
     }
 
     /// Turns a call's outcome into this crate's error, naming the plugin.
-    fn outcome<T>(&mut self, function: &'static str, result: wasmtime::Result<Result<T, String>>) -> Result<T, Error> {
+    fn outcome<T>(
+        &mut self,
+        function: &'static str,
+        result: wasmtime::Result<Result<T, String>>,
+    ) -> Result<T, Error> {
         match result {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(message)) => Err(Error::Failed { plugin: self.name.clone(), function, message }),
+            Ok(Err(message)) => Err(Error::Failed {
+                plugin: self.name.clone(),
+                function,
+                message,
+            }),
             Err(trap) => {
                 let stderr = self.store.data().stderr.contents();
                 let stderr = String::from_utf8_lossy(&stderr);
@@ -198,13 +219,21 @@ impl Plugin {
                     "" => format!("{trap:#}"),
                     said => format!("{trap:#}; the plugin wrote: {said}"),
                 };
-                Err(Error::Trap { plugin: self.name.clone(), function, detail })
+                Err(Error::Trap {
+                    plugin: self.name.clone(),
+                    function,
+                    detail,
+                })
             }
         }
     }
 
     fn wrong_role(&self, expected: Role) -> Error {
-        Error::Role { plugin: self.name.clone(), expected, actual: self.role() }
+        Error::Role {
+            plugin: self.name.clone(),
+            expected,
+            actual: self.role(),
+        }
     }
 
     /// Runs a stage over `batch`.

@@ -28,7 +28,10 @@ pub struct PendingState {
 
 impl PendingState {
     pub fn new(durable: Arc<dyn DurableState>) -> Self {
-        PendingState { durable, overlay: BTreeMap::new() }
+        PendingState {
+            durable,
+            overlay: BTreeMap::new(),
+        }
     }
 
     pub fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
@@ -46,11 +49,19 @@ impl PendingState {
         self.overlay.insert(key, None);
     }
 
-    pub fn scan(&self, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
+    pub fn scan(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Vec<(Vec<u8>, Vec<u8>)> {
         // Merge the durable entries with the overlay; overlay entries win.
         let durable_wanted = limit.saturating_add(self.overlay.len());
-        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> =
-            self.durable.scan(prefix, after, durable_wanted).into_iter().collect();
+        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = self
+            .durable
+            .scan(prefix, after, durable_wanted)
+            .into_iter()
+            .collect();
         let lower = match after {
             Some(a) => Bound::Excluded(a.to_vec()),
             None => Bound::Included(prefix.to_vec()),

@@ -81,14 +81,20 @@ impl Store {
         let db = sled::Config::new()
             .path(dir)
             .open()
-            .map_err(|source| StateError::Open { path: dir.to_path_buf(), source })?;
+            .map_err(|source| StateError::Open {
+                path: dir.to_path_buf(),
+                source,
+            })?;
         let tree = db.open_tree("weft").map_err(io("open tree"))?;
         Ok(Store { db, tree })
     }
 
     /// The durable state of plugin `name`, for its runtime instance.
     pub fn plugin_state(&self, name: &str) -> Arc<dyn DurableState> {
-        Arc::new(PluginState { tree: self.tree.clone(), prefix: key(&[PLUGIN, name.as_bytes(), b"\0"]) })
+        Arc::new(PluginState {
+            tree: self.tree.clone(),
+            prefix: key(&[PLUGIN, name.as_bytes(), b"\0"]),
+        })
     }
 
     /// Writes `cp` atomically and makes it durable.
@@ -111,18 +117,27 @@ impl Store {
             }
         }
         for (seq, r) in cp.rejected {
-            let bytes = postcard::to_allocvec(&r).map_err(|e| StateError::Corrupt { what: "rejected record", detail: e.to_string() })?;
+            let bytes = postcard::to_allocvec(&r).map_err(|e| StateError::Corrupt {
+                what: "rejected record",
+                detail: e.to_string(),
+            })?;
             batch.insert(key(&[REJECTED, &seq.to_be_bytes()]), bytes);
         }
         batch.insert(META, cp.meta);
-        self.tree.apply_batch(batch).map_err(io("apply checkpoint"))?;
+        self.tree
+            .apply_batch(batch)
+            .map_err(io("apply checkpoint"))?;
         self.db.flush().map_err(io("flush checkpoint"))?;
         Ok(())
     }
 
     /// The pipeline metadata of the last checkpoint, if any.
     pub fn meta(&self) -> Result<Option<Vec<u8>>, StateError> {
-        Ok(self.tree.get(META).map_err(io("read meta"))?.map(|v| v.to_vec()))
+        Ok(self
+            .tree
+            .get(META)
+            .map_err(io("read meta"))?
+            .map(|v| v.to_vec()))
     }
 
     /// Every accepted event id kept for dedup, with its event time.
@@ -133,15 +148,25 @@ impl Store {
             let id = String::from_utf8_lossy(&k[DEDUP.len()..]).into_owned();
             let time = <[u8; 8]>::try_from(&v[..])
                 .map(i64::from_be_bytes)
-                .map_err(|_| StateError::Corrupt { what: "dedup entry", detail: id.clone() })?;
+                .map_err(|_| StateError::Corrupt {
+                    what: "dedup entry",
+                    detail: id.clone(),
+                })?;
             out.push((id, time));
         }
         Ok(out)
     }
 
     /// Rejected messages with sequence number above `after`, oldest first.
-    pub fn rejected(&self, after: Option<u64>, limit: usize) -> Result<Vec<(u64, Rejected)>, StateError> {
-        let start = key(&[REJECTED, &after.map_or(0, |a| a.saturating_add(1)).to_be_bytes()]);
+    pub fn rejected(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, Rejected)>, StateError> {
+        let start = key(&[
+            REJECTED,
+            &after.map_or(0, |a| a.saturating_add(1)).to_be_bytes(),
+        ]);
         let mut out = Vec::new();
         for item in self.tree.range(start..).take(limit) {
             let (k, v) = item.map_err(io("scan rejected"))?;
@@ -150,8 +175,14 @@ impl Store {
             }
             let seq = <[u8; 8]>::try_from(&k[REJECTED.len()..])
                 .map(u64::from_be_bytes)
-                .map_err(|_| StateError::Corrupt { what: "rejected key", detail: format!("{k:?}") })?;
-            let r = postcard::from_bytes(&v).map_err(|e| StateError::Corrupt { what: "rejected record", detail: e.to_string() })?;
+                .map_err(|_| StateError::Corrupt {
+                    what: "rejected key",
+                    detail: format!("{k:?}"),
+                })?;
+            let r = postcard::from_bytes(&v).map_err(|e| StateError::Corrupt {
+                what: "rejected record",
+                detail: e.to_string(),
+            })?;
             out.push((seq, r));
         }
         Ok(out)

@@ -30,7 +30,10 @@ struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { resolution_ms: 60_000, gap_ms: 30 * 60 * 1000 }
+        Settings {
+            resolution_ms: 60_000,
+            gap_ms: 30 * 60 * 1000,
+        }
     }
 }
 
@@ -85,7 +88,13 @@ impl Agg {
     }
 
     fn report(&self, active_users: u64) -> serde_json::Value {
-        let avg = |sum: f64| if self.sessions == 0 { 0.0 } else { sum / self.sessions as f64 };
+        let avg = |sum: f64| {
+            if self.sessions == 0 {
+                0.0
+            } else {
+                sum / self.sessions as f64
+            }
+        };
         serde_json::json!({
             "active_users": active_users,
             "session_count": self.sessions,
@@ -164,13 +173,18 @@ impl Core {
     }
 
     fn with_bucket(&self, start: i64, f: impl FnOnce(&mut Agg)) {
-        self.buckets.with(&start.to_string(), |b| f(b.get_or_insert_with(Agg::default)));
+        self.buckets.with(
+            &start.to_string(),
+            |b| f(b.get_or_insert_with(Agg::default)),
+        );
         self.bucket_starts.update(|s| s.insert(start));
     }
 
     /// Merged aggregates of the buckets starting in `[from, to)`.
     fn range(&self, from: i64, to: i64) -> Agg {
-        let starts: Vec<i64> = self.bucket_starts.read(|s| s.range(self.bucket(from)..to).copied().collect());
+        let starts: Vec<i64> = self
+            .bucket_starts
+            .read(|s| s.range(self.bucket(from)..to).copied().collect());
         let mut agg = Agg::default();
         for start in starts {
             if let Some(b) = self.buckets.get(&start.to_string()) {
@@ -211,7 +225,12 @@ impl Metric for Core {
             let path = event.path();
             let (session_start, change) = self.sessions.with(event.session(), |s| match s {
                 None => {
-                    *s = Some(Session { start: time, end: time, entry: path.to_owned(), exit: path.to_owned() });
+                    *s = Some(Session {
+                        start: time,
+                        end: time,
+                        entry: path.to_owned(),
+                        exit: path.to_owned(),
+                    });
                     let entry = (!path.is_empty()).then_some(path);
                     (time, (true, 0, entry, entry.map(|p| (String::new(), p))))
                 }
@@ -296,8 +315,7 @@ impl Metric for Core {
         match (from, to) {
             (None, None) => Ok(self.total.read(|t| t.report(self.active_users.get()))),
             (from, to) => {
-                let (from, to) = (from.unwrap_or(i64::MIN), to.unwrap_or(i64::MAX));
-                let agg = self.range(from, to);
+                let agg = self.range(from.unwrap_or(i64::MIN), to.unwrap_or(i64::MAX));
                 let mut report = agg.report(agg.users.len() as u64);
                 report["from"] = from.into();
                 report["to"] = to.into();
@@ -309,15 +327,24 @@ impl Metric for Core {
 
 /// `90s`, `5m`, `1h`, `1d`, or plain milliseconds.
 fn parse_duration(text: &str) -> Result<i64> {
-    let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
-    let n: i64 = digits.parse().map_err(|_| Error(format!("`{text}` is not a duration like 5m, 1h or 30s")))?;
+    let (digits, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let n: i64 = digits
+        .parse()
+        .map_err(|_| Error(format!("`{text}` is not a duration like 5m, 1h or 30s")))?;
     let scale = match unit {
         "" | "ms" => 1,
         "s" => 1000,
         "m" => 60_000,
         "h" => 3_600_000,
         "d" => 86_400_000,
-        _ => return Err(Error(format!("`{text}` has an unknown unit (use ms, s, m, h or d)"))),
+        _ => {
+            return Err(Error(format!(
+                "`{text}` has an unknown unit (use ms, s, m, h or d)"
+            )));
+        }
     };
     match n.checked_mul(scale) {
         Some(ms) if ms > 0 => Ok(ms),

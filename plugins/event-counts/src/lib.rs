@@ -11,7 +11,9 @@ struct EventCounts {
 
 impl Metric for EventCounts {
     fn init(_: Config) -> Result<Self> {
-        Ok(EventCounts { counts: Cell::new("counts") })
+        Ok(EventCounts {
+            counts: Cell::new("counts"),
+        })
     }
 
     fn ingest(&mut self, batch: &Batch) -> Result<()> {
@@ -29,7 +31,9 @@ impl Metric for EventCounts {
     }
 
     fn query(&mut self, _: &Query) -> Result<serde_json::Value> {
-        Ok(self.counts.read(|counts| serde_json::json!({ "counts": counts })))
+        Ok(self
+            .counts
+            .read(|counts| serde_json::json!({ "counts": counts })))
     }
 }
 

@@ -17,7 +17,9 @@ struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            steps: ["page_view", "add_to_cart", "checkout", "purchase"].map(String::from).to_vec(),
+            steps: ["page_view", "add_to_cart", "checkout", "purchase"]
+                .map(String::from)
+                .to_vec(),
             gap_ms: 30 * 60 * 1000,
         }
     }
@@ -65,7 +67,8 @@ impl Metric for Funnel {
     }
 
     fn tick(&mut self, watermark: i64) -> Result<()> {
-        self.progress.retain(|_, (_, last)| watermark - *last <= self.gap);
+        self.progress
+            .retain(|_, (_, last)| watermark - *last <= self.gap);
         Ok(())
     }
 

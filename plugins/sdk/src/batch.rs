@@ -20,8 +20,14 @@ pub struct Batch {
 impl Batch {
     #[doc(hidden)]
     pub fn new(raw: RawBatch) -> Result<Self> {
-        let text = String::from_utf8(raw.text).map_err(|_| Error("batch text is not UTF-8".into()))?;
-        Ok(Batch { text, ends: raw.ends, events: raw.events, props: raw.props })
+        let text =
+            String::from_utf8(raw.text).map_err(|_| Error("batch text is not UTF-8".into()))?;
+        Ok(Batch {
+            text,
+            ends: raw.ends,
+            events: raw.events,
+            props: raw.props,
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -33,7 +39,9 @@ impl Batch {
     }
 
     pub fn events(&self) -> impl ExactSizeIterator<Item = EventRef<'_>> {
-        self.events.iter().map(move |raw| EventRef { batch: self, raw })
+        self.events
+            .iter()
+            .map(move |raw| EventRef { batch: self, raw })
     }
 
     /// String `index` of the table ("" when out of range).
@@ -92,7 +100,12 @@ impl<'a> EventRef<'a> {
         let batch = self.batch;
         let start = self.raw.props_start as usize;
         let end = start.saturating_add(self.raw.props_len as usize);
-        batch.props.get(start..end).unwrap_or(&[]).iter().map(move |p| (batch.str(p.key), batch.str(p.value)))
+        batch
+            .props
+            .get(start..end)
+            .unwrap_or(&[])
+            .iter()
+            .map(move |p| (batch.str(p.key), batch.str(p.value)))
     }
     /// The value of property `key`, if the event has it.
     pub fn prop(&self, key: &str) -> Option<&'a str> {
@@ -113,7 +126,12 @@ impl<'a> Output<'a> {
     pub fn new(batch: &'a Batch) -> Self {
         Output {
             batch,
-            raw: StageOutput { text: Vec::new(), ends: Vec::new(), events: Vec::with_capacity(batch.len()), props: Vec::new() },
+            raw: StageOutput {
+                text: Vec::new(),
+                ends: Vec::new(),
+                events: Vec::with_capacity(batch.len()),
+                props: Vec::new(),
+            },
             added: FxHashMap::default(),
         }
     }

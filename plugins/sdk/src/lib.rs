@@ -39,9 +39,9 @@
 
 pub mod batch;
 pub mod log;
-pub mod state;
 #[doc(hidden)]
 pub mod rt;
+pub mod state;
 
 pub use batch::{Batch, EventMut, EventRef, Output};
 pub use serde_json;
@@ -109,7 +109,10 @@ pub struct Query(pub Vec<(String, String)>);
 impl Query {
     /// The first value of parameter `name`.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -147,6 +150,7 @@ macro_rules! export_metric {
         type __WeftPlugin = $ty;
 
         #[doc(hidden)]
+        #[allow(clippy::too_many_arguments)]
         mod __weft_export {
             $crate::__generate!(metric);
 
@@ -192,6 +196,7 @@ macro_rules! export_stage {
         type __WeftPlugin = $ty;
 
         #[doc(hidden)]
+        #[allow(clippy::too_many_arguments)]
         mod __weft_export {
             $crate::__generate!(stage);
 

@@ -50,7 +50,9 @@ fn decode<V: DeserializeOwned>(bytes: &[u8], what: &str) -> Option<V> {
     match postcard::from_bytes(bytes) {
         Ok(v) => Some(v),
         Err(e) => {
-            crate::log::error(&format!("state entry {what} does not decode ({e}); starting it afresh"));
+            crate::log::error(&format!(
+                "state entry {what} does not decode ({e}); starting it afresh"
+            ));
             None
         }
     }
@@ -84,7 +86,11 @@ pub struct Map<V: Serialize + DeserializeOwned + 'static> {
 impl<V: Serialize + DeserializeOwned + 'static> Map<V> {
     /// The map named `name`; two containers of one plugin need distinct names.
     pub fn new(name: &str) -> Self {
-        let inner = Rc::new(RefCell::new(MapInner { name: name.to_owned(), cache: FxHashMap::default(), dirty: FxHashSet::default() }));
+        let inner = Rc::new(RefCell::new(MapInner {
+            name: name.to_owned(),
+            cache: FxHashMap::default(),
+            dirty: FxHashSet::default(),
+        }));
         register(inner.clone());
         Map { inner }
     }
@@ -112,7 +118,8 @@ impl<V: Serialize + DeserializeOwned + 'static> Map<V> {
         if let Some(v) = inner.cache.get(key) {
             return v.clone();
         }
-        let stored: Option<V> = host::get(&prefixed(&inner.name, key)).and_then(|b| decode(&b, key));
+        let stored: Option<V> =
+            host::get(&prefixed(&inner.name, key)).and_then(|b| decode(&b, key));
         inner.cache.insert(key.to_owned(), stored.clone());
         stored
     }
@@ -179,14 +186,20 @@ pub struct Cell<T: Serialize + DeserializeOwned + Default + 'static> {
 impl<T: Serialize + DeserializeOwned + Default + 'static> Cell<T> {
     /// The cell named `name`; it must not clash with another container's name.
     pub fn new(name: &str) -> Self {
-        let inner = Rc::new(RefCell::new(CellInner { name: name.to_owned(), value: None, dirty: false }));
+        let inner = Rc::new(RefCell::new(CellInner {
+            name: name.to_owned(),
+            value: None,
+            dirty: false,
+        }));
         register(inner.clone());
         Cell { inner }
     }
 
     fn load(inner: &mut CellInner<T>) -> &mut T {
         inner.value.get_or_insert_with(|| {
-            host::get(&prefixed(&inner.name, "")).and_then(|b| decode(&b, &inner.name)).unwrap_or_default()
+            host::get(&prefixed(&inner.name, ""))
+                .and_then(|b| decode(&b, &inner.name))
+                .unwrap_or_default()
         })
     }
 

@@ -13,7 +13,9 @@ struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { gap_ms: 30 * 60 * 1000 }
+        Settings {
+            gap_ms: 30 * 60 * 1000,
+        }
     }
 }
 
@@ -32,7 +34,10 @@ struct Sessionizer {
 impl Stage for Sessionizer {
     fn init(config: Config) -> Result<Self> {
         let settings: Settings = config.get()?;
-        Ok(Sessionizer { gap: settings.gap_ms, open: Map::new("open") })
+        Ok(Sessionizer {
+            gap: settings.gap_ms,
+            open: Map::new("open"),
+        })
     }
 
     fn process(&mut self, batch: &Batch, out: &mut Output) -> Result<()> {
@@ -45,7 +50,10 @@ impl Stage for Sessionizer {
                     s.start
                 }
                 _ => {
-                    *open = Some(Open { start: time, last: time });
+                    *open = Some(Open {
+                        start: time,
+                        last: time,
+                    });
                     time
                 }
             });
