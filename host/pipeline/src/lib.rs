@@ -269,14 +269,10 @@ impl Pipeline {
 
         let telemetry = Telemetry::new()?;
         let c = &meta.counters;
-        for (outcome, n) in [
-            ("received", c.received),
-            ("accepted", c.accepted),
-            ("rejected", c.rejected),
-            ("duplicate", c.duplicates),
-        ] {
-            telemetry.events.with_label_values(&[outcome]).inc_by(n);
-        }
+        telemetry.received.inc_by(c.received);
+        telemetry.accepted.inc_by(c.accepted);
+        telemetry.rejected_any.inc_by(c.rejected);
+        telemetry.duplicate.inc_by(c.duplicates);
         for (reason, n) in &c.rejected_by_reason {
             telemetry
                 .rejected
@@ -413,7 +409,7 @@ impl Pipeline {
         self.counters.received += 1;
         self.unsaved += 1;
         let telemetry = &self.shared.telemetry;
-        telemetry.events.with_label_values(&["received"]).inc();
+        telemetry.received.inc();
         let event = match self.normalizer.normalize(&payload) {
             Ok(event) => event,
             Err(rejection) => {
@@ -428,7 +424,7 @@ impl Pipeline {
         };
         if !event.id.is_empty() && self.dedup.is_known(&event.id) {
             self.counters.duplicates += 1;
-            telemetry.events.with_label_values(&["duplicate"]).inc();
+            telemetry.duplicate.inc();
             return;
         }
         if self.reorder.is_late(event.time) {
@@ -443,7 +439,7 @@ impl Pipeline {
             self.dedup.accept(&event.id, event.time);
         }
         self.counters.accepted += 1;
-        telemetry.events.with_label_values(&["accepted"]).inc();
+        telemetry.accepted.inc();
         self.reorder.push(Held {
             partition,
             offset,
@@ -459,7 +455,7 @@ impl Pipeline {
             .entry(reason.to_owned())
             .or_default() += 1;
         let telemetry = &self.shared.telemetry;
-        telemetry.events.with_label_values(&["rejected"]).inc();
+        telemetry.rejected_any.inc();
         telemetry.rejected.with_label_values(&[reason]).inc();
         tracing::trace!(reason, partition, offset, %detail, "Message rejected.");
         let record = Rejected {

@@ -1,12 +1,19 @@
 //! The pipeline's Prometheus metrics, registered in one registry that the
 //! HTTP layer exposes at `/metrics`.
 
-use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
 
 pub struct Telemetry {
     pub registry: Registry,
     /// Messages by outcome: received, accepted, rejected, duplicate.
     pub events: IntCounterVec,
+    /// The `events` counters by outcome, resolved once: they count per message.
+    pub received: IntCounter,
+    pub accepted: IntCounter,
+    pub duplicate: IntCounter,
+    pub rejected_any: IntCounter,
     pub rejected: IntCounterVec,
     pub source_lag: IntGauge,
     pub watermark: IntGauge,
@@ -62,6 +69,10 @@ impl Telemetry {
         registry.register(Box::new(plugin_errors.clone()))?;
         registry.register(Box::new(checkpoint.clone()))?;
         Ok(Telemetry {
+            received: events.with_label_values(&["received"]),
+            accepted: events.with_label_values(&["accepted"]),
+            duplicate: events.with_label_values(&["duplicate"]),
+            rejected_any: events.with_label_values(&["rejected"]),
             registry,
             events,
             rejected,

@@ -234,3 +234,106 @@ impl DurableState for PluginState {
 fn tracing_error(e: &sled::Error) {
     tracing::error!(error = %e, "Reading plugin state failed.");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_runtime::state::PendingState;
+
+    fn rejected(offset: i64) -> Rejected {
+        Rejected {
+            reason: "not_json".into(),
+            detail: "d".into(),
+            partition: 0,
+            offset,
+            raw: vec![0xff, b'{'],
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_is_durable_and_namespaced() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store
+                .checkpoint(Checkpoint {
+                    plugin_writes: vec![
+                        (
+                            "a".into(),
+                            vec![
+                                (b"k1".to_vec(), Some(b"v1".to_vec())),
+                                (b"k2".to_vec(), Some(b"v2".to_vec())),
+                            ],
+                        ),
+                        ("ab".into(), vec![(b"k1".to_vec(), Some(b"other".to_vec()))]),
+                    ],
+                    dedup: vec![("e1".into(), Some(10)), ("e2".into(), Some(20))],
+                    rejected: vec![(1, rejected(5)), (2, rejected(9))],
+                    meta: b"meta-1".to_vec(),
+                })
+                .unwrap();
+            store
+                .checkpoint(Checkpoint {
+                    plugin_writes: vec![("a".into(), vec![(b"k2".to_vec(), None)])],
+                    dedup: vec![("e1".into(), None)],
+                    meta: b"meta-2".to_vec(),
+                    ..Checkpoint::default()
+                })
+                .unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.meta().unwrap(), Some(b"meta-2".to_vec()));
+        assert_eq!(store.dedup_ids().unwrap(), vec![("e2".to_string(), 20)]);
+        let a = store.plugin_state("a");
+        assert_eq!(a.get(b"k1"), Some(b"v1".to_vec()));
+        assert_eq!(a.get(b"k2"), None);
+        assert_eq!(
+            a.scan(b"", None, 10),
+            vec![(b"k1".to_vec(), b"v1".to_vec())],
+            "`ab` is another namespace"
+        );
+        assert_eq!(store.plugin_state("ab").get(b"k1"), Some(b"other".to_vec()));
+        let all = store.rejected(None, 10).unwrap();
+        assert_eq!(all, vec![(1, rejected(5)), (2, rejected(9))]);
+        assert_eq!(store.rejected(Some(1), 10).unwrap(), vec![(2, rejected(9))]);
+        assert_eq!(store.rejected(None, 1).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn pending_writes_overlay_durable_state_in_scans() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let durable: Vec<_> = [b"p1", b"p2", b"p3", b"q1"]
+            .iter()
+            .map(|k| (k.to_vec(), Some(b"old".to_vec())))
+            .collect();
+        store
+            .checkpoint(Checkpoint {
+                plugin_writes: vec![("x".into(), durable)],
+                ..Checkpoint::default()
+            })
+            .unwrap();
+        let mut pending = PendingState::new(store.plugin_state("x"));
+        pending.delete(b"p2".to_vec());
+        pending.set(b"p4".to_vec(), b"new".to_vec());
+        pending.set(b"p1".to_vec(), b"new".to_vec());
+        let keys = |entries: Vec<(Vec<u8>, Vec<u8>)>| -> Vec<(String, String)> {
+            entries
+                .into_iter()
+                .map(|(k, v)| (String::from_utf8(k).unwrap(), String::from_utf8(v).unwrap()))
+                .collect()
+        };
+        let p = |k: &str, v: &str| (k.to_string(), v.to_string());
+        assert_eq!(
+            keys(pending.scan(b"p", None, 10)),
+            vec![p("p1", "new"), p("p3", "old"), p("p4", "new")]
+        );
+        assert_eq!(
+            keys(pending.scan(b"p", Some(b"p1"), 1)),
+            vec![p("p3", "old")]
+        );
+        assert_eq!(pending.get(b"p2"), None);
+        assert_eq!(pending.drain().len(), 3);
+        assert_eq!(pending.pending(), 0);
+    }
+}
