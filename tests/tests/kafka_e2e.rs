@@ -14,6 +14,7 @@ use weft_tests::{
     process::Weft,
     reference, wait_for,
 };
+use weft_normalize::{FieldMapping, Normalizer};
 
 const LATENESS_MS: i64 = 5_000;
 
@@ -222,4 +223,35 @@ fn check_api(weft: &Weft, stream: &Stream) {
         metrics.contains("weft_checkpoint_seconds_count"),
         "{metrics}"
     );
+}
+
+/// The generator's ground truth is what normalization makes of its
+/// messages: every accepted event exactly (device, browser, OS, session,
+/// props), duplicates by event id, and the malformed ones rejected for their
+/// reasons. Needs no broker.
+#[test]
+fn generated_messages_normalize_to_the_ground_truth() {
+    let stream = generate(7, 400, LATENESS_MS);
+    let mut normalizer = Normalizer::new(FieldMapping::default());
+    let mut accepted = BTreeMap::new();
+    let mut duplicates = 0;
+    let mut rejected: BTreeMap<String, u64> = BTreeMap::new();
+    for d in &stream.deliveries {
+        match normalizer.normalize(&d.payload) {
+            Ok(e) => {
+                if let Some(first) = accepted.insert(e.id.clone(), e.clone()) {
+                    assert_eq!(first, e, "a duplicate delivery is the same event");
+                    duplicates += 1;
+                }
+            }
+            Err(r) => *rejected.entry(r.reason.code().to_owned()).or_default() += 1,
+        }
+    }
+    for truth in &stream.events {
+        let payload = accepted.remove(&truth.id);
+        assert_eq!(payload.as_ref(), Some(truth), "event {}", truth.id);
+    }
+    assert!(accepted.is_empty(), "events beyond the truth: {accepted:?}");
+    assert_eq!(duplicates, stream.duplicates);
+    assert_eq!(rejected, stream.malformed);
 }

@@ -3,14 +3,15 @@
 //! Loads the components the `plugins/` workspace builds (`weft::bundled` for
 //! the bundled ones, `weft::bundled::ARTIFACTS_DIR` for the fixtures), runs
 //! them with `weft_runtime` over a real sled `Store` in a temporary
-//! directory, and checks every answer against a plain reference
-//! implementation in this file, computed from the same events: the
-//! sessionizer's edge cases, every number of `core`, `event_counts` and
-//! `funnel` (all time and over time ranges), restarts from a checkpoint, and
-//! how errors surface.
+//! directory, and checks every answer exactly against the reference
+//! implementation (`weft_tests::reference`), computed from the same events
+//! (hand-made, or from `weft_tests::clickstream`): the sessionizer's edge
+//! cases, every number of `core`, `event_counts` and `funnel` (all time and
+//! over time ranges), restarts from a checkpoint, how errors surface, and
+//! the sandbox.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeSet, HashMap},
     path::PathBuf,
     sync::OnceLock,
 };
@@ -22,15 +23,15 @@ use weft_runtime::{
     bindings::{Event as RawEvent, Prop},
 };
 use weft_state::{Checkpoint, Store};
+use weft_tests::{
+    clickstream::{self, START_MS},
+    reference::{self, GAP_MS},
+};
 
-/// The sessionizer's (and the metrics') default gap: 30 minutes.
-const GAP: i64 = 30 * 60 * 1000;
-/// `core`'s default bucket resolution: 1 minute.
+/// One minute, in ms.
 const MINUTE: i64 = 60_000;
 /// A Saturday, 2025-11-22 10:00:12.345 UTC: deliberately not on a minute.
 const BASE: i64 = 1_763_805_612_345;
-/// The funnel plugin's default steps.
-const FUNNEL: [&str; 4] = ["page_view", "add_to_cart", "checkout", "purchase"];
 
 // ---------------------------------------------------------------------------
 // Harness: one runtime and compiled modules per test binary, one store per test.
@@ -43,6 +44,7 @@ const PLUGINS: &[(&str, &str)] = &[
     ("funnel", "funnel"),
     ("noop", "noop"),
     ("noop_stage", "noop_stage"),
+    ("escape", "escape"),
 ];
 
 /// The runtime and the compiled plugins, shared by every test: compiling is
@@ -231,276 +233,8 @@ fn query(metric: &mut Plugin, params: &[(&str, &str)]) -> Value {
     serde_json::from_str(&answer).expect("queries answer JSON")
 }
 
-/// Whether two JSON documents are equal, fractions up to rounding: the
-/// averages cross as decimal text, and parsing it back is not always
-/// correctly rounded (serde_json without `float_roundtrip`).
-fn same(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Number(x), Value::Number(y)) if x.is_f64() || y.is_f64() => {
-            let (x, y) = (
-                x.as_f64().unwrap_or(f64::NAN),
-                y.as_f64().unwrap_or(f64::NAN),
-            );
-            (x - y).abs() <= 1e-12 * x.abs().max(y.abs()).max(1.0)
-        }
-        (Value::Array(x), Value::Array(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same(x, y))
-        }
-        (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w)))
-        }
-        _ => a == b,
-    }
-}
-
-#[track_caller]
-fn assert_same(got: &Value, want: &Value, context: &str) {
-    assert!(same(got, want), "{context}\n got: {got}\nwant: {want}");
-}
-
 // ---------------------------------------------------------------------------
-// Reference implementations, straight from the definitions in the plugins' docs.
-
-/// Session ids by definition: a user's events (in time order) split wherever
-/// two consecutive ones are more than `gap` apart; a session's id is
-/// `USER:START_MS`, START_MS its first event's time.
-fn reference_sessions(events: &[Event], gap: i64) -> Vec<String> {
-    let mut by_user: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-    for (i, e) in events.iter().enumerate() {
-        by_user.entry(&e.user).or_default().push(i);
-    }
-    let mut ids = vec![String::new(); events.len()];
-    for (user, indices) in by_user {
-        let mut start = events[indices[0]].time;
-        for (k, &i) in indices.iter().enumerate() {
-            if k > 0 && events[i].time - events[indices[k - 1]].time > gap {
-                start = events[i].time;
-            }
-            ids[i] = format!("{user}:{start}");
-        }
-    }
-    ids
-}
-
-/// Copies of `events` carrying the reference session ids.
-fn with_sessions(events: &[Event], gap: i64) -> Vec<Event> {
-    let ids = reference_sessions(events, gap);
-    events
-        .iter()
-        .zip(ids)
-        .map(|(e, session)| Event {
-            session,
-            ..e.clone()
-        })
-        .collect()
-}
-
-/// What `core` knows of one session.
-struct SessionFacts<'a> {
-    start: i64,
-    end: i64,
-    page_views: u64,
-    entry: Option<&'a str>,
-    exit: Option<&'a str>,
-}
-
-fn session_facts(events: &[Event]) -> BTreeMap<&str, SessionFacts<'_>> {
-    let mut sessions: BTreeMap<&str, SessionFacts> = BTreeMap::new();
-    for e in events {
-        let s = sessions.entry(&e.session).or_insert(SessionFacts {
-            start: e.time,
-            end: e.time,
-            page_views: 0,
-            entry: None,
-            exit: None,
-        });
-        s.start = s.start.min(e.time);
-        s.end = s.end.max(e.time);
-        s.page_views += u64::from(e.name == "page_view");
-        if !e.path.is_empty() {
-            s.entry.get_or_insert(&e.path);
-            s.exit = Some(&e.path);
-        }
-    }
-    sessions
-}
-
-fn count<'a>(values: impl Iterator<Item = &'a str>) -> BTreeMap<&'a str, u64> {
-    let mut counts = BTreeMap::new();
-    for v in values.filter(|v| !v.is_empty()) {
-        *counts.entry(v).or_default() += 1;
-    }
-    counts
-}
-
-/// `core`'s report over `events` and `sessions` (each counted where the
-/// plugin's docs say: events by their own time, sessions whole, by their start).
-fn core_report(events: &[&Event], sessions: &[&SessionFacts]) -> Value {
-    let n = sessions.len() as u64;
-    let avg = |sum: f64| if n == 0 { 0.0 } else { sum / n as f64 };
-    let users: BTreeSet<&str> = events.iter().map(|e| e.user.as_str()).collect();
-    json!({
-        "active_users": users.len(),
-        "session_count": n,
-        "total_events": events.len(),
-        "avg_session_duration_ms": avg(sessions.iter().map(|s| s.end - s.start).sum::<i64>() as f64),
-        "avg_session_depth": avg(sessions.iter().map(|s| s.page_views).sum::<u64>() as f64),
-        "device_distribution": count(events.iter().map(|e| e.device.as_str())),
-        "browser_distribution": count(events.iter().map(|e| e.browser.as_str())),
-        "popular_paths": count(events.iter().filter(|e| e.name == "page_view").map(|e| e.path.as_str())),
-        "entry_pages": count(sessions.iter().filter_map(|s| s.entry)),
-        "exit_pages": count(sessions.iter().filter_map(|s| s.exit)),
-    })
-}
-
-fn bucket(time: i64) -> i64 {
-    time.div_euclid(MINUTE) * MINUTE
-}
-
-/// `core`'s report over `[from, to)` resolved to whole buckets: the buckets
-/// starting from the one holding `from` up to before `to`.
-fn core_range(events: &[Event], from: i64, to: i64) -> Value {
-    let inside = |t: i64| bucket(t) >= bucket(from) && bucket(t) < to;
-    let facts = session_facts(events);
-    let in_range: Vec<&Event> = events.iter().filter(|e| inside(e.time)).collect();
-    let sessions: Vec<&SessionFacts> = facts.values().filter(|s| inside(s.start)).collect();
-    core_report(&in_range, &sessions)
-}
-
-fn core_all_time(events: &[Event]) -> Value {
-    let facts = session_facts(events);
-    core_report(
-        &events.iter().collect::<Vec<_>>(),
-        &facts.values().collect::<Vec<_>>(),
-    )
-}
-
-fn event_counts_reference(events: &[Event]) -> Value {
-    json!({ "counts": count(events.iter().map(|e| e.name.as_str())) })
-}
-
-/// A session reaches step k when its event names contain steps 1..=k as a
-/// subsequence (in order, not necessarily adjacent).
-fn funnel_reference(events: &[Event]) -> Value {
-    let mut names: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for e in events {
-        names.entry(&e.session).or_default().push(&e.name);
-    }
-    let is_subsequence = |steps: &[&str], names: &[&str]| {
-        let mut rest = names.iter();
-        steps.iter().all(|step| rest.any(|n| n == step))
-    };
-    let reached: Vec<u64> = (1..=FUNNEL.len())
-        .map(|k| {
-            names
-                .values()
-                .filter(|n| is_subsequence(&FUNNEL[..k], n))
-                .count() as u64
-        })
-        .collect();
-    let ratio = |n: u64, d: u64| if d == 0 { 0.0 } else { n as f64 / d as f64 };
-    let steps: Vec<Value> = FUNNEL
-        .iter()
-        .enumerate()
-        .map(|(i, name)| {
-            json!({
-                "name": name,
-                "sessions": reached[i],
-                "conversion_from_first": ratio(reached[i], reached[0]),
-                "conversion_from_previous": ratio(reached[i], reached[i.saturating_sub(1)]),
-            })
-        })
-        .collect();
-    json!({ "steps": steps })
-}
-
-// ---------------------------------------------------------------------------
-// A generated clickstream.
-
-/// SplitMix64: a deterministic stream, so failures reproduce.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn pick<'a>(&mut self, values: &[&'a str]) -> &'a str {
-        values[self.below(values.len() as u64) as usize]
-    }
-}
-
-/// `users` users, each with one to four visits of one to twelve events; the
-/// pause between visits is up to 90 minutes, so some fall within the gap
-/// (and stay one session) and some do not. Some events have no path or no
-/// browser, some share a time. Sorted by time, as the pipeline delivers them.
-fn clickstream(users: usize, seed: u64) -> Vec<Event> {
-    const NAMES: &[&str] = &[
-        "page_view",
-        "page_view",
-        "page_view",
-        "add_to_cart",
-        "checkout",
-        "purchase",
-        "click",
-        "search",
-    ];
-    const PATHS: &[&str] = &[
-        "/",
-        "/products",
-        "/products/1",
-        "/products/2",
-        "/cart",
-        "/checkout",
-        "/search",
-    ];
-    let mut rng = Rng(seed);
-    let mut events = Vec::new();
-    for u in 0..users {
-        let user = format!("user-{u}");
-        let device = rng.pick(&["desktop", "mobile", "tablet"]);
-        let browser = rng.pick(&["Chrome", "Firefox", "Safari", ""]);
-        let os = rng.pick(&["Linux", "Windows", "macOS", "iOS", "Android"]);
-        let mut time = BASE + rng.below(20 * MINUTE as u64) as i64;
-        for _ in 0..1 + rng.below(4) {
-            for _ in 0..1 + rng.below(12) {
-                let name = rng.pick(NAMES);
-                let path = if name == "page_view" || rng.below(3) == 0 {
-                    rng.pick(PATHS)
-                } else {
-                    ""
-                };
-                let n = events.len();
-                events.push(Event {
-                    id: format!("e{n}"),
-                    device: device.into(),
-                    browser: browser.into(),
-                    os: os.into(),
-                    props: vec![
-                        ("campaign".into(), rng.pick(&["spring", "sale"]).into()),
-                        ("n".into(), n.to_string()),
-                    ],
-                    ..event(time, &user, name, path)
-                });
-                // One pause in five is zero: events sharing a time.
-                if rng.below(5) > 0 {
-                    time += rng.below(4 * MINUTE as u64) as i64;
-                }
-            }
-            time += rng.below(90 * MINUTE as u64) as i64;
-        }
-    }
-    events.sort_by_key(|e| e.time);
-    events
-}
+// The pipeline.
 
 /// The sessionizer feeding the three metrics, as the default pipeline runs them.
 struct Pipeline {
@@ -567,12 +301,12 @@ fn sessionizer_keeps_events_exactly_a_gap_apart_and_splits_one_ms_later() {
     let mut stage = host.start("sessionizer", "{}");
     let events = [
         event(BASE, "u", "page_view", "/"),
-        event(BASE + GAP, "u", "page_view", "/a"),
-        event(BASE + 2 * GAP + 1, "u", "page_view", "/b"),
-        event(BASE + 3 * GAP + 1, "u", "page_view", "/c"),
+        event(BASE + GAP_MS, "u", "page_view", "/a"),
+        event(BASE + 2 * GAP_MS + 1, "u", "page_view", "/b"),
+        event(BASE + 3 * GAP_MS + 1, "u", "page_view", "/c"),
     ];
     let ids = sessionize(&mut stage, &events, events.len());
-    assert_eq!(ids, reference_sessions(&events, GAP));
+    assert_eq!(ids, reference::session_ids(&events, GAP_MS));
     // Exactly `gap` apart: one session; `gap + 1` apart: a new one, named by its start.
     assert_eq!(ids[0], ids[1]);
     assert_ne!(ids[1], ids[2]);
@@ -588,10 +322,10 @@ fn sessionizer_one_event_sessions() {
     let mut events: Vec<Event> = (0..5)
         .map(|i| event(BASE + i, &format!("once-{i}"), "click", ""))
         .collect();
-    events.extend((0..4).map(|i| event(BASE + 10 + i * (GAP + 1), "sparse", "page_view", "/")));
+    events.extend((0..4).map(|i| event(BASE + 10 + i * (GAP_MS + 1), "sparse", "page_view", "/")));
     events.sort_by_key(|e| e.time);
     let ids = sessionize(&mut stage, &events, 3);
-    assert_eq!(ids, reference_sessions(&events, GAP));
+    assert_eq!(ids, reference::session_ids(&events, GAP_MS));
     // Every event is its own session: the id is its user and its time.
     let own: Vec<String> = events
         .iter()
@@ -602,8 +336,8 @@ fn sessionizer_one_event_sessions() {
 
 #[test]
 fn sessionizer_interleaved_users_in_batches_of_any_size() {
-    let events = clickstream(25, 7);
-    let expected = reference_sessions(&events, GAP);
+    let events = clickstream::events(7, 25);
+    let expected = reference::session_ids(&events, GAP_MS);
     assert!(
         expected.iter().collect::<BTreeSet<_>>().len() > 25,
         "the stream has users with several sessions"
@@ -628,7 +362,7 @@ fn sessionizer_session_spans_batches() {
         .map(|i| event(BASE + i * 10 * MINUTE, "long", "page_view", "/"))
         .collect();
     let ids = sessionize(&mut stage, &events, 3);
-    assert_eq!(ids, reference_sessions(&events, GAP));
+    assert_eq!(ids, reference::session_ids(&events, GAP_MS));
     assert!(
         ids.iter().all(|id| *id == format!("long:{BASE}")),
         "one session across six batches: {ids:?}"
@@ -651,11 +385,11 @@ fn sessionizer_custom_gap() {
     );
     events.sort_by_key(|e| e.time);
     let ids = sessionize(&mut stage, &events, 4);
-    assert_eq!(ids, reference_sessions(&events, 1000));
+    assert_eq!(ids, reference::session_ids(&events, 1000));
     // The same events with the default gap are one session per user.
-    assert_ne!(ids, reference_sessions(&events, GAP));
+    assert_ne!(ids, reference::session_ids(&events, GAP_MS));
     assert_eq!(
-        reference_sessions(&events, GAP)
+        reference::session_ids(&events, GAP_MS)
             .iter()
             .collect::<BTreeSet<_>>()
             .len(),
@@ -670,16 +404,16 @@ fn sessionizer_tick_evicts_closed_sessions_and_results_stay_right() {
     let first = [
         event(BASE, "gone", "page_view", "/"),
         event(BASE + 1, "stays", "page_view", "/"),
-        event(BASE + GAP, "stays", "page_view", "/a"),
+        event(BASE + GAP_MS, "stays", "page_view", "/a"),
     ];
     let second = [
-        event(BASE + GAP + 1, "gone", "page_view", "/"),
-        event(BASE + 2 * GAP, "stays", "page_view", "/b"),
+        event(BASE + GAP_MS + 1, "gone", "page_view", "/"),
+        event(BASE + 2 * GAP_MS, "stays", "page_view", "/b"),
     ];
     let mut ids = sessionize(&mut stage, &first, first.len());
     // No event older than this follows: `gone`'s session (last event a gap
     // + 1 ms earlier) is closed, `stays`'s is not.
-    let watermark = BASE + GAP + 1;
+    let watermark = BASE + GAP_MS + 1;
     stage.tick(watermark).expect("tick");
     host.checkpoint(&mut [&mut stage]);
     let state = host.store.plugin_state("sessionizer");
@@ -695,10 +429,10 @@ fn sessionizer_tick_evicts_closed_sessions_and_results_stay_right() {
 
     ids.extend(sessionize(&mut stage, &second, second.len()));
     let all: Vec<Event> = first.iter().chain(&second).cloned().collect();
-    assert_eq!(ids, reference_sessions(&all, GAP));
+    assert_eq!(ids, reference::session_ids(&all, GAP_MS));
     assert_eq!(
         ids[3],
-        format!("gone:{}", BASE + GAP + 1),
+        format!("gone:{}", BASE + GAP_MS + 1),
         "a returning user starts a new session"
     );
     assert_eq!(
@@ -713,28 +447,28 @@ fn sessionizer_tick_evicts_closed_sessions_and_results_stay_right() {
 
 #[test]
 fn metrics_all_time_match_the_reference() {
-    let events = clickstream(40, 42);
+    let events = clickstream::events(42, 40);
     let host = Host::new();
     let mut pipeline = Pipeline::start(&host);
     let seen = pipeline.feed(&events, 50);
-    let expected = with_sessions(&events, GAP);
     assert_eq!(
-        seen, expected,
+        seen,
+        reference::with_sessions(&events, GAP_MS),
         "the sessionizer set the reference sessions and changed nothing else"
     );
 
-    assert_same(
-        &query(&mut pipeline.core, &[]),
-        &core_all_time(&expected),
-        "core",
+    assert_eq!(
+        query(&mut pipeline.core, &[]),
+        reference::core(&events),
+        "core"
     );
-    assert_same(
-        &query(&mut pipeline.event_counts, &[]),
-        &event_counts_reference(&expected),
-        "event_counts",
+    assert_eq!(
+        query(&mut pipeline.event_counts, &[]),
+        reference::event_counts(&events),
+        "event_counts"
     );
     let funnel = query(&mut pipeline.funnel, &[]);
-    assert_same(&funnel, &funnel_reference(&expected), "funnel");
+    assert_eq!(funnel, reference::funnel(&events), "funnel");
     assert!(
         funnel["steps"][3]["sessions"].as_u64() > Some(0),
         "some sessions reach the last step: {funnel}"
@@ -743,28 +477,31 @@ fn metrics_all_time_match_the_reference() {
 
 #[test]
 fn core_ranges_windows_and_buckets_match_the_reference() {
-    let events = clickstream(40, 1234);
+    let events = clickstream::events(1234, 40);
     let host = Host::new();
     let mut pipeline = Pipeline::start(&host);
-    let expected = with_sessions(&events, GAP);
-    assert_eq!(pipeline.feed(&events, 64), expected);
+    assert_eq!(
+        pipeline.feed(&events, 64),
+        reference::with_sessions(&events, GAP_MS)
+    );
     let core = &mut pipeline.core;
     let newest = events.iter().map(|e| e.time).max().expect("events");
 
     // from / to, off the bucket boundaries, in epoch ms and in RFC 3339.
     for (from, to) in [
-        (BASE + 17 * MINUTE + 123, BASE + 63 * MINUTE + 7),
-        (BASE - MINUTE, BASE + 5 * MINUTE),
+        (START_MS + 17 * MINUTE + 123, START_MS + 63 * MINUTE + 7),
+        (START_MS - MINUTE, START_MS + 5 * MINUTE),
         (newest, newest + 1),
     ] {
-        let mut want = core_range(&expected, from, to);
-        want["from"] = from.into();
-        want["to"] = to.into();
         let got = query(
             core,
             &[("from", &from.to_string()), ("to", &to.to_string())],
         );
-        assert_same(&got, &want, &format!("from {from} to {to}"));
+        assert_eq!(
+            got,
+            reference::core_range(&events, from, Some(to)),
+            "from {from} to {to}"
+        );
         let rfc3339 = |ms: i64| {
             chrono::DateTime::from_timestamp_millis(ms)
                 .expect("a valid time")
@@ -776,39 +513,22 @@ fn core_ranges_windows_and_buckets_match_the_reference() {
             "RFC 3339 times"
         );
     }
-    // Only `from`: up to the end of time.
-    let from = BASE + 45 * MINUTE;
-    let mut want = core_range(&expected, from, i64::MAX);
-    want["from"] = from.into();
-    want["to"] = Value::Null;
-    assert_same(
-        &query(core, &[("from", &from.to_string())]),
-        &want,
-        "only from",
-    );
+    // Only `from`: up to the end of time, `to` echoed as null.
+    let from = START_MS + 45 * MINUTE;
+    let got = query(core, &[("from", &from.to_string())]);
+    assert_eq!(got["to"], Value::Null);
+    assert_eq!(got, reference::core_range(&events, from, None), "only from");
 
     // window=5m: the five minutes up to the newest event.
-    let (from, to) = (newest - 5 * MINUTE, newest + 1);
-    let mut want = core_range(&expected, from, to);
-    want["from"] = from.into();
-    want["to"] = to.into();
-    assert_same(&query(core, &[("window", "5m")]), &want, "window=5m");
+    assert_eq!(
+        query(core, &[("window", "5m")]),
+        reference::core_range(&events, newest - 5 * MINUTE, Some(newest + 1)),
+        "window=5m"
+    );
 
     // bucket=1m: one point per minute from the first event's to the newest's.
-    let series: Vec<Value> = (bucket(events[0].time)..=bucket(newest))
-        .step_by(MINUTE as usize)
-        .map(|t| {
-            let mut point = core_range(&expected, t, t + MINUTE);
-            point["t"] = t.into();
-            point
-        })
-        .collect();
     let got = query(core, &[("bucket", "1m")]);
-    assert_same(
-        &got,
-        &json!({ "bucket_ms": MINUTE, "series": series }),
-        "bucket=1m",
-    );
+    assert_eq!(got, reference::core_series(&events), "bucket=1m");
     // The buckets add up to all time.
     let total: u64 = got["series"]
         .as_array()
@@ -824,7 +544,7 @@ fn core_ranges_windows_and_buckets_match_the_reference() {
 
 #[test]
 fn restart_from_a_checkpoint_equals_one_uninterrupted_run() {
-    let events = clickstream(40, 99);
+    let events = clickstream::events(99, 40);
     let (first, second) = events.split_at(events.len() / 2);
 
     let uninterrupted = Host::new();
@@ -844,11 +564,7 @@ fn restart_from_a_checkpoint_equals_one_uninterrupted_run() {
 
     assert_eq!(seen, seen_once, "sessions continue across the restart");
     assert_eq!(pipeline.answers(), want);
-    assert_same(
-        &want["core"],
-        &core_all_time(&with_sessions(&events, GAP)),
-        "core",
-    );
+    assert_eq!(want["core"], reference::core(&events), "core");
 }
 
 // ---------------------------------------------------------------------------
@@ -919,7 +635,7 @@ fn bad_config_fails_init_and_roles_are_checked() {
 
 #[test]
 fn apply_rejects_malformed_output_leaving_the_batch_unchanged() {
-    let events = clickstream(3, 5);
+    let events = clickstream::events(5, 3);
     let mut b = batch(&events);
     let before = format!("{b:?}");
     let strings = b.ends.len() as u32;
@@ -997,7 +713,7 @@ fn apply_rejects_malformed_output_leaving_the_batch_unchanged() {
 #[test]
 fn noop_fixtures_ignore_and_pass_through() {
     let host = Host::new();
-    let events = clickstream(5, 3);
+    let events = clickstream::events(3, 5);
     let mut metric = host.start("noop", "{}");
     metric.ingest(&batch(&events)).expect("ingest");
     assert_eq!(query(&mut metric, &[]), json!({}));
@@ -1011,4 +727,26 @@ fn noop_fixtures_ignore_and_pass_through() {
         "the identity stage changes nothing"
     );
     assert_eq!(events_of(&after), events);
+}
+
+// ---------------------------------------------------------------------------
+// The sandbox.
+
+#[test]
+fn escape_fixture_reaches_nothing_outside_its_sandbox() {
+    let host = Host::new();
+    let mut escape = host.start("escape", "{}");
+    assert_eq!(
+        query(&mut escape, &[]),
+        json!({
+            "read_root": false,
+            "read_file": false,
+            "write_file": false,
+            "env": 0,
+            "args": 0,
+            "clock_secs": 0,
+            "tcp": false,
+        }),
+        "no files, environment, arguments, clock or network"
+    );
 }

@@ -336,6 +336,7 @@ impl Pipeline {
     /// checkpoint when due.
     pub fn step(&mut self) -> Result<(), PipelineError> {
         let poll_timeout = Duration::from_millis(50);
+        let watermark_before = self.reorder.watermark();
         if self.source_running {
             self.polled.clear();
             let mut polled = std::mem::take(&mut self.polled);
@@ -345,8 +346,13 @@ impl Pipeline {
             if !polled.is_empty() {
                 self.last_message = Instant::now();
             }
+            // The watermark moves after every message, so whether an event is
+            // late does not depend on where a poll began.
+            let partitions = self.source.partitions();
             for message in polled.drain(..) {
                 self.admit(message);
+                self.reorder
+                    .advance(&partitions, self.source.caught_up(), false);
             }
             self.polled = polled;
             if !self.source_running {
@@ -363,8 +369,7 @@ impl Pipeline {
         let quiet = !partitions.is_empty()
             && partitions.is_subset(caught_up)
             && self.last_message.elapsed() >= Duration::from_millis(self.settings.idle_ms);
-        let moved = self
-            .reorder
+        self.reorder
             .advance(&partitions, caught_up, quiet || !self.source_running);
         while let Some(held) = self.reorder.pop_ready() {
             self.builder.push(&held.event);
@@ -375,7 +380,11 @@ impl Pipeline {
         if !self.builder.is_empty() {
             self.run_batch();
         }
-        if let Some(watermark) = moved {
+        if let Some(watermark) = self
+            .reorder
+            .watermark()
+            .filter(|_| self.reorder.watermark() != watermark_before)
+        {
             self.tick(watermark);
             self.dedup
                 .expire(watermark.saturating_sub(self.settings.dedup_horizon_ms));
