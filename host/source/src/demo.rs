@@ -148,13 +148,6 @@ impl Source for DemoSource {
         &self.caught_up
     }
 
-    fn partitions(&self) -> BTreeSet<i32> {
-        BTreeSet::from([0])
-    }
-
-    fn commit(&mut self, _offsets: &Offsets) -> Result<(), SourceError> {
-        Ok(())
-    }
 
     fn describe(&self) -> Value {
         json!({

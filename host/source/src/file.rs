@@ -148,14 +148,6 @@ impl Source for FileSource {
         &self.caught_up
     }
 
-    fn partitions(&self) -> BTreeSet<i32> {
-        BTreeSet::from([0])
-    }
-
-    fn commit(&mut self, _offsets: &Offsets) -> Result<(), SourceError> {
-        // The pipeline's checkpoint is the only record of progress through a file.
-        Ok(())
-    }
 
     fn describe(&self) -> serde_json::Value {
         serde_json::json!({

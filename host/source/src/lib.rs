@@ -50,12 +50,19 @@ pub trait Source: Send {
     /// Partitions currently read to their end (nothing more is available right now). A partition leaves this set when a message from it is returned again. The pipeline lets caught-up partitions stop holding back its event-time watermark.
     fn caught_up(&self) -> &BTreeSet<i32>;
 
-    /// Partitions this source currently reads (a Kafka source: its assignment). One
-    /// that has delivered nothing yet holds back the pipeline's watermark.
-    fn partitions(&self) -> BTreeSet<i32>;
+    /// Partitions this source currently reads (a Kafka source: its assignment; the
+    /// others read one, partition 0). One that has delivered nothing yet holds back
+    /// the pipeline's watermark.
+    fn partitions(&self) -> BTreeSet<i32> {
+        BTreeSet::from([0])
+    }
 
-    /// Everything before `offsets` is durably processed (a Kafka source commits them to its consumer group, async).
-    fn commit(&mut self, offsets: &Offsets) -> Result<(), SourceError>;
+    /// Everything before `offsets` is durably processed (a Kafka source commits them
+    /// to its consumer group, async). By default there is nowhere to record it: the
+    /// pipeline's checkpoint is the only record of progress.
+    fn commit(&mut self, _offsets: &Offsets) -> Result<(), SourceError> {
+        Ok(())
+    }
 
     /// A JSON description for the status API: {"kind": "kafka"|"file"|"stdin"|"demo", ... e.g. "topic","group","brokers","path","lag" (messages behind the end, when known)}.
     fn describe(&self) -> serde_json::Value;

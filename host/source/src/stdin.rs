@@ -173,13 +173,6 @@ impl Source for StdinSource {
         &self.caught_up
     }
 
-    fn partitions(&self) -> BTreeSet<i32> {
-        BTreeSet::from([0])
-    }
-
-    fn commit(&mut self, _offsets: &Offsets) -> Result<(), SourceError> {
-        Ok(())
-    }
 
     fn describe(&self) -> serde_json::Value {
         serde_json::json!({

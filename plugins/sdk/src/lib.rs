@@ -146,45 +146,20 @@ pub trait Stage: Sized + 'static {
 #[macro_export]
 macro_rules! export_metric {
     ($ty:ty) => {
-        #[doc(hidden)]
-        type __WeftPlugin = $ty;
-
-        #[doc(hidden)]
-        #[allow(clippy::too_many_arguments)]
-        mod __weft_export {
-            $crate::__generate!(metric);
-
-            type P = super::__WeftPlugin;
-            ::std::thread_local! {
-                static PLUGIN: ::std::cell::RefCell<Option<P>> = const { ::std::cell::RefCell::new(None) };
+        $crate::__export!($ty, metric, $crate::Metric, {
+            fn ingest(batch: Batch) -> Result<(), String> {
+                $crate::rt::with(&PLUGIN, |p| {
+                    let batch = $crate::Batch::new(batch)?;
+                    <P as $crate::Metric>::ingest(p, &batch)
+                })
             }
-
-            struct Component;
-            impl Guest for Component {
-                fn init(config: String) -> Result<(), String> {
-                    $crate::rt::init::<P>(&PLUGIN, &config, <P as $crate::Metric>::init)
-                }
-                fn ingest(batch: Batch) -> Result<(), String> {
-                    $crate::rt::with(&PLUGIN, |p| {
-                        let batch = $crate::Batch::new(batch)?;
-                        <P as $crate::Metric>::ingest(p, &batch)
-                    })
-                }
-                fn tick(watermark: i64) -> Result<(), String> {
-                    $crate::rt::with(&PLUGIN, |p| <P as $crate::Metric>::tick(p, watermark))
-                }
-                fn checkpoint() -> Result<(), String> {
-                    $crate::rt::checkpoint()
-                }
-                fn query(params: Vec<(String, String)>) -> Result<String, String> {
-                    $crate::rt::with(&PLUGIN, |p| {
-                        let value = <P as $crate::Metric>::query(p, &$crate::Query(params))?;
-                        Ok($crate::serde_json::to_string(&value)?)
-                    })
-                }
+            fn query(params: Vec<(String, String)>) -> Result<String, String> {
+                $crate::rt::with(&PLUGIN, |p| {
+                    let value = <P as $crate::Metric>::query(p, &$crate::Query(params))?;
+                    Ok($crate::serde_json::to_string(&value)?)
+                })
             }
-            export!(Component);
-        }
+        });
     };
 }
 
@@ -192,13 +167,32 @@ macro_rules! export_metric {
 #[macro_export]
 macro_rules! export_stage {
     ($ty:ty) => {
+        $crate::__export!($ty, stage, $crate::Stage, {
+            fn process(batch: Batch) -> Result<StageOutput, String> {
+                $crate::rt::with(&PLUGIN, |p| {
+                    let batch = $crate::Batch::new(batch)?;
+                    let mut out = $crate::Output::new(&batch);
+                    <P as $crate::Stage>::process(p, &batch, &mut out)?;
+                    Ok(out.finish())
+                })
+            }
+        });
+    };
+}
+
+/// What both export macros expand to: the world's bindings, the instance
+/// slot, and the functions every role has.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __export {
+    ($ty:ty, $world:ident, $role:path, { $($functions:tt)* }) => {
         #[doc(hidden)]
         type __WeftPlugin = $ty;
 
         #[doc(hidden)]
         #[allow(clippy::too_many_arguments)]
         mod __weft_export {
-            $crate::__generate!(stage);
+            $crate::__generate!($world);
 
             type P = super::__WeftPlugin;
             ::std::thread_local! {
@@ -208,22 +202,15 @@ macro_rules! export_stage {
             struct Component;
             impl Guest for Component {
                 fn init(config: String) -> Result<(), String> {
-                    $crate::rt::init::<P>(&PLUGIN, &config, <P as $crate::Stage>::init)
-                }
-                fn process(batch: Batch) -> Result<StageOutput, String> {
-                    $crate::rt::with(&PLUGIN, |p| {
-                        let batch = $crate::Batch::new(batch)?;
-                        let mut out = $crate::Output::new(&batch);
-                        <P as $crate::Stage>::process(p, &batch, &mut out)?;
-                        Ok(out.finish())
-                    })
+                    $crate::rt::init::<P>(&PLUGIN, &config, <P as $role>::init)
                 }
                 fn tick(watermark: i64) -> Result<(), String> {
-                    $crate::rt::with(&PLUGIN, |p| <P as $crate::Stage>::tick(p, watermark))
+                    $crate::rt::with(&PLUGIN, |p| <P as $role>::tick(p, watermark))
                 }
                 fn checkpoint() -> Result<(), String> {
                     $crate::rt::checkpoint()
                 }
+                $($functions)*
             }
             export!(Component);
         }
