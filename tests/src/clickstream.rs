@@ -1,8 +1,8 @@
 //! A generated clickstream with known ground truth.
 //!
 //! Users have a fixed client (device, user agent) and one to three sessions
-//! separated by more than the 30-minute gap (sometimes by exactly the gap
-//! + 1 s); within a session events are seconds to minutes apart, a few share
+//! separated by more than the 30-minute gap (sometimes by exactly one second
+//! more); within a session events are seconds to minutes apart, a few share
 //! a time, and funnel steps drop off. Every event is encoded in one of the
 //! input shapes weft accepts out of the box, and its ground truth is the
 //! [`Event`] normalization must make of that message. Delivery adds bounded

@@ -93,12 +93,13 @@ fn core_report(events: &[Event], counts: impl Fn(i64) -> bool) -> Value {
         .sum();
     let page_views = |s: &Vec<&Event>| s.iter().filter(|e| e.name == "page_view").count() as u64;
     let depth: u64 = sessions_in.iter().map(page_views).sum();
-    let with_path = |s: &Vec<&Event>| -> Vec<&str> {
+    /// A session's non-empty paths, in time order.
+    fn paths<'a>(s: &[&'a Event]) -> Vec<&'a str> {
         s.iter()
             .map(|e| e.path.as_str())
             .filter(|p| !p.is_empty())
             .collect()
-    };
+    }
     let users: BTreeSet<&str> = events_in.iter().map(|e| e.user.as_str()).collect();
     json!({
         "active_users": users.len(),
@@ -109,8 +110,8 @@ fn core_report(events: &[Event], counts: impl Fn(i64) -> bool) -> Value {
         "device_distribution": count(events_in.iter().map(|e| e.device.as_str())),
         "browser_distribution": count(events_in.iter().map(|e| e.browser.as_str())),
         "popular_paths": count(events_in.iter().filter(|e| e.name == "page_view").map(|e| e.path.as_str())),
-        "entry_pages": count(sessions_in.iter().filter_map(|s| with_path(s).first().copied())),
-        "exit_pages": count(sessions_in.iter().filter_map(|s| with_path(s).last().copied())),
+        "entry_pages": count(sessions_in.iter().filter_map(|s| paths(s).first().copied())),
+        "exit_pages": count(sessions_in.iter().filter_map(|s| paths(s).last().copied())),
     })
 }
 

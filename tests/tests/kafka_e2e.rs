@@ -8,13 +8,13 @@
 use std::{collections::BTreeMap, path::Path, time::Duration};
 
 use serde_json::{Value, json};
+use weft_normalize::{FieldMapping, Normalizer};
 use weft_tests::{
     broker::{brokers, create_topic, produce},
     clickstream::{Stream, generate},
     process::Weft,
     reference, wait_for,
 };
-use weft_normalize::{FieldMapping, Normalizer};
 
 const LATENESS_MS: i64 = 5_000;
 

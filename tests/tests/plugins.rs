@@ -272,6 +272,18 @@ impl Pipeline {
         seen
     }
 
+    /// A pipeline fed `events`, checking that the sessionizer set the
+    /// reference sessions and changed nothing else.
+    fn fed(host: &Host, events: &[Event], batch_size: usize) -> Self {
+        let mut pipeline = Pipeline::start(host);
+        assert_eq!(
+            pipeline.feed(events, batch_size),
+            reference::with_sessions(events, GAP_MS),
+            "the sessionizer set the reference sessions and changed nothing else"
+        );
+        pipeline
+    }
+
     fn all(&mut self) -> [&mut Plugin; 4] {
         [
             &mut self.sessionizer,
@@ -292,6 +304,20 @@ impl Pipeline {
     }
 }
 
+/// Checks [`Pipeline::answers`] against the reference, one answer at a time.
+#[track_caller]
+fn assert_reference_answers(answers: &Value, events: &[Event]) {
+    let want = [
+        ("core", reference::core(events)),
+        ("core_series", reference::core_series(events)),
+        ("event_counts", reference::event_counts(events)),
+        ("funnel", reference::funnel(events)),
+    ];
+    for (name, want) in want {
+        assert_eq!(answers[name], want, "{name}");
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Sessionizer edge cases.
 
@@ -299,12 +325,8 @@ impl Pipeline {
 fn sessionizer_keeps_events_exactly_a_gap_apart_and_splits_one_ms_later() {
     let host = Host::new();
     let mut stage = host.start("sessionizer", "{}");
-    let events = [
-        event(BASE, "u", "page_view", "/"),
-        event(BASE + GAP_MS, "u", "page_view", "/a"),
-        event(BASE + 2 * GAP_MS + 1, "u", "page_view", "/b"),
-        event(BASE + 3 * GAP_MS + 1, "u", "page_view", "/c"),
-    ];
+    let events =
+        [0, GAP_MS, 2 * GAP_MS + 1, 3 * GAP_MS + 1].map(|t| event(BASE + t, "u", "click", ""));
     let ids = sessionize(&mut stage, &events, events.len());
     assert_eq!(ids, reference::session_ids(&events, GAP_MS));
     // Exactly `gap` apart: one session; `gap + 1` apart: a new one, named by its start.
@@ -449,26 +471,9 @@ fn sessionizer_tick_evicts_closed_sessions_and_results_stay_right() {
 fn metrics_all_time_match_the_reference() {
     let events = clickstream::events(42, 40);
     let host = Host::new();
-    let mut pipeline = Pipeline::start(&host);
-    let seen = pipeline.feed(&events, 50);
-    assert_eq!(
-        seen,
-        reference::with_sessions(&events, GAP_MS),
-        "the sessionizer set the reference sessions and changed nothing else"
-    );
-
-    assert_eq!(
-        query(&mut pipeline.core, &[]),
-        reference::core(&events),
-        "core"
-    );
-    assert_eq!(
-        query(&mut pipeline.event_counts, &[]),
-        reference::event_counts(&events),
-        "event_counts"
-    );
-    let funnel = query(&mut pipeline.funnel, &[]);
-    assert_eq!(funnel, reference::funnel(&events), "funnel");
+    let answers = Pipeline::fed(&host, &events, 50).answers();
+    assert_reference_answers(&answers, &events);
+    let funnel = &answers["funnel"];
     assert!(
         funnel["steps"][3]["sessions"].as_u64() > Some(0),
         "some sessions reach the last step: {funnel}"
@@ -479,11 +484,7 @@ fn metrics_all_time_match_the_reference() {
 fn core_ranges_windows_and_buckets_match_the_reference() {
     let events = clickstream::events(1234, 40);
     let host = Host::new();
-    let mut pipeline = Pipeline::start(&host);
-    assert_eq!(
-        pipeline.feed(&events, 64),
-        reference::with_sessions(&events, GAP_MS)
-    );
+    let mut pipeline = Pipeline::fed(&host, &events, 64);
     let core = &mut pipeline.core;
     let newest = events.iter().map(|e| e.time).max().expect("events");
 
@@ -564,7 +565,7 @@ fn restart_from_a_checkpoint_equals_one_uninterrupted_run() {
 
     assert_eq!(seen, seen_once, "sessions continue across the restart");
     assert_eq!(pipeline.answers(), want);
-    assert_eq!(want["core"], reference::core(&events), "core");
+    assert_reference_answers(&want, &events);
 }
 
 // ---------------------------------------------------------------------------
