@@ -148,7 +148,6 @@ impl Source for DemoSource {
         &self.caught_up
     }
 
-
     fn describe(&self) -> Value {
         json!({
             "kind": "demo",

@@ -148,7 +148,6 @@ impl Source for FileSource {
         &self.caught_up
     }
 
-
     fn describe(&self) -> serde_json::Value {
         serde_json::json!({
             "kind": "file",

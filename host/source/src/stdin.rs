@@ -173,7 +173,6 @@ impl Source for StdinSource {
         &self.caught_up
     }
 
-
     fn describe(&self) -> serde_json::Value {
         serde_json::json!({
             "kind": "stdin",

@@ -1,9 +1,13 @@
-//! End to end against a real Kafka-protocol broker over TCP: a generated
-//! clickstream with disorder, duplicate deliveries and malformed messages,
-//! produced keyed by user; the real `weft` binary consumes it; every number
-//! of `core`, `event_counts` and `funnel` and the status counters must equal
-//! the plain reference implementation — uninterrupted, and again with
-//! `kill -9` in the middle of the stream and restarts.
+//! End to end, through the real `weft` binary and real HTTP: a generated
+//! clickstream with disorder, duplicate deliveries and malformed messages;
+//! every number of `core`, `event_counts` and `funnel` and the status
+//! counters must equal the plain reference implementation.
+//!
+//! - From a real Kafka-protocol broker over TCP (produced keyed by user):
+//!   uninterrupted, and again with `kill -9` in the middle of the stream and
+//!   restarts.
+//! - From a JSON-lines file, with a straggler beyond the allowed lateness
+//!   (rejected as `late`), and a restart that must not read the file again.
 
 use std::{collections::BTreeMap, path::Path, time::Duration};
 
@@ -11,7 +15,7 @@ use serde_json::{Value, json};
 use weft_normalize::{FieldMapping, Normalizer};
 use weft_tests::{
     broker::{brokers, create_topic, produce},
-    clickstream::{Stream, generate},
+    clickstream::{Delivery, START_MS, Stream, generate},
     process::Weft,
     reference, wait_for,
 };
@@ -160,6 +164,72 @@ fn kafka_stream_gives_exact_results_and_survives_kill_9() {
     }
     let weft = Weft::start(&data, &args);
     wait_until_done(&weft, &want);
+    check_results(&weft, &want);
+}
+
+#[test]
+fn file_source_gives_exact_results_rejects_late_events_and_resumes() {
+    let mut stream = generate(11, 150, LATENESS_MS);
+    // A straggler from long before the watermark, arriving last.
+    let straggler = json!({"event_id": "late-1", "ts": START_MS, "user_id": "straggler", "event": "page_view", "path": "/"});
+    stream.deliveries.push(Delivery {
+        key: "straggler".into(),
+        payload: straggler.to_string().into_bytes(),
+    });
+    *stream.malformed.entry("late".into()).or_default() += 1;
+    let want = expected(&stream);
+
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let events = dir.path().join("events.jsonl");
+    let mut lines = Vec::new();
+    for d in &stream.deliveries {
+        lines.extend_from_slice(&d.payload);
+        lines.push(b'\n');
+    }
+    std::fs::write(&events, lines).expect("write the events file");
+    let source = format!("file:{}", events.display());
+    let config = write_config(dir.path(), 1_000);
+    let args = ["--source", source.as_str(), "--config", config.as_str()];
+    let data = dir.path().join("f");
+
+    let weft = Weft::start(&data, &args);
+    wait_until_done(&weft, &want);
+    check_results(&weft, &want);
+    let status = weft.get("/api/status");
+    assert_eq!(
+        status["source_running"],
+        json!(false),
+        "the file has ended: {status}"
+    );
+    let rejected = weft.get("/api/rejected?limit=1000");
+    let late: Vec<&Value> = rejected["rejected"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter(|r| r["reason"] == "late")
+        .collect();
+    assert_eq!(late.len(), 1, "{rejected}");
+    assert!(
+        late[0]["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("watermark"),
+        "{}",
+        late[0]
+    );
+    assert_eq!(late[0]["offset"], json!(stream.deliveries.len() - 1));
+    drop(weft);
+
+    // A restart resumes after the last line: nothing is read or counted again.
+    let weft = Weft::start(&data, &args);
+    wait_for(
+        "the restarted weft to find the file ended",
+        Duration::from_secs(60),
+        || {
+            let status = weft.try_get("/api/status")?;
+            Ok((status["source_running"] == json!(false)).then_some(()))
+        },
+    );
     check_results(&weft, &want);
 }
 
