@@ -464,6 +464,33 @@ fn sessionizer_tick_evicts_closed_sessions_and_results_stay_right() {
     );
 }
 
+#[test]
+fn sessionizer_tick_after_a_restart_evicts_sessions_from_before_it() {
+    let host = Host::new();
+    let mut stage = host.start("sessionizer", "{}");
+    let users: Vec<String> = (0..3000).map(|u| format!("u{u}")).collect();
+    let events: Vec<Event> = users
+        .iter()
+        .map(|u| event(BASE, u, "page_view", "/"))
+        .collect();
+    sessionize(&mut stage, &events, 512);
+    host.checkpoint(&mut [&mut stage]);
+    drop(stage);
+
+    // A new instance has none of the sessions in memory; its first tick
+    // still closes every one of them (more entries than one scan page).
+    let host = host.reopen();
+    let mut stage = host.start("sessionizer", "{}");
+    stage.tick(BASE + GAP_MS + 1).expect("tick");
+    host.checkpoint(&mut [&mut stage]);
+    let state = host.store.plugin_state("sessionizer");
+    assert_eq!(
+        state.scan(b"open\0", None, 10),
+        vec![],
+        "every closed session is evicted"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Metrics over a generated clickstream.
 

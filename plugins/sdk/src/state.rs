@@ -76,6 +76,35 @@ struct MapInner<V> {
     /// `None` caches "absent in the host" so a miss is asked once.
     cache: FxHashMap<String, Option<V>>,
     dirty: FxHashSet<String>,
+    /// Whether the cache holds every entry (after a full read from the host).
+    complete: bool,
+}
+
+impl<V: DeserializeOwned> MapInner<V> {
+    /// Reads every entry from the host into the cache, in pages; cached
+    /// entries (possibly newer) are kept.
+    fn load_all(&mut self) {
+        const PAGE: u32 = 1024;
+        let prefix = prefixed(&self.name, "");
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = host::scan(&prefix, after.as_deref(), PAGE);
+            for entry in &page {
+                let Ok(key) = std::str::from_utf8(&entry.key[prefix.len()..]) else {
+                    continue;
+                };
+                if !self.cache.contains_key(key) {
+                    let value = decode(&entry.value, key);
+                    self.cache.insert(key.to_owned(), value);
+                }
+            }
+            match page.last() {
+                Some(last) if page.len() == PAGE as usize => after = Some(last.key.clone()),
+                _ => break,
+            }
+        }
+        self.complete = true;
+    }
 }
 
 /// A durable map from string keys to values of type `V`.
@@ -90,6 +119,7 @@ impl<V: Serialize + DeserializeOwned + 'static> Map<V> {
             name: name.to_owned(),
             cache: FxHashMap::default(),
             dirty: FxHashSet::default(),
+            complete: false,
         }));
         register(inner.clone());
         Map { inner }
@@ -136,11 +166,16 @@ impl<V: Serialize + DeserializeOwned + 'static> Map<V> {
         mark(&mut inner.dirty, key);
     }
 
-    /// Removes the entries held in guest memory for which `keep` is false
-    /// (use it to close sessions or windows on a tick).
+    /// Removes the entries for which `keep` is false (use it to close
+    /// sessions or windows on a tick). The first call reads every entry the
+    /// host holds into guest memory, so entries from before a restart are
+    /// visited too.
     pub fn retain(&self, mut keep: impl FnMut(&str, &V) -> bool) {
         let mut inner = self.inner.borrow_mut();
         let inner = &mut *inner;
+        if !inner.complete {
+            inner.load_all();
+        }
         for (k, v) in inner.cache.iter_mut() {
             if v.as_ref().is_some_and(|v| !keep(k, v)) {
                 *v = None;
