@@ -12,17 +12,18 @@ use serde_json::Value;
 
 use crate::wait_for;
 
-/// The `weft` binary built alongside this test (`target/<profile>/weft`).
+/// The `weft` program under test: `weft-under-test`, built by `cargo test`
+/// beside the test binaries (`target/<profile>/`).
 pub fn binary() -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary's path");
     let profile_dir = exe
         .parent()
         .and_then(Path::parent)
         .expect("target/<profile>/deps/<test>");
-    let bin = profile_dir.join(format!("weft{}", std::env::consts::EXE_SUFFIX));
+    let bin = profile_dir.join(format!("weft-under-test{}", std::env::consts::EXE_SUFFIX));
     assert!(
         bin.exists(),
-        "{} is missing: build it with `cargo build -p weft` (cargo test --workspace does)",
+        "{} is missing: `cargo test -p weft-tests` builds it",
         bin.display()
     );
     bin

@@ -219,6 +219,13 @@ fn file_source_gives_exact_results_rejects_late_events_and_resumes() {
     );
     assert_eq!(late[0]["offset"], json!(stream.deliveries.len() - 1));
     drop(weft);
+    let compiled = std::fs::read_dir(data.join("modules"))
+        .expect("the compiled-module cache")
+        .count();
+    assert_eq!(
+        compiled, 4,
+        "each bundled plugin compiled once and cached for the restart"
+    );
 
     // A restart resumes after the last line: nothing is read or counted again.
     let weft = Weft::start(&data, &args);

@@ -106,6 +106,7 @@ impl Host {
             module,
             self.store.plugin_state(name),
             config,
+            weft_runtime::Limits::default(),
         )
     }
 

@@ -12,6 +12,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde::Deserialize;
 use weft_pipeline::{PluginSpec, Settings};
+use weft_runtime::Limits;
 use weft_source::{DemoConfig, KafkaConfig, SourceSpec};
 
 #[derive(Args, Debug, Default)]
@@ -67,6 +68,19 @@ struct PluginEntry {
     /// The instance's config, handed to its `init` as JSON.
     #[serde(default)]
     config: Option<toml::Table>,
+    /// What the instance may use.
+    #[serde(default)]
+    limits: LimitsEntry,
+}
+
+/// A `[[plugins]]` entry's `limits`; unset keys take the defaults.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct LimitsEntry {
+    /// CPU time per call, in ms [default: 200].
+    cpu_ms: Option<u64>,
+    /// Memory, in MiB [default: 64].
+    memory_mib: Option<u64>,
 }
 
 /// Everything `weft run` needs.
@@ -121,6 +135,7 @@ pub fn resolve(args: RunArgs, bundled: &[(&str, &[u8])]) -> Result<RunConfig> {
                 name: (*n).into(),
                 module: None,
                 config: None,
+                limits: LimitsEntry::default(),
             })
             .collect()
     });
@@ -151,10 +166,16 @@ pub fn resolve(args: RunArgs, bundled: &[(&str, &[u8])]) -> Result<RunConfig> {
             }
         };
         let config = serde_json::to_value(entry.config.unwrap_or_default())?;
+        let defaults = Limits::default();
+        let limits = Limits {
+            cpu_ms: entry.limits.cpu_ms.unwrap_or(defaults.cpu_ms),
+            memory_mib: entry.limits.memory_mib.unwrap_or(defaults.memory_mib),
+        };
         plugins.push(PluginSpec {
             name: entry.name,
             wasm,
             config,
+            limits,
         });
     }
 

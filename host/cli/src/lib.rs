@@ -1,6 +1,7 @@
-//! The `weft` binary's library half: its config resolution and the bundled
-//! plugins, shared with the end-to-end tests.
+//! The `weft` program as a library: the command line, its config resolution
+//! and the bundled plugins, shared with the end-to-end tests.
 
+pub mod cli;
 pub mod config;
 
 /// The bundled plugins, compiled by `build.rs` from `plugins/`.

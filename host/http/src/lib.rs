@@ -3,6 +3,8 @@
 //! - `GET /api/status`: message counters, watermark, last checkpoint, source;
 //! - `GET /api/plugins`: each plugin instance with its role, digest and stats;
 //! - `GET /api/plugins/{name}/query?…`: a metric's answer (JSON);
+//! - `GET /api/plugins/{name}/dead-letters?limit=&after=`: batches the plugin
+//!   failed on, with the error and the module digest;
 //! - `GET /api/rejected?limit=&after=`: rejected messages with their reasons;
 //! - `GET /metrics`: Prometheus exposition.
 //!
@@ -18,7 +20,7 @@ use axum::{
     routing::get,
 };
 use serde::{Deserialize, Serialize};
-use weft_pipeline::{Shared, lock};
+use weft_pipeline::{Shared, isolation::DeadLetter, lock};
 use weft_runtime::Role;
 
 /// An API error: a status and a message safe to show.
@@ -59,6 +61,7 @@ pub fn app(shared: Arc<Shared>) -> Router {
         .route("/api/status", get(status))
         .route("/api/plugins", get(plugins))
         .route("/api/plugins/{name}/query", get(query))
+        .route("/api/plugins/{name}/dead-letters", get(dead_letters))
         .route("/api/rejected", get(rejected))
         .route("/metrics", get(metrics))
         .fallback(|| async {
@@ -103,6 +106,9 @@ struct PluginView {
     errors: u64,
     mean_batch_ms: f64,
     last_error: Option<String>,
+    restarts: u64,
+    dead_letters: u64,
+    quarantined: Option<String>,
 }
 
 async fn plugins(State(shared): State<Arc<Shared>>) -> Json<Vec<PluginView>> {
@@ -120,12 +126,21 @@ async fn plugins(State(shared): State<Arc<Shared>>) -> Json<Vec<PluginView>> {
                 name: slot.name.clone(),
                 role: slot.role.to_string(),
                 digest: slot.digest.clone(),
-                status: if stats.failing { "failing" } else { "running" },
+                status: if stats.quarantined.is_some() {
+                    "quarantined"
+                } else if stats.failing {
+                    "failing"
+                } else {
+                    "running"
+                },
                 events_in: stats.events_in,
                 batches: stats.batches,
                 errors: stats.errors,
                 mean_batch_ms: mean,
                 last_error: stats.last_error,
+                restarts: stats.restarts,
+                dead_letters: stats.dead_letters,
+                quarantined: stats.quarantined,
             }
         })
         .collect();
@@ -172,7 +187,7 @@ async fn query(
 }
 
 #[derive(Deserialize)]
-struct RejectedParams {
+struct PageParams {
     limit: Option<usize>,
     after: Option<u64>,
 }
@@ -190,20 +205,12 @@ struct RejectedView {
 
 async fn rejected(
     State(shared): State<Arc<Shared>>,
-    params: Result<Query<RejectedParams>, axum::extract::rejection::QueryRejection>,
+    params: Result<Query<PageParams>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let Query(params) =
-        params.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
-    let limit = params.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "limit must be between 1 and 1000",
-        ));
-    }
+    let (after, limit) = page(params)?;
     let records = shared
         .store
-        .rejected(params.after, limit)
+        .rejected(after, limit)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let next = records.last().map(|(seq, _)| *seq);
     let views: Vec<RejectedView> = records
@@ -218,6 +225,59 @@ async fn rejected(
         })
         .collect();
     Ok(Json(serde_json::json!({ "rejected": views, "next": next })))
+}
+
+/// `after` and `limit` (1..=1000, default 100) of a paged listing.
+fn page(
+    params: Result<Query<PageParams>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<(Option<u64>, usize)> {
+    let Query(params) =
+        params.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let limit = params.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "limit must be between 1 and 1000",
+        ));
+    }
+    Ok((params.after, limit))
+}
+
+async fn dead_letters(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    params: Result<Query<PageParams>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    if shared.plugin(&name).is_none() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no plugin named `{name}`"),
+        ));
+    }
+    let (after, limit) = page(params)?;
+    let records = shared
+        .store
+        .dead_letters(&name, after, limit)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let next = records.last().map(|(seq, _)| *seq);
+    let mut views = Vec::with_capacity(records.len());
+    for (seq, bytes) in records {
+        let letter = DeadLetter::decode(&bytes).map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("dead letter {seq}: {e}"),
+            )
+        })?;
+        views.push(serde_json::json!({
+            "seq": seq,
+            "error": letter.error,
+            "digest": letter.digest,
+            "events": letter.events,
+        }));
+    }
+    Ok(Json(
+        serde_json::json!({ "dead_letters": views, "next": next }),
+    ))
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {

@@ -14,9 +14,11 @@
 //! Layout:
 //! - [`reorder`]: the event-time buffer and watermark;
 //! - [`dedup`]: accepted event ids within the dedup horizon;
+//! - [`isolation`]: journals, dead letters and quarantine of failing plugins;
 //! - [`telemetry`]: Prometheus metrics.
 
 pub mod dedup;
+pub mod isolation;
 pub mod reorder;
 pub mod telemetry;
 
@@ -31,12 +33,13 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 use weft_normalize::{FieldMapping, Normalizer};
-use weft_runtime::{Batch, BatchBuilder, Plugin, Role, Runtime};
+use weft_runtime::{Batch, BatchBuilder, Limits, Plugin, Role, Runtime, StageOutput};
 use weft_source::{Message, Offsets, Source};
 use weft_state::{Checkpoint, Rejected, Store};
 
 use crate::{
     dedup::Dedup,
+    isolation::{DeadLetter, Journaled},
     reorder::{Held, Reorder, ReorderState},
     telemetry::Telemetry,
 };
@@ -73,6 +76,8 @@ pub struct Settings {
     pub checkpoint_interval_ms: u64,
     /// ...and after at most this many messages.
     pub checkpoint_events: u64,
+    /// Consecutive failed calls after which a plugin is quarantined.
+    pub quarantine_after: u32,
     /// Where to find fields of an input shape not recognised out of the box.
     pub mapping: FieldMapping,
 }
@@ -86,6 +91,7 @@ impl Default for Settings {
             dedup_horizon_ms: 24 * 3_600_000,
             checkpoint_interval_ms: 1_000,
             checkpoint_events: 100_000,
+            quarantine_after: 3,
             mapping: FieldMapping::default(),
         }
     }
@@ -98,6 +104,7 @@ pub struct PluginSpec {
     pub wasm: Arc<[u8]>,
     /// The instance's config, passed to `init` as JSON.
     pub config: serde_json::Value,
+    pub limits: Limits,
 }
 
 /// Message counters, kept in checkpoints so they survive restarts exactly.
@@ -143,6 +150,12 @@ pub struct PluginStats {
     /// Whether the last call failed.
     pub failing: bool,
     pub last_error: Option<String>,
+    /// Fresh instances made after failures.
+    pub restarts: u64,
+    /// Batches kept in the plugin's dead letters.
+    pub dead_letters: u64,
+    /// Why the plugin is quarantined, if it is.
+    pub quarantined: Option<String>,
 }
 
 /// One plugin instance, shared between the pipeline and the HTTP layer.
@@ -183,6 +196,12 @@ struct Meta {
     offsets: Offsets,
     counters: Counters,
     reorder: ReorderState,
+    /// Dead letters kept per plugin (the next one's sequence number).
+    #[serde(default)]
+    dead_letters: BTreeMap<String, u64>,
+    /// Quarantined plugins and why.
+    #[serde(default)]
+    quarantined: BTreeMap<String, String>,
 }
 
 fn now_ms() -> u64 {
@@ -205,8 +224,15 @@ pub struct Pipeline {
     /// same keys.
     rejected: Vec<(u64, Rejected)>,
     builder: BatchBuilder,
-    stages: Vec<Arc<PluginSlot>>,
-    metrics: Vec<Arc<PluginSlot>>,
+    /// Stages first (in their configured order), then metrics.
+    slots: Vec<Arc<PluginSlot>>,
+    stage_count: usize,
+    /// Per slot: the successful calls since the last checkpoint.
+    journals: Vec<Vec<Journaled>>,
+    /// Per slot: failed calls in a row.
+    consecutive: Vec<u32>,
+    /// Dead letters since the last checkpoint: (plugin, sequence, record).
+    dead: Vec<(String, u64, DeadLetter)>,
     shared: Arc<Shared>,
     polled: Vec<Message>,
     source_running: bool,
@@ -246,26 +272,25 @@ impl Pipeline {
                 &module,
                 store.plugin_state(&spec.name),
                 &config,
+                spec.limits,
             )?;
             tracing::info!(plugin = %spec.name, role = %module.role(), digest = %module.digest, "Plugin loaded.");
+            let stats = PluginStats {
+                dead_letters: meta.dead_letters.get(&spec.name).copied().unwrap_or(0),
+                quarantined: meta.quarantined.get(&spec.name).cloned(),
+                ..PluginStats::default()
+            };
             slots.push(Arc::new(PluginSlot {
                 name: spec.name,
                 role: module.role(),
                 digest: module.digest,
                 plugin: Mutex::new(plugin),
-                stats: Mutex::new(PluginStats::default()),
+                stats: Mutex::new(stats),
             }));
         }
-        let stages = slots
-            .iter()
-            .filter(|s| s.role == Role::Stage)
-            .cloned()
-            .collect();
-        let metrics = slots
-            .iter()
-            .filter(|s| s.role == Role::Metric)
-            .cloned()
-            .collect();
+        // Stages run first; the sort is stable, so each role keeps its order.
+        slots.sort_by_key(|s| s.role != Role::Stage);
+        let stage_count = slots.iter().filter(|s| s.role == Role::Stage).count();
 
         let telemetry = Telemetry::new()?;
         let c = &meta.counters;
@@ -291,8 +316,10 @@ impl Pipeline {
         if meta.counters.received > 0 {
             tracing::info!(received = meta.counters.received, offsets = ?meta.offsets, "Resumed from the last checkpoint.");
         }
+        let journals = slots.iter().map(|_| Vec::new()).collect();
+        let consecutive = vec![0; slots.len()];
         let shared = Arc::new(Shared {
-            plugins: slots,
+            plugins: slots.clone(),
             status: Mutex::new(status),
             store,
             telemetry,
@@ -307,8 +334,11 @@ impl Pipeline {
             offsets: meta.offsets,
             rejected: Vec::new(),
             builder: BatchBuilder::default(),
-            stages,
-            metrics,
+            slots,
+            stage_count,
+            journals,
+            consecutive,
+            dead: Vec::new(),
             shared,
             polled: Vec::new(),
             source_running: true,
@@ -477,41 +507,149 @@ impl Pipeline {
         self.rejected.push((self.counters.rejected, record));
     }
 
-    /// Runs the built batch through the stages, then every metric.
+    /// Runs the built batch through the stages, then every metric. A batch
+    /// a stage fails on goes no further (it is in the stage's dead letters).
     fn run_batch(&mut self) {
-        let mut batch: Batch = self.builder.finish();
-        for slot in &self.stages {
-            let outcome = timed(&self.shared.telemetry, slot, batch.events.len(), |p| {
-                p.process(&batch)
-            });
-            if let Some(out) = outcome {
-                let before = batch.events.len();
-                if let Err(detail) = weft_runtime::apply(&mut batch, out) {
-                    let e = weft_runtime::Error::BadOutput {
-                        plugin: slot.name.clone(),
+        let mut batch = Arc::new(self.builder.finish());
+        for i in 0..self.stage_count {
+            let Some(Some(out)) = self.call(i, Call::Batch(&batch)) else {
+                return;
+            };
+            let mut next = Arc::unwrap_or_clone(batch.clone());
+            match weft_runtime::apply(&mut next, out) {
+                Ok(()) => batch = Arc::new(next),
+                Err(detail) => {
+                    // The call looked fine, but its output is not: undo it.
+                    self.journals[i].pop();
+                    let error = weft_runtime::Error::BadOutput {
+                        plugin: self.slots[i].name.clone(),
                         detail,
                     };
-                    failed(&self.shared.telemetry, slot, &e);
-                } else if batch.events.len() != before {
-                    tracing::trace!(plugin = %slot.name, before, after = batch.events.len(), "Stage changed the batch size.");
+                    self.fail(i, Some(&batch), error);
+                    return;
                 }
             }
         }
-        for slot in &self.metrics {
-            timed(&self.shared.telemetry, slot, batch.events.len(), |p| {
-                p.ingest(&batch)
-            });
+        for i in self.stage_count..self.slots.len() {
+            self.call(i, Call::Batch(&batch));
         }
     }
 
     fn tick(&mut self, watermark: i64) {
         self.shared.telemetry.watermark.set(watermark);
-        for slot in self.stages.iter().chain(&self.metrics) {
-            let result = lock(&slot.plugin).tick(watermark);
-            if let Err(e) = result {
-                failed(&self.shared.telemetry, slot, &e);
+        for i in 0..self.slots.len() {
+            self.call(i, Call::Tick(watermark));
+        }
+    }
+
+    /// Calls plugin `i`, journaling a success and isolating a failure.
+    /// `None` when the call failed or the plugin is quarantined; a stage's
+    /// `process` answers `Some(Some(output))`.
+    fn call(&mut self, i: usize, call: Call) -> Option<Option<StageOutput>> {
+        let slot = self.slots[i].clone();
+        let batch = match call {
+            Call::Batch(b) => Some(b),
+            Call::Tick(_) => None,
+        };
+        if let Some(reason) = lock(&slot.stats).quarantined.clone() {
+            if let Some(b) = batch {
+                self.dead_letter(i, b, format!("quarantined: {reason}"));
+            }
+            return None;
+        }
+        // A trap in a query (from the HTTP side) leaves the instance unusable:
+        // recover it first; this call is not to blame.
+        if lock(&slot.plugin).is_poisoned()
+            && let Err(e) = self.recover(i)
+        {
+            self.quarantine(i, format!("cannot recover after a trap: {e}"));
+            return self.call(i, call);
+        }
+        let started = Instant::now();
+        let result = {
+            let mut plugin = lock(&slot.plugin);
+            match call {
+                Call::Batch(b) if slot.role == Role::Stage => plugin.process(b).map(Some),
+                Call::Batch(b) => plugin.ingest(b).map(|()| None),
+                Call::Tick(w) => plugin.tick(w).map(|()| None),
+            }
+        };
+        if let Some(b) = batch {
+            let elapsed = started.elapsed().as_secs_f64();
+            self.shared
+                .telemetry
+                .plugin_batch
+                .with_label_values(&[slot.name.as_str()])
+                .observe(elapsed);
+            let mut stats = lock(&slot.stats);
+            stats.batches += 1;
+            stats.events_in += b.events.len() as u64;
+            stats.busy_seconds += elapsed;
+        }
+        match result {
+            Ok(out) => {
+                self.journals[i].push(match call {
+                    Call::Batch(b) => Journaled::Batch(b.clone()),
+                    Call::Tick(w) => Journaled::Tick(w),
+                });
+                self.consecutive[i] = 0;
+                lock(&slot.stats).failing = false;
+                Some(out)
+            }
+            Err(error) => {
+                self.fail(i, batch, error);
+                None
             }
         }
+    }
+
+    /// Records a failed call: the batch to the dead letters, then either
+    /// quarantine or a fresh instance that never saw the call.
+    fn fail(&mut self, i: usize, batch: Option<&Arc<Batch>>, error: weft_runtime::Error) {
+        failed(&self.shared.telemetry, &self.slots[i], &error);
+        if let Some(b) = batch {
+            self.dead_letter(i, b, error.to_string());
+        }
+        self.consecutive[i] += 1;
+        if self.consecutive[i] >= self.settings.quarantine_after {
+            let reason = format!(
+                "{} failed calls in a row; the last: {error}",
+                self.consecutive[i]
+            );
+            self.quarantine(i, reason);
+        } else if let Err(e) = self.recover(i) {
+            self.quarantine(i, format!("cannot restart after a failure: {e}"));
+        }
+    }
+
+    /// Restarts plugin `i` from its checkpointed state and replays its
+    /// journal, so it is where it was before the failed call.
+    fn recover(&mut self, i: usize) -> Result<(), weft_runtime::Error> {
+        restart_and_replay(
+            &self.slots[i],
+            &mut lock(&self.slots[i].plugin),
+            &self.journals[i],
+        )
+    }
+
+    fn quarantine(&mut self, i: usize, reason: String) {
+        let slot = &self.slots[i];
+        tracing::error!(plugin = %slot.name, %reason, "Plugin quarantined; its batches go to its dead letters until it is reloaded.");
+        lock(&slot.stats).quarantined = Some(reason);
+    }
+
+    fn dead_letter(&mut self, i: usize, batch: &Batch, error: String) {
+        let slot = &self.slots[i];
+        let seq = {
+            let mut stats = lock(&slot.stats);
+            stats.dead_letters += 1;
+            stats.dead_letters
+        };
+        self.dead.push((
+            slot.name.clone(),
+            seq,
+            DeadLetter::new(error, slot.digest.clone(), batch),
+        ));
     }
 
     /// Writes all state and the source position atomically, then commits
@@ -520,28 +658,64 @@ impl Pipeline {
         let started = Instant::now();
         // Hold every plugin until the write is durable, so a query never reads
         // state that was drained but not yet written.
-        let slots: Vec<_> = self.stages.iter().chain(&self.metrics).cloned().collect();
+        let slots = self.slots.clone();
         let mut guards: Vec<_> = slots.iter().map(|s| lock(&s.plugin)).collect();
         let mut plugin_writes = Vec::with_capacity(guards.len());
-        for (slot, plugin) in slots.iter().zip(guards.iter_mut()) {
-            match plugin.checkpoint() {
+        for (i, (slot, plugin)) in slots.iter().zip(guards.iter_mut()).enumerate() {
+            if lock(&slot.stats).quarantined.is_some() {
+                continue;
+            }
+            // A failed checkpoint call loses what the instance held: restart,
+            // replay what it saw since the last checkpoint, and ask again.
+            let writes = plugin.checkpoint().or_else(|e| {
+                failed(&self.shared.telemetry, slot, &e);
+                restart_and_replay(slot, plugin, &self.journals[i])?;
+                plugin.checkpoint()
+            });
+            match writes {
                 Ok(writes) => plugin_writes.push((slot.name.clone(), writes)),
-                Err(e) => failed(&self.shared.telemetry, slot, &e),
+                Err(e) => {
+                    drop(std::mem::take(&mut self.journals[i]));
+                    let reason = format!("its state cannot be checkpointed: {e}");
+                    tracing::error!(plugin = %slot.name, %reason, "Plugin quarantined; batches since the last checkpoint are lost for it.");
+                    lock(&slot.stats).quarantined = Some(reason);
+                }
             }
         }
         let meta = Meta {
             offsets: self.offsets.clone(),
             counters: self.counters.clone(),
             reorder: self.reorder.state(),
+            dead_letters: slots
+                .iter()
+                .map(|s| (s.name.clone(), lock(&s.stats).dead_letters))
+                .collect(),
+            quarantined: slots
+                .iter()
+                .filter_map(|s| {
+                    lock(&s.stats)
+                        .quarantined
+                        .clone()
+                        .map(|q| (s.name.clone(), q))
+                })
+                .collect(),
         };
         let checkpoint = Checkpoint {
             plugin_writes,
             dedup: self.dedup.take_changes(),
             rejected: std::mem::take(&mut self.rejected),
+            dead_letters: self
+                .dead
+                .drain(..)
+                .map(|(plugin, seq, d)| (plugin, seq, d.encode()))
+                .collect(),
             meta: serde_json::to_vec(&meta).map_err(PipelineError::Meta)?,
         };
         self.shared.store.checkpoint(checkpoint)?;
         drop(guards);
+        for journal in &mut self.journals {
+            journal.clear();
+        }
         if let Err(e) = self.source.commit(&self.offsets) {
             tracing::warn!(error = %e, "Committing offsets to the source failed; the checkpoint holds them.");
         }
@@ -581,28 +755,31 @@ impl Pipeline {
     }
 }
 
-/// Calls `f` on the slot's plugin, timing it and recording the outcome.
-fn timed<T>(
-    telemetry: &Telemetry,
+/// Restarts `plugin` (of `slot`) and replays `journal` into it.
+fn restart_and_replay(
     slot: &PluginSlot,
-    events: usize,
-    f: impl FnOnce(&mut Plugin) -> Result<T, weft_runtime::Error>,
-) -> Option<T> {
-    let started = Instant::now();
-    let result = f(&mut lock(&slot.plugin));
-    let elapsed = started.elapsed().as_secs_f64();
-    telemetry
-        .plugin_batch
-        .with_label_values(&[slot.name.as_str()])
-        .observe(elapsed);
-    {
-        let mut stats = lock(&slot.stats);
-        stats.batches += 1;
-        stats.events_in += events as u64;
-        stats.busy_seconds += elapsed;
-        stats.failing = result.is_err();
+    plugin: &mut Plugin,
+    journal: &[Journaled],
+) -> Result<(), weft_runtime::Error> {
+    plugin.restart()?;
+    for entry in journal {
+        match entry {
+            Journaled::Batch(b) if slot.role == Role::Stage => plugin.process(b).map(drop)?,
+            Journaled::Batch(b) => plugin.ingest(b)?,
+            Journaled::Tick(w) => plugin.tick(*w)?,
+        }
     }
-    result.map_err(|e| failed(telemetry, slot, &e)).ok()
+    lock(&slot.stats).restarts += 1;
+    tracing::info!(plugin = %slot.name, replayed = journal.len(), "Plugin restarted.");
+    Ok(())
+}
+
+/// A call the pipeline makes into a plugin.
+#[derive(Clone, Copy)]
+enum Call<'a> {
+    /// `process` for a stage, `ingest` for a metric.
+    Batch(&'a Arc<Batch>),
+    Tick(i64),
 }
 
 fn failed(telemetry: &Telemetry, slot: &PluginSlot, error: &weft_runtime::Error) {

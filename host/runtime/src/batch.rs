@@ -81,6 +81,43 @@ impl BatchBuilder {
     }
 }
 
+/// The events of `batch` as owned normalized events (for dead letters).
+pub fn events(batch: &Batch) -> Vec<Normalized> {
+    let text = |i: u32| {
+        let i = i as usize;
+        let end = batch.ends.get(i).copied().unwrap_or(0) as usize;
+        let start = if i == 0 {
+            0
+        } else {
+            batch.ends.get(i - 1).copied().unwrap_or(0) as usize
+        };
+        String::from_utf8_lossy(batch.text.get(start..end).unwrap_or(&[])).into_owned()
+    };
+    batch
+        .events
+        .iter()
+        .map(|e| {
+            let start = e.props_start as usize;
+            let props = batch
+                .props
+                .get(start..start + e.props_len as usize)
+                .unwrap_or(&[]);
+            Normalized {
+                id: text(e.id),
+                time: e.time,
+                user: text(e.user),
+                name: text(e.name),
+                session: text(e.session),
+                path: text(e.path),
+                device: text(e.device),
+                browser: text(e.browser),
+                os: text(e.os),
+                props: props.iter().map(|p| (text(p.key), text(p.value))).collect(),
+            }
+        })
+        .collect()
+}
+
 /// Applies a stage's output to its input: the input's string table and props
 /// extended by the output's, with the output's events. Checks, before
 /// changing anything, every index, that strings are UTF-8 at their

@@ -14,6 +14,7 @@ use std::{
     hash::{Hash, Hasher},
     path::PathBuf,
     sync::Arc,
+    time::Duration,
 };
 
 use sha2::{Digest, Sha256};
@@ -27,6 +28,27 @@ use crate::{
     bindings::{MetricPre, MetricWorld, StagePre},
     plugin::{PluginCtx, Role},
 };
+
+/// How often the engine's epoch advances: the granularity of CPU budgets.
+pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] for as long as the engine
+/// lives.
+fn spawn_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    let spawned = std::thread::Builder::new()
+        .name("weft-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "Cannot start the epoch ticker: plugin CPU budgets will not interrupt.");
+    }
+}
 
 /// A compiled component, ready to instantiate.
 #[derive(Clone)]
@@ -58,7 +80,10 @@ impl Runtime {
     pub fn new(cache_dir: Option<PathBuf>) -> Result<Self, wasmtime::Error> {
         let mut config = Config::new();
         config.wasm_component_model(true);
+        // Plugins' CPU budgets: a call traps once its epoch deadline passes.
+        config.epoch_interruption(true);
         let engine = Engine::new(&config)?;
+        spawn_ticker(&engine);
         let mut linker = Linker::new(&engine);
         MetricWorld::add_to_linker::<PluginCtx, HasSelf<PluginCtx>>(&mut linker, |ctx| ctx)?;
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;

@@ -17,10 +17,10 @@ pub mod engine;
 pub mod plugin;
 pub mod state;
 
-pub use batch::{BatchBuilder, apply};
+pub use batch::{BatchBuilder, apply, events};
 pub use bindings::{Batch, StageOutput};
 pub use engine::{Module, Runtime};
-pub use plugin::{Plugin, Role};
+pub use plugin::{Limits, Plugin, Role};
 pub use state::{DurableState, Write};
 
 /// What can go wrong loading or calling a plugin.
@@ -54,6 +54,20 @@ pub enum Error {
         function: &'static str,
         message: String,
     },
+    #[error("plugin `{plugin}`: `{function}` exceeded its CPU budget of {limit_ms} ms")]
+    Budget {
+        plugin: String,
+        function: &'static str,
+        limit_ms: u64,
+    },
+    #[error("plugin `{plugin}`: `{function}` exceeded its memory limit of {limit_mib} MiB")]
+    Memory {
+        plugin: String,
+        function: &'static str,
+        limit_mib: u64,
+    },
+    #[error("plugin `{plugin}` trapped earlier and must be restarted before it is called again")]
+    Poisoned { plugin: String },
     #[error("plugin `{plugin}`: `process` returned a malformed batch: {detail}")]
     BadOutput { plugin: String, detail: String },
     #[error("plugin `{plugin}` has role {actual}, not {expected}")]

@@ -3,10 +3,16 @@
 //! Errors a plugin returns (`result<_, string>`) and traps are both reported
 //! with the plugin's name and the function; a trap also carries whatever the
 //! guest wrote to stderr (a Rust panic message, a Python traceback).
+//!
+//! Every call runs under the plugin's [`Limits`]: a CPU budget (epoch
+//! interruption) and a memory limit. A trap leaves the instance unusable
+//! ([`Plugin::is_poisoned`]); [`Plugin::restart`] makes a fresh instance of
+//! the same module over the same state, keeping the writes not yet
+//! checkpointed.
 
 use std::{fmt, sync::Arc, time::Duration};
 
-use wasmtime::{Store, component::ResourceTable};
+use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, component::ResourceTable};
 use wasmtime_wasi::{
     HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView, p2::pipe::MemoryOutputPipe,
 };
@@ -19,6 +25,35 @@ use crate::{
     engine::{Module, Pre, Runtime},
     state::{DurableState, PendingState, Write},
 };
+
+/// What one plugin instance may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// CPU time one call may take, in milliseconds.
+    pub cpu_ms: u64,
+    /// Linear memory the instance may grow to, in MiB.
+    pub memory_mib: u64,
+}
+
+impl Limits {
+    /// The CPU budget in epoch ticks, plus one: the epoch may advance right
+    /// after a call is armed.
+    fn deadline_ticks(&self) -> u64 {
+        self.cpu_ms
+            .div_ceil(crate::engine::EPOCH_TICK.as_millis() as u64)
+            .max(1)
+            + 1
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            cpu_ms: 200,
+            memory_mib: 64,
+        }
+    }
+}
 
 /// A plugin's role: which world it implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +81,7 @@ pub struct PluginCtx {
     wasi: WasiCtx,
     table: ResourceTable,
     stderr: MemoryOutputPipe,
+    limits: StoreLimits,
 }
 
 impl WasiView for PluginCtx {
@@ -131,6 +167,42 @@ fn sandbox(stderr: MemoryOutputPipe) -> WasiCtx {
     wasi.build()
 }
 
+/// A new store and instance of `module`, under `limits`, over `state`.
+fn instantiate(
+    runtime: &Runtime,
+    name: &str,
+    module: &Module,
+    state: PendingState,
+    limits: Limits,
+) -> Result<(Store<PluginCtx>, Instance), Error> {
+    let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
+    let memory = usize::try_from(limits.memory_mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
+    let ctx = PluginCtx {
+        name: name.to_owned(),
+        state,
+        wasi: sandbox(stderr.clone()),
+        table: ResourceTable::new(),
+        stderr,
+        limits: StoreLimitsBuilder::new()
+            .memory_size(memory)
+            .trap_on_grow_failure(true)
+            .build(),
+    };
+    let mut store = Store::new(&runtime.engine, ctx);
+    store.limiter(|ctx| &mut ctx.limits);
+    // Instantiation runs the component's start code: give it a budget too.
+    store.set_epoch_deadline(limits.deadline_ticks());
+    let instantiate = |source| Error::Instantiate {
+        plugin: name.into(),
+        source,
+    };
+    let instance = match &module.pre {
+        Pre::Metric(pre) => Instance::Metric(pre.instantiate(&mut store).map_err(instantiate)?),
+        Pre::Stage(pre) => Instance::Stage(pre.instantiate(&mut store).map_err(instantiate)?),
+    };
+    Ok((store, instance))
+}
+
 enum Instance {
     Metric(MetricWorld),
     Stage(StageWorld),
@@ -139,9 +211,15 @@ enum Instance {
 /// A running plugin instance.
 pub struct Plugin {
     name: String,
-    digest: String,
+    module: Module,
+    /// The config `init` was called with, for restarts.
+    config: String,
+    limits: Limits,
+    runtime: Runtime,
     store: Store<PluginCtx>,
     instance: Instance,
+    /// Set by a trap: the instance must not be entered again.
+    poisoned: bool,
 }
 
 impl Plugin {
@@ -152,36 +230,65 @@ impl Plugin {
         module: &Module,
         durable: Arc<dyn DurableState>,
         config: &str,
+        limits: Limits,
     ) -> Result<Self, Error> {
-        let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
-        let ctx = PluginCtx {
-            name: name.to_owned(),
-            state: PendingState::new(durable),
-            wasi: sandbox(stderr.clone()),
-            table: ResourceTable::new(),
-            stderr,
-        };
-        let mut store = Store::new(&runtime.engine, ctx);
-        let instantiate = |source| Error::Instantiate {
-            plugin: name.into(),
-            source,
-        };
-        let instance = match &module.pre {
-            Pre::Metric(pre) => Instance::Metric(pre.instantiate(&mut store).map_err(instantiate)?),
-            Pre::Stage(pre) => Instance::Stage(pre.instantiate(&mut store).map_err(instantiate)?),
-        };
+        let (store, instance) =
+            instantiate(runtime, name, module, PendingState::new(durable), limits)?;
         let mut plugin = Plugin {
             name: name.to_owned(),
-            digest: module.digest.clone(),
+            module: module.clone(),
+            config: config.to_owned(),
+            limits,
+            runtime: runtime.clone(),
             store,
             instance,
+            poisoned: false,
         };
-        let result = match &plugin.instance {
-            Instance::Metric(m) => m.call_init(&mut plugin.store, config),
-            Instance::Stage(s) => s.call_init(&mut plugin.store, config),
-        };
-        plugin.outcome("init", result)?;
+        plugin.init()?;
         Ok(plugin)
+    }
+
+    fn init(&mut self) -> Result<(), Error> {
+        self.arm();
+        let result = match &self.instance {
+            Instance::Metric(m) => m.call_init(&mut self.store, &self.config),
+            Instance::Stage(s) => s.call_init(&mut self.store, &self.config),
+        };
+        self.outcome("init", result)
+    }
+
+    /// A fresh instance of the same module, config and state, keeping the
+    /// state writes not yet checkpointed; what the old instance held only in
+    /// its memory is gone (the pipeline replays it).
+    pub fn restart(&mut self) -> Result<(), Error> {
+        let state = self.store.data_mut().state.take();
+        let (store, instance) =
+            instantiate(&self.runtime, &self.name, &self.module, state, self.limits)?;
+        self.store = store;
+        self.instance = instance;
+        self.poisoned = false;
+        self.init()
+    }
+
+    /// Whether a trap has left the instance unusable (see [`Plugin::restart`]).
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned
+    }
+
+    /// Refuses calls into a poisoned instance; arms the next call.
+    fn ready(&mut self) -> Result<(), Error> {
+        if self.poisoned {
+            return Err(Error::Poisoned {
+                plugin: self.name.clone(),
+            });
+        }
+        self.arm();
+        Ok(())
+    }
+
+    /// Gives the next call its CPU budget.
+    fn arm(&mut self) {
+        self.store.set_epoch_deadline(self.limits.deadline_ticks());
     }
 
     pub fn name(&self) -> &str {
@@ -189,7 +296,7 @@ impl Plugin {
     }
 
     pub fn digest(&self) -> &str {
-        &self.digest
+        &self.module.digest
     }
 
     pub fn role(&self) -> Role {
@@ -213,6 +320,22 @@ impl Plugin {
                 message,
             }),
             Err(trap) => {
+                self.poisoned = true;
+                let plugin = self.name.clone();
+                if trap.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) {
+                    return Err(Error::Budget {
+                        plugin,
+                        function,
+                        limit_ms: self.limits.cpu_ms,
+                    });
+                }
+                if format!("{trap:#}").contains("forcing trap when growing memory") {
+                    return Err(Error::Memory {
+                        plugin,
+                        function,
+                        limit_mib: self.limits.memory_mib,
+                    });
+                }
                 let stderr = self.store.data().stderr.contents();
                 let stderr = String::from_utf8_lossy(&stderr);
                 let detail = match stderr.trim() {
@@ -220,7 +343,7 @@ impl Plugin {
                     said => format!("{trap:#}; the plugin wrote: {said}"),
                 };
                 Err(Error::Trap {
-                    plugin: self.name.clone(),
+                    plugin,
                     function,
                     detail,
                 })
@@ -238,6 +361,7 @@ impl Plugin {
 
     /// Runs a stage over `batch`.
     pub fn process(&mut self, batch: &Batch) -> Result<StageOutput, Error> {
+        self.ready()?;
         let Instance::Stage(s) = &self.instance else {
             return Err(self.wrong_role(Role::Stage));
         };
@@ -247,6 +371,7 @@ impl Plugin {
 
     /// Feeds `batch` to a metric.
     pub fn ingest(&mut self, batch: &Batch) -> Result<(), Error> {
+        self.ready()?;
         let Instance::Metric(m) = &self.instance else {
             return Err(self.wrong_role(Role::Metric));
         };
@@ -255,6 +380,7 @@ impl Plugin {
     }
 
     pub fn tick(&mut self, watermark: i64) -> Result<(), Error> {
+        self.ready()?;
         let result = match &self.instance {
             Instance::Metric(m) => m.call_tick(&mut self.store, watermark),
             Instance::Stage(s) => s.call_tick(&mut self.store, watermark),
@@ -265,6 +391,7 @@ impl Plugin {
     /// Asks the plugin to hand over its state changes and returns every
     /// write pending since the last checkpoint.
     pub fn checkpoint(&mut self) -> Result<Vec<Write>, Error> {
+        self.ready()?;
         let result = match &self.instance {
             Instance::Metric(m) => m.call_checkpoint(&mut self.store),
             Instance::Stage(s) => s.call_checkpoint(&mut self.store),
@@ -275,6 +402,7 @@ impl Plugin {
 
     /// Asks a metric a query; returns its JSON text.
     pub fn query(&mut self, params: &[(String, String)]) -> Result<String, Error> {
+        self.ready()?;
         let Instance::Metric(m) = &self.instance else {
             return Err(self.wrong_role(Role::Metric));
         };

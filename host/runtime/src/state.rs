@@ -78,6 +78,15 @@ impl PendingState {
         merged.into_iter().take(limit).collect()
     }
 
+    /// Moves this state (durable view and pending writes) out, leaving an
+    /// empty overlay over the same durable state.
+    pub fn take(&mut self) -> PendingState {
+        PendingState {
+            durable: self.durable.clone(),
+            overlay: std::mem::take(&mut self.overlay),
+        }
+    }
+
     /// Takes the pending writes, in key order, leaving the overlay empty.
     pub fn drain(&mut self) -> Vec<Write> {
         std::mem::take(&mut self.overlay).into_iter().collect()

@@ -10,6 +10,8 @@
 //! - `p\0{plugin}\0{key}`: plugin state;
 //! - `d\0{event id}`: event time (i64 BE) of an accepted id, for dedup;
 //! - `r\0{seq u64 BE}`: a rejected message ([`Rejected`]);
+//! - `x\0{plugin}\0{seq u64 BE}`: a batch a plugin failed on (a dead letter),
+//!   opaque bytes to this crate;
 //! - `m\0meta`: the pipeline's metadata, opaque bytes to this crate.
 
 use std::{path::Path, sync::Arc};
@@ -39,6 +41,7 @@ const PLUGIN: &[u8] = b"p\0";
 const DEDUP: &[u8] = b"d\0";
 const REJECTED: &[u8] = b"r\0";
 const META: &[u8] = b"m\0meta";
+const DEAD: &[u8] = b"x\0";
 
 /// A message that failed validation, kept with its raw bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,6 +61,8 @@ pub struct Checkpoint {
     /// Dedup ids added (with their event time) or expired (`None`).
     pub dedup: Vec<(String, Option<i64>)>,
     pub rejected: Vec<(u64, Rejected)>,
+    /// Dead letters: (plugin, sequence number, encoded record).
+    pub dead_letters: Vec<(String, u64, Vec<u8>)>,
     pub meta: Vec<u8>,
 }
 
@@ -123,6 +128,12 @@ impl Store {
             })?;
             batch.insert(key(&[REJECTED, &seq.to_be_bytes()]), bytes);
         }
+        for (plugin, seq, record) in cp.dead_letters {
+            batch.insert(
+                key(&[DEAD, plugin.as_bytes(), b"\0", &seq.to_be_bytes()]),
+                record,
+            );
+        }
         batch.insert(META, cp.meta);
         self.tree
             .apply_batch(batch)
@@ -184,6 +195,36 @@ impl Store {
                 detail: e.to_string(),
             })?;
             out.push((seq, r));
+        }
+        Ok(out)
+    }
+
+    /// Plugin `plugin`'s dead letters with sequence number above `after`,
+    /// oldest first.
+    pub fn dead_letters(
+        &self,
+        plugin: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StateError> {
+        let prefix = key(&[DEAD, plugin.as_bytes(), b"\0"]);
+        let start = key(&[
+            &prefix,
+            &after.map_or(0, |a| a.saturating_add(1)).to_be_bytes(),
+        ]);
+        let mut out = Vec::new();
+        for item in self.tree.range(start..).take(limit) {
+            let (k, v) = item.map_err(io("scan dead letters"))?;
+            let Some(seq) = k.strip_prefix(prefix.as_slice()) else {
+                break;
+            };
+            let seq = <[u8; 8]>::try_from(seq)
+                .map(u64::from_be_bytes)
+                .map_err(|_| StateError::Corrupt {
+                    what: "dead-letter key",
+                    detail: format!("{k:?}"),
+                })?;
+            out.push((seq, v.to_vec()));
         }
         Ok(out)
     }
@@ -269,6 +310,11 @@ mod tests {
                     ],
                     dedup: vec![("e1".into(), Some(10)), ("e2".into(), Some(20))],
                     rejected: vec![(1, rejected(5)), (2, rejected(9))],
+                    dead_letters: vec![
+                        ("a".into(), 1, b"d1".to_vec()),
+                        ("a".into(), 2, b"d2".to_vec()),
+                        ("ab".into(), 1, b"x".to_vec()),
+                    ],
                     meta: b"meta-1".to_vec(),
                 })
                 .unwrap();
@@ -297,6 +343,18 @@ mod tests {
         assert_eq!(all, vec![(1, rejected(5)), (2, rejected(9))]);
         assert_eq!(store.rejected(Some(1), 10).unwrap(), vec![(2, rejected(9))]);
         assert_eq!(store.rejected(None, 1).unwrap().len(), 1);
+        assert_eq!(
+            store.dead_letters("a", None, 10).unwrap(),
+            vec![(1, b"d1".to_vec()), (2, b"d2".to_vec())]
+        );
+        assert_eq!(
+            store.dead_letters("a", Some(1), 10).unwrap(),
+            vec![(2, b"d2".to_vec())]
+        );
+        assert_eq!(
+            store.dead_letters("ab", None, 10).unwrap(),
+            vec![(1, b"x".to_vec())]
+        );
     }
 
     #[test]

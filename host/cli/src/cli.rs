@@ -1,0 +1,136 @@
+//! The command line of `weft` (and of the tests' `weft-under-test`, the
+//! same program built inside the test package so `cargo test` builds it).
+//!
+//! `weft run` reads events from a source (Kafka, a file, stdin, or the
+//! built-in demo), runs them through the plugin pipeline, keeps state in the
+//! data directory and serves the HTTP API. Settings come from flags, then
+//! `WEFT_*` environment variables, then `--config weft.toml`, then defaults.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+};
+
+use crate::{bundled, config};
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+use weft_pipeline::Pipeline;
+use weft_runtime::Runtime;
+use weft_state::Store;
+
+#[derive(Parser)]
+#[command(
+    name = "weft",
+    version,
+    about = "Clickstream analytics through WebAssembly component plugins."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Consume events, run the plugin pipeline and serve the HTTP API.
+    Run(config::RunArgs),
+}
+
+/// Runs the command line.
+pub fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("WEFT_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match Cli::parse().command {
+        Command::Run(args) => run(args),
+    }
+}
+
+fn run(args: config::RunArgs) -> Result<()> {
+    let config = config::resolve(args, bundled::BUNDLED)?;
+    std::fs::create_dir_all(&config.data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {}",
+            config.data_dir.display()
+        )
+    })?;
+    let store = Store::open(&config.data_dir.join("state"))?;
+    let runtime = Runtime::new(Some(config.data_dir.join("modules")))
+        .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    let source = weft_source::open(&config.source).context("cannot open the source")?;
+    let pipeline = Pipeline::open(config.pipeline, source, config.plugins, store, &runtime)?;
+    let shared = pipeline.shared();
+
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let listener = tokio
+        .block_on(tokio::net::TcpListener::bind(config.listen))
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(
+        listen = %addr,
+        source = %config.source_label,
+        data_dir = %config.data_dir.display(),
+        "weft is running. Open http://{addr}/ — e.g. curl http://{addr}/api/plugins/core/query"
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ended_tx, ended_rx) = tokio::sync::oneshot::channel::<()>();
+    let worker = {
+        let stop = stop.clone();
+        thread::Builder::new()
+            .name("pipeline".into())
+            .spawn(move || {
+                let result = pipeline.run(&stop);
+                let _ = ended_tx.send(());
+                result
+            })?
+    };
+    let http_stop = stop.clone();
+    let served = tokio.block_on(async move {
+        let shutdown = async move {
+            tokio::select! {
+                _ = terminated() => tracing::info!("Stopping: finishing the current batch and writing a checkpoint."),
+                _ = ended_rx => tracing::error!("The pipeline stopped; shutting down."),
+            }
+            http_stop.store(true, Ordering::Relaxed);
+        };
+        weft_http::serve(listener, shared, shutdown).await
+    });
+    stop.store(true, Ordering::Relaxed);
+    let pipeline_result = worker
+        .join()
+        .map_err(|_| anyhow::anyhow!("the pipeline thread panicked"))?;
+    served.context("the HTTP server failed")?;
+    pipeline_result?;
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn terminated() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,6 @@
+//! The `weft` program, built inside the test package so that `cargo test`
+//! builds it for the end-to-end tests (a binary of another package is not).
+
+fn main() -> anyhow::Result<()> {
+    weft::cli::main()
+}
