@@ -31,7 +31,7 @@ use std::{
 };
 
 use weft_normalize::Event;
-use weft_runtime::{Batch, BatchBuilder, DurableState, Plugin, Runtime, apply};
+use weft_runtime::{Batch, BatchBuilder, DurableState, Limits, Plugin, Runtime, apply};
 
 const SIZES: [usize; 4] = [1, 64, 1024, 4096];
 /// Timed runs per figure; the median is reported.
@@ -176,8 +176,15 @@ fn main() {
         let module = runtime
             .load(name, &component(artifact))
             .unwrap_or_else(|e| panic!("{e}"));
-        Plugin::start(&runtime, name, &module, Arc::new(NoState), "{}")
-            .unwrap_or_else(|e| panic!("{e}"))
+        Plugin::start(
+            &runtime,
+            name,
+            &module,
+            Arc::new(NoState),
+            "{}",
+            Limits::default(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
     };
     let mut metric = start("noop", "noop");
     let mut stage = start("noop_stage", "noop_stage");
