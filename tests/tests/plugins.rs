@@ -115,7 +115,13 @@ impl Host {
     fn reopen(self) -> Self {
         let Host { dir, store } = self;
         drop(store);
-        let store = Store::open(dir.path()).expect("reopen store");
+        // sled's background flusher lets go of the file lock a moment after
+        // the last handle is dropped.
+        let store = weft_tests::wait_for(
+            "the sled lock to be released",
+            std::time::Duration::from_secs(10),
+            || Ok(Store::open(dir.path()).map_err(|e| e.to_string()).ok()),
+        );
         Host { dir, store }
     }
 

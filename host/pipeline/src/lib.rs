@@ -551,7 +551,8 @@ impl Pipeline {
             Call::Batch(b) => Some(b),
             Call::Tick(_) => None,
         };
-        if let Some(reason) = lock(&slot.stats).quarantined.clone() {
+        let quarantined = lock(&slot.stats).quarantined.clone();
+        if let Some(reason) = quarantined {
             if let Some(b) = batch {
                 self.dead_letter(i, b, format!("quarantined: {reason}"));
             }
@@ -592,7 +593,9 @@ impl Pipeline {
                     Call::Batch(b) => Journaled::Batch(b.clone()),
                     Call::Tick(w) => Journaled::Tick(w),
                 });
-                self.consecutive[i] = 0;
+                if batch.is_some() {
+                    self.consecutive[i] = 0;
+                }
                 lock(&slot.stats).failing = false;
                 Some(out)
             }
@@ -611,14 +614,14 @@ impl Pipeline {
             self.dead_letter(i, b, error.to_string());
         }
         self.consecutive[i] += 1;
-        if self.consecutive[i] >= self.settings.quarantine_after {
+        if let Err(e) = self.recover(i) {
+            self.quarantine(i, format!("cannot restart after a failure: {e}"));
+        } else if self.consecutive[i] >= self.settings.quarantine_after {
             let reason = format!(
                 "{} failed calls in a row; the last: {error}",
                 self.consecutive[i]
             );
             self.quarantine(i, reason);
-        } else if let Err(e) = self.recover(i) {
-            self.quarantine(i, format!("cannot restart after a failure: {e}"));
         }
     }
 
@@ -662,8 +665,8 @@ impl Pipeline {
         let mut guards: Vec<_> = slots.iter().map(|s| lock(&s.plugin)).collect();
         let mut plugin_writes = Vec::with_capacity(guards.len());
         for (i, (slot, plugin)) in slots.iter().zip(guards.iter_mut()).enumerate() {
-            if lock(&slot.stats).quarantined.is_some() {
-                continue;
+            if plugin.is_poisoned() {
+                continue; // Quarantined and not restartable: nothing to save.
             }
             // A failed checkpoint call loses what the instance held: restart,
             // replay what it saw since the last checkpoint, and ask again.
@@ -675,10 +678,20 @@ impl Pipeline {
             match writes {
                 Ok(writes) => plugin_writes.push((slot.name.clone(), writes)),
                 Err(e) => {
-                    drop(std::mem::take(&mut self.journals[i]));
+                    // What it handled since the last checkpoint cannot be kept:
+                    // those batches go to its dead letters, and the instance
+                    // goes back to its checkpointed state so nothing counts twice.
                     let reason = format!("its state cannot be checkpointed: {e}");
-                    tracing::error!(plugin = %slot.name, %reason, "Plugin quarantined; batches since the last checkpoint are lost for it.");
-                    lock(&slot.stats).quarantined = Some(reason);
+                    tracing::error!(plugin = %slot.name, %reason, "Plugin quarantined; batches since the last checkpoint are in its dead letters.");
+                    lock(&slot.stats).quarantined = Some(reason.clone());
+                    for entry in std::mem::take(&mut self.journals[i]) {
+                        if let Journaled::Batch(b) = entry {
+                            self.dead_letter(i, &b, reason.clone());
+                        }
+                    }
+                    if let Err(e) = plugin.restart() {
+                        tracing::warn!(plugin = %slot.name, error = %e, "Restarting the quarantined plugin failed.");
+                    }
                 }
             }
         }
