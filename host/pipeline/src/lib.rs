@@ -76,7 +76,7 @@ pub struct Settings {
     pub checkpoint_interval_ms: u64,
     /// ...and after at most this many messages.
     pub checkpoint_events: u64,
-    /// Consecutive failed calls after which a plugin is quarantined.
+    /// Failed batches in a row after which a plugin is quarantined.
     pub quarantine_after: u32,
     /// Where to find fields of an input shape not recognised out of the box.
     pub mapping: FieldMapping,
@@ -606,8 +606,8 @@ impl Pipeline {
         }
     }
 
-    /// Records a failed call: the batch to the dead letters, then either
-    /// quarantine or a fresh instance that never saw the call.
+    /// Records a failed call: the batch to the dead letters, then a fresh
+    /// instance that never saw the call; quarantine if it keeps failing.
     fn fail(&mut self, i: usize, batch: Option<&Arc<Batch>>, error: weft_runtime::Error) {
         failed(&self.shared.telemetry, &self.slots[i], &error);
         if let Some(b) = batch {
