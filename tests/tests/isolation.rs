@@ -147,6 +147,20 @@ fn run_to_end(dir: &Path, source: &str, config: &str, accepted: usize) -> Weft {
 }
 
 /// `GET /api/plugins`, by name.
+/// The bundled metrics beside the misbehaving plugins stay exact.
+fn assert_bundled_exact(weft: &Weft, events: &[Event]) {
+    assert_eq!(
+        weft.get("/api/plugins/core/query"),
+        reference::core(events),
+        "core"
+    );
+    assert_eq!(
+        weft.get("/api/plugins/event_counts/query"),
+        reference::event_counts(events),
+        "event_counts"
+    );
+}
+
 fn plugins(weft: &Weft) -> BTreeMap<String, Value> {
     weft.get("/api/plugins")
         .as_array()
@@ -278,16 +292,7 @@ fn failing_metrics_lose_nothing_and_leave_the_others_exact() {
     let weft = run_to_end(dir.path(), &source, &config, stream.events.len());
 
     // The host and the well-behaved plugins are exact.
-    assert_eq!(
-        weft.get("/api/plugins/core/query"),
-        reference::core(&stream.events),
-        "core"
-    );
-    assert_eq!(
-        weft.get("/api/plugins/event_counts/query"),
-        reference::event_counts(&stream.events),
-        "event_counts"
-    );
+    assert_bundled_exact(&weft, &stream.events);
     let views = plugins(&weft);
     for name in ["sessionizer", "core", "event_counts"] {
         let view = &views[name];
@@ -391,16 +396,7 @@ fn a_metric_failing_on_every_batch_is_quarantined_and_loses_nothing() {
     let source = write_events(dir.path(), &stream);
     let config = always_failing(dir.path(), LATENESS_MS, "page_view");
     let weft = run_to_end(dir.path(), &source, &config, stream.events.len());
-    assert_eq!(
-        weft.get("/api/plugins/core/query"),
-        reference::core(&stream.events),
-        "core"
-    );
-    assert_eq!(
-        weft.get("/api/plugins/event_counts/query"),
-        reference::event_counts(&stream.events),
-        "event_counts"
-    );
+    assert_bundled_exact(&weft, &stream.events);
     assert_quarantined(&weft, &stream.events, "page_view");
 }
 
@@ -416,16 +412,7 @@ fn batches_after_a_quarantine_are_dead_lettered_and_the_pipeline_goes_on() {
     let source = write_events(dir.path(), &stream);
     let config = always_failing(dir.path(), 1_000_000_000, "page_view");
     let weft = run_to_end(dir.path(), &source, &config, stream.events.len());
-    assert_eq!(
-        weft.get("/api/plugins/core/query"),
-        reference::core(&stream.events),
-        "core"
-    );
-    assert_eq!(
-        weft.get("/api/plugins/event_counts/query"),
-        reference::event_counts(&stream.events),
-        "event_counts"
-    );
+    assert_bundled_exact(&weft, &stream.events);
     let failed = assert_quarantined(&weft, &stream.events, "page_view");
     assert_eq!(failed, QUARANTINE_AFTER, "back-to-back failures");
     let batches = stream.events.len().div_ceil(BATCH_SIZE);
