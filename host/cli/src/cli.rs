@@ -67,6 +67,15 @@ fn run(args: config::RunArgs) -> Result<()> {
     let source = weft_source::open(&config.source).context("cannot open the source")?;
     let pipeline = Pipeline::open(config.pipeline, source, config.plugins, store, &runtime)?;
     let shared = pipeline.shared();
+    let _watcher = config
+        .plugin_dir
+        .map(|dir| crate::plugin_dir::watch(dir, shared.clone()))
+        .transpose()?;
+    if config.admin.token.is_none() {
+        tracing::info!(
+            "No admin token is set: the admin API (uploads, unloads, rollbacks) is refused."
+        );
+    }
 
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -105,7 +114,7 @@ fn run(args: config::RunArgs) -> Result<()> {
             }
             http_stop.store(true, Ordering::Relaxed);
         };
-        weft_http::serve(listener, shared, shutdown).await
+        weft_http::serve(listener, shared, config.admin, shutdown).await
     });
     stop.store(true, Ordering::Relaxed);
     let pipeline_result = worker

@@ -10,8 +10,10 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+
+use crate::plugin_dir;
 use serde::Deserialize;
-use weft_pipeline::{PluginSpec, Settings};
+use weft_pipeline::{PluginSpec, Settings, lifecycle::Origin};
 use weft_runtime::Limits;
 use weft_source::{DemoConfig, KafkaConfig, SourceSpec};
 
@@ -35,6 +37,12 @@ pub struct RunArgs {
     /// HTTP address [default: 127.0.0.1:8080]
     #[arg(long, env = "WEFT_LISTEN")]
     pub listen: Option<SocketAddr>,
+    /// A directory of plugin components (`NAME.wasm`, optional `NAME.toml` manifest), watched: adding, replacing or removing a file loads, swaps or unloads that instance
+    #[arg(long = "plugins", env = "WEFT_PLUGINS")]
+    pub plugin_dir: Option<PathBuf>,
+    /// Bearer token of the admin API (uploads, unloads, rollbacks); without one the admin API is refused
+    #[arg(long, env = "WEFT_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
     /// A weft.toml with the same keys plus `[pipeline]`, `[demo]`, `[kafka_options]` and `[[plugins]]`
     #[arg(long, env = "WEFT_CONFIG")]
     pub config: Option<PathBuf>,
@@ -50,6 +58,10 @@ struct FileConfig {
     group: Option<String>,
     data_dir: Option<PathBuf>,
     listen: Option<SocketAddr>,
+    plugin_dir: Option<PathBuf>,
+    admin_token: Option<String>,
+    /// Largest component upload through the admin API, in MiB [default: 32].
+    upload_limit_mib: Option<usize>,
     /// Extra librdkafka settings, e.g. `"security.protocol" = "SSL"`.
     kafka_options: BTreeMap<String, String>,
     demo: DemoConfig,
@@ -68,19 +80,10 @@ struct PluginEntry {
     /// The instance's config, handed to its `init` as JSON.
     #[serde(default)]
     config: Option<toml::Table>,
-    /// What the instance may use.
+    /// What the instance may use: `cpu_ms` per call [default: 200] and
+    /// `memory_mib` [default: 64].
     #[serde(default)]
-    limits: LimitsEntry,
-}
-
-/// A `[[plugins]]` entry's `limits`; unset keys take the defaults.
-#[derive(Deserialize, Debug, Default)]
-#[serde(deny_unknown_fields)]
-struct LimitsEntry {
-    /// CPU time per call, in ms [default: 200].
-    cpu_ms: Option<u64>,
-    /// Memory, in MiB [default: 64].
-    memory_mib: Option<u64>,
+    limits: Limits,
 }
 
 /// Everything `weft run` needs.
@@ -91,6 +94,9 @@ pub struct RunConfig {
     pub listen: SocketAddr,
     pub pipeline: Settings,
     pub plugins: Vec<PluginSpec>,
+    /// The watched plugin directory, if any.
+    pub plugin_dir: Option<PathBuf>,
+    pub admin: weft_http::Admin,
 }
 
 /// The default pipeline: the sessionizer, then the three bundled metrics.
@@ -128,14 +134,21 @@ pub fn resolve(args: RunArgs, bundled: &[(&str, &[u8])]) -> Result<RunConfig> {
         SourceSpec::File(_) | SourceSpec::Stdin => {}
     }
 
+    let plugin_dir = args.plugin_dir.or(file.plugin_dir.map(|d| base.join(d)));
+    let from_dir = match &plugin_dir {
+        Some(dir) => plugin_dir::scan(dir)?,
+        None => Vec::new(),
+    };
     let entries = file.plugins.unwrap_or_else(|| {
+        // The plugin directory may replace a default instance by its name.
         DEFAULT_PIPELINE
             .iter()
+            .filter(|n| !from_dir.iter().any(|s| s.name == **n))
             .map(|n| PluginEntry {
                 name: (*n).into(),
                 module: None,
                 config: None,
-                limits: LimitsEntry::default(),
+                limits: Limits::default(),
             })
             .collect()
     });
@@ -166,17 +179,23 @@ pub fn resolve(args: RunArgs, bundled: &[(&str, &[u8])]) -> Result<RunConfig> {
             }
         };
         let config = serde_json::to_value(entry.config.unwrap_or_default())?;
-        let defaults = Limits::default();
-        let limits = Limits {
-            cpu_ms: entry.limits.cpu_ms.unwrap_or(defaults.cpu_ms),
-            memory_mib: entry.limits.memory_mib.unwrap_or(defaults.memory_mib),
-        };
         plugins.push(PluginSpec {
             name: entry.name,
             wasm,
             config,
-            limits,
+            limits: entry.limits,
+            origin: Origin::Config,
+            role: None,
         });
+    }
+    for spec in from_dir {
+        if plugins.iter().any(|p| p.name == spec.name) {
+            bail!(
+                "plugin `{}` is both in [[plugins]] and in the plugin directory; keep one",
+                spec.name
+            );
+        }
+        plugins.push(spec);
     }
 
     Ok(RunConfig {
@@ -192,5 +211,15 @@ pub fn resolve(args: RunArgs, bundled: &[(&str, &[u8])]) -> Result<RunConfig> {
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
         pipeline: file.pipeline,
         plugins,
+        plugin_dir,
+        admin: weft_http::Admin {
+            token: args
+                .admin_token
+                .or(file.admin_token)
+                .filter(|t| !t.is_empty()),
+            upload_limit: file
+                .upload_limit_mib
+                .map_or(weft_http::DEFAULT_UPLOAD_LIMIT, |mib| mib << 20),
+        },
     })
 }

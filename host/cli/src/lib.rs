@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod plugin_dir;
 
 /// The bundled plugins, compiled by `build.rs` from `plugins/`.
 pub mod bundled {

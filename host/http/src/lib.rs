@@ -5,23 +5,42 @@
 //! - `GET /api/plugins/{name}/query?…`: a metric's answer (JSON);
 //! - `GET /api/plugins/{name}/dead-letters?limit=&after=`: batches the plugin
 //!   failed on, with the error and the module digest;
+//! - `GET /api/plugins/{name}/versions`: every version it ran;
 //! - `GET /api/rejected?limit=&after=`: rejected messages with their reasons;
 //! - `GET /metrics`: Prometheus exposition.
 //!
-//! Errors are JSON `{"error": "…"}`: unknown plugin 404, bad parameters 400.
+//! The admin API needs `Authorization: Bearer TOKEN` (401 without or with a
+//! wrong one) and is refused (403) when no token is configured:
+//! - `PUT /api/plugins/{name}?config=&role=&cpu_ms=&memory_mib=`: load or
+//!   swap in the component in the body (at most the upload limit, else 413);
+//! - `DELETE /api/plugins/{name}`: unload;
+//! - `POST /api/plugins/{name}/rollback?to=DIGEST`: swap back (by default to
+//!   the version the running one replaced);
+//! - `POST /api/plugins/{name}/replay-dead-letters`.
+//!
+//! Errors are JSON `{"error": "…"}`: unknown plugin 404, bad parameters 400,
+//! a component that does not load 422, a conflicting change 409.
 
 use std::{net::SocketAddr, sync::Arc};
 
 use axum::{
     Json, Router,
-    extract::{Path, Query, State},
-    http::{StatusCode, header},
+    body::Bytes,
+    extract::{DefaultBodyLimit, Path, Query, Request, State, rejection::BytesRejection},
+    http::{HeaderMap, StatusCode, header},
+    middleware::{self, Next},
     response::{Html, IntoResponse, Response},
-    routing::get,
+    routing::{get, post, put},
 };
 use serde::{Deserialize, Serialize};
-use weft_pipeline::{Shared, isolation::DeadLetter, lock};
-use weft_runtime::Role;
+use subtle::ConstantTimeEq;
+use weft_pipeline::{
+    Shared,
+    isolation::DeadLetter,
+    lifecycle::{Applied, LifecycleError, Manifest, Origin},
+    lock,
+};
+use weft_runtime::{Limits, Role};
 
 /// An API error: a status and a message safe to show.
 #[derive(Debug)]
@@ -52,18 +71,61 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<LifecycleError> for ApiError {
+    fn from(e: LifecycleError) -> Self {
+        let status = match &e {
+            LifecycleError::NotFound(_) => StatusCode::NOT_FOUND,
+            LifecycleError::BadName(_) => StatusCode::BAD_REQUEST,
+            LifecycleError::Invalid(_) | LifecycleError::RoleMismatch { .. } => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            LifecycleError::RoleChanged { .. } | LifecycleError::Conflict(_) => {
+                StatusCode::CONFLICT
+            }
+            LifecycleError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            LifecycleError::State(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
 type ApiResult<T> = Result<T, ApiError>;
 
+/// Who may use the admin API, and how big an upload may be.
+#[derive(Clone)]
+pub struct Admin {
+    /// The bearer token; `None` refuses every admin request.
+    pub token: Option<String>,
+    /// Largest component upload, in bytes.
+    pub upload_limit: usize,
+}
+
+/// The default upload limit: 32 MiB.
+pub const DEFAULT_UPLOAD_LIMIT: usize = 32 << 20;
+
 /// The API's router over a running pipeline.
-pub fn app(shared: Arc<Shared>) -> Router {
+pub fn app(shared: Arc<Shared>, admin: Admin) -> Router {
+    let upload_limit = admin.upload_limit;
+    let admin_routes = Router::new()
+        .route("/api/plugins/{name}", put(deploy).delete(unload))
+        .route("/api/plugins/{name}/rollback", post(rollback))
+        .route(
+            "/api/plugins/{name}/replay-dead-letters",
+            post(replay_dead_letters),
+        )
+        .route_layer(middleware::from_fn_with_state(Arc::new(admin), authorize))
+        .layer(DefaultBodyLimit::max(upload_limit))
+        .with_state(shared.clone());
     Router::new()
         .route("/", get(index))
         .route("/api/status", get(status))
         .route("/api/plugins", get(plugins))
         .route("/api/plugins/{name}/query", get(query))
         .route("/api/plugins/{name}/dead-letters", get(dead_letters))
+        .route("/api/plugins/{name}/versions", get(versions))
         .route("/api/rejected", get(rejected))
         .route("/metrics", get(metrics))
+        .merge(admin_routes)
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -77,11 +139,12 @@ pub fn app(shared: Arc<Shared>) -> Router {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     shared: Arc<Shared>,
+    admin: Admin,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     axum::serve(
         listener,
-        app(shared).into_make_service_with_connect_info::<SocketAddr>(),
+        app(shared, admin).into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown)
     .await
@@ -100,7 +163,11 @@ struct PluginView {
     name: String,
     role: String,
     digest: String,
+    loaded_at: u64,
     status: &'static str,
+    /// Why the last load, swap or rollback failed (the old version runs on).
+    reload_error: Option<String>,
+    last_swap_pause_ms: Option<f64>,
     events_in: u64,
     batches: u64,
     errors: u64,
@@ -113,7 +180,7 @@ struct PluginView {
 
 async fn plugins(State(shared): State<Arc<Shared>>) -> Json<Vec<PluginView>> {
     let views = shared
-        .plugins
+        .plugins()
         .iter()
         .map(|slot| {
             let stats = lock(&slot.stats).clone();
@@ -125,7 +192,10 @@ async fn plugins(State(shared): State<Arc<Shared>>) -> Json<Vec<PluginView>> {
             PluginView {
                 name: slot.name.clone(),
                 role: slot.role.to_string(),
-                digest: slot.digest.clone(),
+                digest: stats.digest,
+                loaded_at: stats.loaded_at,
+                reload_error: stats.reload_error,
+                last_swap_pause_ms: stats.last_swap_pause_ms,
                 status: if stats.quarantined.is_some() {
                     "quarantined"
                 } else if stats.failing {
@@ -154,8 +224,7 @@ async fn query(
 ) -> ApiResult<Response> {
     let slot = shared
         .plugin(&name)
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no plugin named `{name}`")))?
-        .clone();
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no plugin named `{name}`")))?;
     if slot.role != Role::Metric {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -285,4 +354,166 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         shared.telemetry.render(),
     )
+}
+
+/// Lets a request through only with the configured bearer token.
+async fn authorize(
+    State(admin): State<Arc<Admin>>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(token) = admin.token.as_deref() else {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "the admin API is disabled: start weft with --admin-token (or WEFT_ADMIN_TOKEN, or admin_token in weft.toml)",
+        )
+        .into_response();
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(given) if bool::from(given.as_bytes().ct_eq(token.as_bytes())) => {
+            next.run(request).await
+        }
+        _ => {
+            let message = if given.is_some() {
+                "wrong admin token"
+            } else {
+                "the admin API needs `Authorization: Bearer TOKEN`"
+            };
+            let mut response = ApiError::new(StatusCode::UNAUTHORIZED, message).into_response();
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+            response
+        }
+    }
+}
+
+/// A manifest given as the query of an upload.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UploadParams {
+    /// The instance's config, as JSON.
+    config: Option<String>,
+    role: Option<Role>,
+    cpu_ms: Option<u64>,
+    memory_mib: Option<u64>,
+}
+
+impl UploadParams {
+    fn manifest(self) -> ApiResult<Manifest> {
+        let config = self
+            .config
+            .map(|text| serde_json::from_str::<serde_json::Value>(&text))
+            .transpose()
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("`config` is not JSON: {e}"),
+                )
+            })?;
+        let defaults = Limits::default();
+        Ok(Manifest {
+            role: self.role,
+            config,
+            limits: Limits {
+                cpu_ms: self.cpu_ms.unwrap_or(defaults.cpu_ms),
+                memory_mib: self.memory_mib.unwrap_or(defaults.memory_mib),
+            },
+        })
+    }
+}
+
+/// Runs a blocking lifecycle action off the async workers.
+async fn lifecycle(
+    action: impl FnOnce() -> Result<Applied, LifecycleError> + Send + 'static,
+) -> ApiResult<Json<Applied>> {
+    tokio::task::spawn_blocking(action)
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("lifecycle task failed: {e}"),
+            )
+        })?
+        .map(Json)
+        .map_err(ApiError::from)
+}
+
+async fn deploy(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    params: Result<Query<UploadParams>, axum::extract::rejection::QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let Query(params) =
+        params.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let manifest = params.manifest()?;
+    let wasm = body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "the component is larger than the upload limit (upload_limit_mib in weft.toml, default 32)",
+        ),
+        status => ApiError::new(status, e.body_text()),
+    })?;
+    if wasm.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "the request body must be the component (a .wasm file)",
+        ));
+    }
+    let Json(applied) =
+        lifecycle(move || shared.deploy(&name, &wasm, manifest, Origin::Api)).await?;
+    let status = if applied.replaced.is_some() {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(applied)).into_response())
+}
+
+async fn unload(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Applied>> {
+    lifecycle(move || shared.remove(&name)).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RollbackParams {
+    to: Option<String>,
+}
+
+async fn rollback(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    params: Result<Query<RollbackParams>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Applied>> {
+    let Query(params) =
+        params.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    lifecycle(move || shared.rollback(&name, params.to.as_deref())).await
+}
+
+async fn replay_dead_letters(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Applied>> {
+    lifecycle(move || shared.replay_dead_letters(&name)).await
+}
+
+async fn versions(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let versions = shared.versions(&name)?;
+    let current = shared.plugin(&name).map(|s| lock(&s.stats).digest.clone());
+    Ok(Json(
+        serde_json::json!({ "name": name, "current": current, "versions": versions }),
+    ))
 }

@@ -15,18 +15,22 @@
 //! - [`reorder`]: the event-time buffer and watermark;
 //! - [`dedup`]: accepted event ids within the dedup horizon;
 //! - [`isolation`]: journals, dead letters and quarantine of failing plugins;
+//! - [`lifecycle`]: loading, swapping, unloading and rolling back plugins
+//!   while events flow;
 //! - [`telemetry`]: Prometheus metrics.
 
 pub mod dedup;
 pub mod isolation;
+pub mod lifecycle;
 pub mod reorder;
 pub mod telemetry;
 
 use std::{
     collections::BTreeMap,
     sync::{
-        Arc, Mutex, MutexGuard,
+        Arc, Mutex, MutexGuard, RwLock,
         atomic::{AtomicBool, Ordering},
+        mpsc,
     },
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -40,6 +44,7 @@ use weft_state::{Checkpoint, Rejected, Store};
 use crate::{
     dedup::Dedup,
     isolation::{DeadLetter, Journaled},
+    lifecycle::{Origin, Request},
     reorder::{Held, Reorder, ReorderState},
     telemetry::Telemetry,
 };
@@ -58,6 +63,8 @@ pub enum PipelineError {
     DuplicatePlugin(String),
     #[error("telemetry: {0}")]
     Telemetry(#[from] prometheus::Error),
+    #[error(transparent)]
+    Lifecycle(#[from] lifecycle::LifecycleError),
 }
 
 /// Pipeline settings (the `[pipeline]` section of `weft.toml`).
@@ -105,6 +112,11 @@ pub struct PluginSpec {
     /// The instance's config, passed to `init` as JSON.
     pub config: serde_json::Value,
     pub limits: Limits,
+    /// Where it is configured: weft.toml (or the defaults), or the plugin
+    /// directory.
+    pub origin: Origin,
+    /// The role its manifest expects, if it says.
+    pub role: Option<Role>,
 }
 
 /// Message counters, kept in checkpoints so they survive restarts exactly.
@@ -143,6 +155,14 @@ pub struct Status {
 /// Per-plugin counters for `GET /api/plugins`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct PluginStats {
+    /// The running version.
+    pub digest: String,
+    /// When it was loaded, epoch ms.
+    pub loaded_at: u64,
+    /// Why the last load, swap or rollback failed (the old version runs on).
+    pub reload_error: Option<String>,
+    /// How long the pipeline waited for the last swap, in ms.
+    pub last_swap_pause_ms: Option<f64>,
     pub events_in: u64,
     pub batches: u64,
     pub errors: u64,
@@ -154,6 +174,8 @@ pub struct PluginStats {
     pub restarts: u64,
     /// Batches kept in the plugin's dead letters.
     pub dead_letters: u64,
+    /// The sequence number of its last dead letter.
+    pub dead_letter_seq: u64,
     /// Why the plugin is quarantined, if it is.
     pub quarantined: Option<String>,
 }
@@ -162,22 +184,32 @@ pub struct PluginStats {
 pub struct PluginSlot {
     pub name: String,
     pub role: Role,
-    pub digest: String,
     pub plugin: Mutex<Plugin>,
     pub stats: Mutex<PluginStats>,
 }
 
 /// What the HTTP layer sees of a running pipeline.
 pub struct Shared {
-    pub plugins: Vec<Arc<PluginSlot>>,
+    /// The running instances: stages first, then metrics.
+    plugins: RwLock<Vec<Arc<PluginSlot>>>,
     pub status: Mutex<Status>,
     pub store: Store,
     pub telemetry: Telemetry,
+    runtime: Runtime,
+    /// Lifecycle changes for the pipeline thread.
+    requests: Mutex<mpsc::Sender<Request>>,
 }
 
 impl Shared {
-    pub fn plugin(&self, name: &str) -> Option<&Arc<PluginSlot>> {
-        self.plugins.iter().find(|p| p.name == name)
+    pub fn plugins(&self) -> Vec<Arc<PluginSlot>> {
+        self.plugins
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn plugin(&self, name: &str) -> Option<Arc<PluginSlot>> {
+        self.plugins().into_iter().find(|p| p.name == name)
     }
 
     pub fn status(&self) -> Status {
@@ -196,7 +228,7 @@ struct Meta {
     offsets: Offsets,
     counters: Counters,
     reorder: ReorderState,
-    /// Dead letters kept per plugin (the next one's sequence number).
+    /// The last dead letter's sequence number per plugin.
     #[serde(default)]
     dead_letters: BTreeMap<String, u64>,
     /// Quarantined plugins and why.
@@ -204,7 +236,7 @@ struct Meta {
     quarantined: BTreeMap<String, String>,
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -233,6 +265,13 @@ pub struct Pipeline {
     consecutive: Vec<u32>,
     /// Dead letters since the last checkpoint: (plugin, sequence, record).
     dead: Vec<(String, u64, DeadLetter)>,
+    /// Dead letters replayed since the last checkpoint: (plugin, sequence).
+    replayed: Vec<(String, u64)>,
+    /// The last dead-letter sequence number of plugins not loaded now.
+    dead_letter_seq: BTreeMap<String, u64>,
+    /// Lifecycle changes: arriving, and waiting for the next checkpoint.
+    requests: mpsc::Receiver<Request>,
+    pending: Vec<Request>,
     shared: Arc<Shared>,
     polled: Vec<Message>,
     source_running: bool,
@@ -260,11 +299,19 @@ impl Pipeline {
         source.resume(&meta.offsets)?;
 
         let mut slots = Vec::new();
-        for spec in plugins {
+        for spec in lifecycle::resolve(&store, plugins)? {
             if slots.iter().any(|s: &Arc<PluginSlot>| s.name == spec.name) {
                 return Err(PipelineError::DuplicatePlugin(spec.name));
             }
             let module = runtime.load(&spec.name, &spec.wasm)?;
+            if let Some(declared) = spec.role.filter(|&r| r != module.role()) {
+                return Err(lifecycle::LifecycleError::RoleMismatch {
+                    name: spec.name,
+                    declared,
+                    actual: module.role(),
+                }
+                .into());
+            }
             let config = spec.config.to_string();
             let plugin = Plugin::start(
                 runtime,
@@ -276,14 +323,16 @@ impl Pipeline {
             )?;
             tracing::info!(plugin = %spec.name, role = %module.role(), digest = %module.digest, "Plugin loaded.");
             let stats = PluginStats {
-                dead_letters: meta.dead_letters.get(&spec.name).copied().unwrap_or(0),
+                digest: module.digest.clone(),
+                loaded_at: now_ms(),
+                dead_letters: store.count_dead_letters(&spec.name)?,
+                dead_letter_seq: meta.dead_letters.get(&spec.name).copied().unwrap_or(0),
                 quarantined: meta.quarantined.get(&spec.name).cloned(),
                 ..PluginStats::default()
             };
             slots.push(Arc::new(PluginSlot {
                 name: spec.name,
                 role: module.role(),
-                digest: module.digest,
                 plugin: Mutex::new(plugin),
                 stats: Mutex::new(stats),
             }));
@@ -318,11 +367,14 @@ impl Pipeline {
         }
         let journals = slots.iter().map(|_| Vec::new()).collect();
         let consecutive = vec![0; slots.len()];
+        let (requests_tx, requests) = mpsc::channel();
         let shared = Arc::new(Shared {
-            plugins: slots.clone(),
+            plugins: RwLock::new(slots.clone()),
             status: Mutex::new(status),
             store,
             telemetry,
+            runtime: runtime.clone(),
+            requests: Mutex::new(requests_tx),
         });
         Ok(Pipeline {
             normalizer: Normalizer::new(settings.mapping.clone()),
@@ -339,6 +391,10 @@ impl Pipeline {
             journals,
             consecutive,
             dead: Vec::new(),
+            replayed: Vec::new(),
+            dead_letter_seq: meta.dead_letters,
+            requests,
+            pending: Vec::new(),
             shared,
             polled: Vec::new(),
             source_running: true,
@@ -366,6 +422,7 @@ impl Pipeline {
     /// checkpoint when due.
     pub fn step(&mut self) -> Result<(), PipelineError> {
         let poll_timeout = Duration::from_millis(50);
+        self.pending.extend(self.requests.try_iter());
         let watermark_before = self.reorder.watermark();
         if self.source_running {
             self.polled.clear();
@@ -423,8 +480,15 @@ impl Pipeline {
         let due = self.last_checkpoint.elapsed()
             >= Duration::from_millis(self.settings.checkpoint_interval_ms)
             || self.unsaved >= self.settings.checkpoint_events;
-        if self.unsaved > 0 && (due || !self.source_running) {
+        // Lifecycle changes wait for the next checkpoint (at once when
+        // nothing is waiting to be saved), so they find every plugin's state
+        // durable and its journal empty.
+        let change = !self.pending.is_empty() && (due || self.unsaved == 0);
+        if self.unsaved > 0 && (due || !self.source_running) || change {
             self.checkpoint()?;
+        }
+        if change {
+            self.apply_pending();
         }
         self.publish_status();
         Ok(())
@@ -507,11 +571,22 @@ impl Pipeline {
         self.rejected.push((self.counters.rejected, record));
     }
 
-    /// Runs the built batch through the stages, then every metric. A batch
-    /// a stage fails on goes no further (it is in the stage's dead letters).
+    /// Runs the built batch through the stages, then every metric.
     fn run_batch(&mut self) {
-        let mut batch = Arc::new(self.builder.finish());
-        for i in 0..self.stage_count {
+        let batch = Arc::new(self.builder.finish());
+        self.run_from(0, batch);
+    }
+
+    /// Runs `batch` through the plugins from `start` on: the stages among
+    /// them, then every metric (only plugin `start` if it is a metric). A
+    /// batch a stage fails on goes no further (it is in the stage's dead
+    /// letters).
+    fn run_from(&mut self, start: usize, mut batch: Arc<Batch>) {
+        if start >= self.stage_count {
+            self.call(start, Call::Batch(&batch));
+            return;
+        }
+        for i in start..self.stage_count {
             let Some(Some(out)) = self.call(i, Call::Batch(&batch)) else {
                 return;
             };
@@ -643,16 +718,26 @@ impl Pipeline {
 
     fn dead_letter(&mut self, i: usize, batch: &Batch, error: String) {
         let slot = &self.slots[i];
-        let seq = {
+        let (seq, digest) = {
             let mut stats = lock(&slot.stats);
             stats.dead_letters += 1;
-            stats.dead_letters
+            stats.dead_letter_seq += 1;
+            (stats.dead_letter_seq, stats.digest.clone())
         };
         self.dead.push((
             slot.name.clone(),
             seq,
-            DeadLetter::new(error, slot.digest.clone(), batch),
+            DeadLetter::new(error, digest, batch),
         ));
+    }
+
+    /// Shows the HTTP layer the instances now running.
+    fn publish_slots(&self) {
+        *self
+            .shared
+            .plugins
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = self.slots.clone();
     }
 
     /// Writes all state and the source position atomically, then commits
@@ -695,14 +780,15 @@ impl Pipeline {
                 }
             }
         }
+        let mut dead_letter_seq = self.dead_letter_seq.clone();
+        for s in &slots {
+            dead_letter_seq.insert(s.name.clone(), lock(&s.stats).dead_letter_seq);
+        }
         let meta = Meta {
             offsets: self.offsets.clone(),
             counters: self.counters.clone(),
             reorder: self.reorder.state(),
-            dead_letters: slots
-                .iter()
-                .map(|s| (s.name.clone(), lock(&s.stats).dead_letters))
-                .collect(),
+            dead_letters: dead_letter_seq,
             quarantined: slots
                 .iter()
                 .filter_map(|s| {
@@ -722,6 +808,7 @@ impl Pipeline {
                 .drain(..)
                 .map(|(plugin, seq, d)| (plugin, seq, d.encode()))
                 .collect(),
+            dead_letters_removed: std::mem::take(&mut self.replayed),
             meta: serde_json::to_vec(&meta).map_err(PipelineError::Meta)?,
         };
         self.shared.store.checkpoint(checkpoint)?;

@@ -21,6 +21,10 @@ pub struct Telemetry {
     pub plugin_batch: HistogramVec,
     pub plugin_errors: IntCounterVec,
     pub checkpoint: Histogram,
+    /// Loads, swaps, unloads and rollbacks by plugin and outcome (ok, failed).
+    pub plugin_reloads: IntCounterVec,
+    /// How long the pipeline waits while a plugin version is swapped in.
+    pub swap_pause: Histogram,
 }
 
 impl Telemetry {
@@ -60,7 +64,23 @@ impl Telemetry {
             HistogramOpts::new("checkpoint_seconds", "Time to write one checkpoint.")
                 .buckets(buckets),
         )?;
+        let plugin_reloads = IntCounterVec::new(
+            Opts::new(
+                "plugin_reloads_total",
+                "Plugin loads, swaps, unloads and rollbacks by outcome.",
+            ),
+            &["plugin", "outcome"],
+        )?;
+        let swap_pause = Histogram::with_opts(
+            HistogramOpts::new(
+                "plugin_swap_pause_seconds",
+                "Time the pipeline waits while a plugin version is swapped in.",
+            )
+            .buckets(prometheus::exponential_buckets(0.000_01, 2.0, 18)?),
+        )?;
         registry.register(Box::new(events.clone()))?;
+        registry.register(Box::new(plugin_reloads.clone()))?;
+        registry.register(Box::new(swap_pause.clone()))?;
         registry.register(Box::new(rejected.clone()))?;
         registry.register(Box::new(source_lag.clone()))?;
         registry.register(Box::new(watermark.clone()))?;
@@ -82,6 +102,8 @@ impl Telemetry {
             plugin_batch,
             plugin_errors,
             checkpoint,
+            plugin_reloads,
+            swap_pause,
         })
     }
 

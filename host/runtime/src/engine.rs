@@ -50,6 +50,11 @@ fn spawn_ticker(engine: &Engine) {
     }
 }
 
+/// Hex SHA-256 of a component's bytes: a version's identity.
+pub fn digest(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
 /// A compiled component, ready to instantiate.
 #[derive(Clone)]
 pub struct Module {
@@ -96,7 +101,7 @@ impl Runtime {
 
     /// Compiles `bytes` (or loads the cached compilation) and finds its role.
     pub fn load(&self, name: &str, bytes: &[u8]) -> Result<Module, Error> {
-        let digest = hex::encode(Sha256::digest(bytes));
+        let digest = digest(bytes);
         let component = match &self.cache_dir {
             Some(dir) => self.load_cached(name, bytes, &digest, dir)?,
             None => self.compile(name, bytes)?,

@@ -19,7 +19,7 @@ pub mod state;
 
 pub use batch::{BatchBuilder, apply, events};
 pub use bindings::{Batch, StageOutput};
-pub use engine::{Module, Runtime};
+pub use engine::{Module, Runtime, digest};
 pub use plugin::{Limits, Plugin, Role};
 pub use state::{DurableState, Write};
 

@@ -26,8 +26,10 @@ use crate::{
     state::{DurableState, PendingState, Write},
 };
 
-/// What one plugin instance may use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What one plugin instance may use (a manifest's or `[[plugins]]`'s
+/// `limits`; unset keys take the defaults).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// CPU time one call may take, in milliseconds.
     pub cpu_ms: u64,
@@ -56,7 +58,8 @@ impl Default for Limits {
 }
 
 /// A plugin's role: which world it implements.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Role {
     Stage,
     Metric,
@@ -257,11 +260,12 @@ impl Plugin {
         self.outcome("init", result)
     }
 
-    /// A fresh instance of the same module, config and state, keeping the
-    /// state writes not yet checkpointed; what the old instance held only in
-    /// its memory is gone (the pipeline replays it).
+    /// A fresh instance of the same module and config over the state of the
+    /// last checkpoint: the writes pending since then are dropped with what
+    /// the old instance held in its memory (the pipeline replays the calls
+    /// since the checkpoint).
     pub fn restart(&mut self) -> Result<(), Error> {
-        let state = self.store.data_mut().state.take();
+        let state = self.store.data_mut().state.reset();
         let (store, instance) =
             instantiate(&self.runtime, &self.name, &self.module, state, self.limits)?;
         self.store = store;

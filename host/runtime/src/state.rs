@@ -78,13 +78,9 @@ impl PendingState {
         merged.into_iter().take(limit).collect()
     }
 
-    /// Moves this state (durable view and pending writes) out, leaving an
-    /// empty overlay over the same durable state.
-    pub fn take(&mut self) -> PendingState {
-        PendingState {
-            durable: self.durable.clone(),
-            overlay: std::mem::take(&mut self.overlay),
-        }
+    /// The durable state alone: a new overlay with no pending writes.
+    pub fn reset(&self) -> PendingState {
+        PendingState::new(self.durable.clone())
     }
 
     /// Takes the pending writes, in key order, leaving the overlay empty.

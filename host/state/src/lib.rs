@@ -12,7 +12,11 @@
 //! - `r\0{seq u64 BE}`: a rejected message ([`Rejected`]);
 //! - `x\0{plugin}\0{seq u64 BE}`: a batch a plugin failed on (a dead letter),
 //!   opaque bytes to this crate;
-//! - `m\0meta`: the pipeline's metadata, opaque bytes to this crate.
+//! - `m\0meta`: the pipeline's metadata, opaque bytes to this crate;
+//! - `w\0{digest}`: a plugin component's bytes, by their SHA-256, so any
+//!   version ever loaded can be rolled back to;
+//! - `i\0{plugin}`: what runs under an instance name and its version
+//!   history, opaque bytes to this crate.
 
 use std::{path::Path, sync::Arc};
 
@@ -42,6 +46,8 @@ const DEDUP: &[u8] = b"d\0";
 const REJECTED: &[u8] = b"r\0";
 const META: &[u8] = b"m\0meta";
 const DEAD: &[u8] = b"x\0";
+const MODULE: &[u8] = b"w\0";
+const INSTANCE: &[u8] = b"i\0";
 
 /// A message that failed validation, kept with its raw bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,6 +69,8 @@ pub struct Checkpoint {
     pub rejected: Vec<(u64, Rejected)>,
     /// Dead letters: (plugin, sequence number, encoded record).
     pub dead_letters: Vec<(String, u64, Vec<u8>)>,
+    /// Dead letters replayed since the last checkpoint: (plugin, sequence).
+    pub dead_letters_removed: Vec<(String, u64)>,
     pub meta: Vec<u8>,
 }
 
@@ -133,6 +141,9 @@ impl Store {
                 key(&[DEAD, plugin.as_bytes(), b"\0", &seq.to_be_bytes()]),
                 record,
             );
+        }
+        for (plugin, seq) in cp.dead_letters_removed {
+            batch.remove(key(&[DEAD, plugin.as_bytes(), b"\0", &seq.to_be_bytes()]));
         }
         batch.insert(META, cp.meta);
         self.tree
@@ -229,6 +240,71 @@ impl Store {
         Ok(out)
     }
 
+    /// How many dead letters plugin `plugin` has.
+    pub fn count_dead_letters(&self, plugin: &str) -> Result<u64, StateError> {
+        let prefix = key(&[DEAD, plugin.as_bytes(), b"\0"]);
+        let mut n = 0;
+        for item in self.tree.scan_prefix(prefix) {
+            item.map_err(io("count dead letters"))?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Keeps a component's bytes under its digest, durably.
+    pub fn put_module(&self, digest: &str, bytes: &[u8]) -> Result<(), StateError> {
+        let k = key(&[MODULE, digest.as_bytes()]);
+        if !self.tree.contains_key(&k).map_err(io("look up module"))? {
+            self.tree.insert(k, bytes).map_err(io("store module"))?;
+            self.db.flush().map_err(io("flush module"))?;
+        }
+        Ok(())
+    }
+
+    /// The component stored under `digest`.
+    pub fn module(&self, digest: &str) -> Result<Option<Vec<u8>>, StateError> {
+        Ok(self
+            .tree
+            .get(key(&[MODULE, digest.as_bytes()]))
+            .map_err(io("read module"))?
+            .map(|v| v.to_vec()))
+    }
+
+    /// Records what runs under instance `name`. Durable with the next
+    /// checkpoint (or [`Store::flush`]).
+    pub fn put_instance(&self, name: &str, record: &[u8]) -> Result<(), StateError> {
+        self.tree
+            .insert(key(&[INSTANCE, name.as_bytes()]), record)
+            .map_err(io("record instance"))?;
+        Ok(())
+    }
+
+    /// The record of instance `name`.
+    pub fn instance(&self, name: &str) -> Result<Option<Vec<u8>>, StateError> {
+        Ok(self
+            .tree
+            .get(key(&[INSTANCE, name.as_bytes()]))
+            .map_err(io("read instance"))?
+            .map(|v| v.to_vec()))
+    }
+
+    /// Every instance record: (name, record).
+    pub fn instances(&self) -> Result<Vec<(String, Vec<u8>)>, StateError> {
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix(INSTANCE) {
+            let (k, v) = item.map_err(io("scan instances"))?;
+            let name = String::from_utf8_lossy(&k[INSTANCE.len()..]).into_owned();
+            out.push((name, v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Makes every write so far durable.
+    pub fn flush(&self) -> Result<(), StateError> {
+        self.db.flush().map_err(io("flush"))?;
+        Ok(())
+    }
+
     /// Bytes sled uses on disk.
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
@@ -316,12 +392,14 @@ mod tests {
                         ("ab".into(), 1, b"x".to_vec()),
                     ],
                     meta: b"meta-1".to_vec(),
+                    ..Checkpoint::default()
                 })
                 .unwrap();
             store
                 .checkpoint(Checkpoint {
                     plugin_writes: vec![("a".into(), vec![(b"k2".to_vec(), None)])],
                     dedup: vec![("e1".into(), None)],
+                    dead_letters_removed: vec![("a".into(), 1)],
                     meta: b"meta-2".to_vec(),
                     ..Checkpoint::default()
                 })
@@ -345,12 +423,11 @@ mod tests {
         assert_eq!(store.rejected(None, 1).unwrap().len(), 1);
         assert_eq!(
             store.dead_letters("a", None, 10).unwrap(),
-            vec![(1, b"d1".to_vec()), (2, b"d2".to_vec())]
+            vec![(2, b"d2".to_vec())],
+            "the first was replayed"
         );
-        assert_eq!(
-            store.dead_letters("a", Some(1), 10).unwrap(),
-            vec![(2, b"d2".to_vec())]
-        );
+        assert_eq!(store.dead_letters("a", Some(2), 10).unwrap(), vec![]);
+        assert_eq!(store.count_dead_letters("a").unwrap(), 1);
         assert_eq!(
             store.dead_letters("ab", None, 10).unwrap(),
             vec![(1, b"x".to_vec())]

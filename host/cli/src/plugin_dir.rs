@@ -1,0 +1,168 @@
+//! The plugin directory: `NAME.wasm` is instance `NAME`, with an optional
+//! manifest `NAME.toml` beside it (`role`, `[config]`, `[limits]`).
+//!
+//! Read once at start, then watched (notify, debounced): adding or replacing
+//! a component or its manifest loads or swaps that instance, removing the
+//! component unloads it. The debounce waits until a file has been quiet for
+//! [`QUIET`], so a compiler's or editor's partial writes are not loaded; a
+//! file that is still incomplete fails validation and leaves the running
+//! version in place until the write completes.
+
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    sync::{Arc, mpsc},
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use notify_debouncer_mini::{DebounceEventResult, Debouncer, new_debouncer, notify};
+use weft_pipeline::{
+    PluginSpec, Shared,
+    lifecycle::{Manifest, Origin},
+    lock,
+};
+
+/// How long a file must be quiet before it is (re)loaded.
+pub const QUIET: Duration = Duration::from_millis(300);
+
+/// The manifest of instance `name`, or the defaults without one.
+fn manifest(dir: &Path, name: &str) -> Result<Manifest> {
+    let path = dir.join(format!("{name}.toml"));
+    match std::fs::read_to_string(&path) {
+        Ok(text) => toml::from_str(&text)
+            .with_context(|| format!("{} is not a valid plugin manifest", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Manifest::default()),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// The instance names of the components in `dir`, sorted.
+fn names(dir: &Path) -> Result<Vec<String>> {
+    let entries = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read the plugin directory {}", dir.display()))?;
+    let mut names = Vec::new();
+    for entry in entries {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "wasm")
+            && let Some(stem) = path.file_stem().and_then(|s| s.to_str())
+        {
+            names.push(stem.to_owned());
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// The instances in `dir` at start.
+pub fn scan(dir: &Path) -> Result<Vec<PluginSpec>> {
+    let mut specs = Vec::new();
+    for name in names(dir)? {
+        let path = dir.join(format!("{name}.wasm"));
+        let wasm =
+            std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let manifest = manifest(dir, &name)?;
+        specs.push(PluginSpec {
+            config: manifest
+                .config
+                .unwrap_or_else(|| serde_json::Value::Object(Default::default())),
+            limits: manifest.limits,
+            role: manifest.role,
+            origin: Origin::Directory,
+            wasm: wasm.into(),
+            name,
+        });
+    }
+    Ok(specs)
+}
+
+/// Watches `dir` and applies its changes to the running pipeline until the
+/// returned watcher is dropped.
+pub fn watch(dir: PathBuf, shared: Arc<Shared>) -> Result<Debouncer<notify::RecommendedWatcher>> {
+    let (tx, rx) = mpsc::channel::<DebounceEventResult>();
+    let mut debouncer = new_debouncer(QUIET, tx).context("cannot watch the plugin directory")?;
+    debouncer
+        .watcher()
+        .watch(&dir, notify::RecursiveMode::NonRecursive)
+        .with_context(|| format!("cannot watch {}", dir.display()))?;
+    let mut known: BTreeSet<String> = names(&dir)?.into_iter().collect();
+    tracing::info!(dir = %dir.display(), "Watching the plugin directory.");
+    std::thread::Builder::new()
+        .name("weft-plugin-dir".into())
+        .spawn(move || {
+            for result in rx {
+                let events = match result {
+                    Ok(events) => events,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Watching the plugin directory failed.");
+                        continue;
+                    }
+                };
+                let changed: BTreeSet<String> = events
+                    .iter()
+                    .filter(|e| {
+                        e.path
+                            .extension()
+                            .is_some_and(|x| x == "wasm" || x == "toml")
+                    })
+                    .filter_map(|e| e.path.file_stem()?.to_str().map(str::to_owned))
+                    .collect();
+                for name in changed {
+                    sync(&dir, &name, &shared, &mut known);
+                }
+            }
+        })?;
+    Ok(debouncer)
+}
+
+/// Brings instance `name` in line with the directory.
+fn sync(dir: &Path, name: &str, shared: &Shared, known: &mut BTreeSet<String>) {
+    let path = dir.join(format!("{name}.wasm"));
+    let wasm = match std::fs::read(&path) {
+        Ok(wasm) => wasm,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if known.remove(name) && shared.plugin(name).is_some() {
+                let _ = shared.remove(name);
+            }
+            return;
+        }
+        Err(e) => {
+            return shared.report_failure(
+                name,
+                "load",
+                &format!("cannot read {}: {e}", path.display()),
+            );
+        }
+    };
+    let manifest = match manifest(dir, name) {
+        Ok(m) => m,
+        Err(e) => return shared.report_failure(name, "load", &format!("{e:#}")),
+    };
+    if unchanged(shared, name, &wasm, &manifest) {
+        return;
+    }
+    known.insert(name.to_owned());
+    // The outcome is reported (log, status, counter) by `deploy` itself.
+    let _ = shared.deploy(name, &wasm, manifest, Origin::Directory);
+}
+
+/// Whether instance `name` already runs this component with this manifest
+/// (and is not quarantined, which a reload would clear).
+fn unchanged(shared: &Shared, name: &str, wasm: &[u8], manifest: &Manifest) -> bool {
+    let Some(slot) = shared.plugin(name) else {
+        return false;
+    };
+    if lock(&slot.stats).quarantined.is_some() {
+        return false;
+    }
+    let Some(current) = shared.versions(name).ok().and_then(|mut v| v.pop()) else {
+        return false;
+    };
+    let config = manifest
+        .config
+        .clone()
+        .unwrap_or_else(|| serde_json::Value::Object(Default::default()));
+    current.digest == weft_runtime::digest(wasm)
+        && current.config == config
+        && current.limits == manifest.limits
+}

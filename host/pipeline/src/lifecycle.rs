@@ -1,0 +1,697 @@
+//! Plugin lifecycle while the pipeline runs: load, swap, unload, roll back,
+//! and replay dead letters.
+//!
+//! A change is prepared off the hot path, in the caller's thread: the
+//! component is compiled, checked against the world of its role,
+//! instantiated and `init(config)` called on a trial instance. Only then is
+//! it handed to the pipeline thread, which applies it right after a
+//! checkpoint — at a batch boundary, with every plugin's state durable and
+//! its journal empty — so every event is processed by exactly one version and
+//! the new version starts from the old one's state (the same namespace). If
+//! anything fails the old version keeps running and the failure is reported:
+//! the caller's error, the plugin's `reload_error`, a log line and
+//! `weft_plugin_reloads_total{outcome="failed"}`.
+//!
+//! Every version ever loaded is kept by digest in the store, with when it was
+//! loaded, where from and what replaced it, so it can be rolled back to.
+//! What runs under each name is recorded too: a restart brings back the
+//! versions loaded through the API, unless the configured module (weft.toml
+//! or the plugin directory) changed since.
+
+use std::{
+    sync::{Arc, Mutex, mpsc},
+    time::{Duration, Instant},
+};
+
+use serde::{Deserialize, Serialize};
+use weft_runtime::{Limits, Module, Plugin, Role};
+use weft_state::{StateError, Store};
+
+use crate::{PluginSlot, PluginSpec, PluginStats, Shared, lock, now_ms};
+
+/// Where a version came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    /// `[[plugins]]` in weft.toml, or the bundled default pipeline.
+    Config,
+    /// The plugin directory.
+    Directory,
+    /// `PUT /api/plugins/{name}`.
+    Api,
+    /// `POST /api/plugins/{name}/rollback`.
+    Rollback,
+}
+
+/// What a manifest (beside a component in the plugin directory, or the
+/// query of an upload) says about an instance.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Manifest {
+    /// The expected role; the component must fit its world.
+    pub role: Option<Role>,
+    /// The instance's config, handed to `init` as JSON.
+    pub config: Option<serde_json::Value>,
+    pub limits: Limits,
+}
+
+/// One loaded version of an instance.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Version {
+    pub digest: String,
+    /// Epoch ms.
+    pub loaded_at: u64,
+    pub origin: Origin,
+    pub config: serde_json::Value,
+    pub limits: Limits,
+    pub replaced_at: Option<u64>,
+    /// The digest that replaced it; `None` with `replaced_at` set: unloaded.
+    pub replaced_by: Option<String>,
+}
+
+/// How many versions of an instance its record keeps.
+const HISTORY: usize = 100;
+
+/// What runs under an instance name, kept in the store.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct InstanceRecord {
+    /// The digest of the configured module (weft.toml or the plugin
+    /// directory) when it was last seen; `None` for instances born through
+    /// the API.
+    base: Option<String>,
+    /// Unloaded (`DELETE`): not brought back by a restart.
+    removed: bool,
+    /// Oldest first; the last one is current unless `removed`.
+    versions: Vec<Version>,
+}
+
+impl InstanceRecord {
+    fn load(store: &Store, name: &str) -> Result<Option<Self>, LifecycleError> {
+        store
+            .instance(name)?
+            .map(|bytes| {
+                serde_json::from_slice(&bytes).map_err(|e| {
+                    LifecycleError::State(StateError::Corrupt {
+                        what: "instance record",
+                        detail: format!("{name}: {e}"),
+                    })
+                })
+            })
+            .transpose()
+    }
+
+    fn save(&self, store: &Store, name: &str) -> Result<(), LifecycleError> {
+        let bytes = serde_json::to_vec(self).map_err(|e| {
+            LifecycleError::State(StateError::Corrupt {
+                what: "instance record",
+                detail: e.to_string(),
+            })
+        })?;
+        store.put_instance(name, &bytes)?;
+        Ok(())
+    }
+
+    fn current(&self) -> Option<&Version> {
+        self.versions.last().filter(|_| !self.removed)
+    }
+
+    /// Records `version` as current, the previous one replaced by it.
+    fn push(&mut self, version: Version) {
+        if let Some(last) = self.versions.last_mut().filter(|_| !self.removed) {
+            last.replaced_at = Some(version.loaded_at);
+            last.replaced_by = Some(version.digest.clone());
+        }
+        self.removed = false;
+        self.versions.push(version);
+        let excess = self.versions.len().saturating_sub(HISTORY);
+        self.versions.drain(..excess);
+    }
+
+    fn remove(&mut self) {
+        if let Some(last) = self.versions.last_mut().filter(|_| !self.removed) {
+            last.replaced_at = Some(now_ms());
+        }
+        self.removed = true;
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    #[error("no plugin named `{0}`")]
+    NotFound(String),
+    #[error("`{0}` is not a valid plugin name: use 1 to 64 letters, digits, `_` or `-`")]
+    BadName(String),
+    /// The component does not compile, fit a world, instantiate or `init`.
+    #[error(transparent)]
+    Invalid(#[from] weft_runtime::Error),
+    #[error("plugin `{name}`: the manifest says {declared}, but the component is a {actual}")]
+    RoleMismatch {
+        name: String,
+        declared: Role,
+        actual: Role,
+    },
+    #[error(
+        "plugin `{name}` runs as a {running}; the new component is a {new} (unload it first to change its role)"
+    )]
+    RoleChanged {
+        name: String,
+        running: Role,
+        new: Role,
+    },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("the pipeline is not running: {0}")]
+    Unavailable(&'static str),
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// What an applied change did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Applied {
+    pub name: String,
+    /// The version now running (none after an unload).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// The version it replaced.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replaced: Option<String>,
+    pub role: Option<Role>,
+    /// How long the pipeline waited for the swap, in ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pause_ms: Option<f64>,
+    /// Dead letters replayed, and how many of them failed again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replayed: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed_again: Option<u64>,
+}
+
+/// A component ready to go in: compiled, checked, and its `init` tried.
+pub(crate) struct Prepared {
+    pub module: Module,
+    pub config: serde_json::Value,
+    pub limits: Limits,
+    pub origin: Origin,
+    /// The configured digest it stems from (directory, config), if any.
+    pub base: Option<String>,
+}
+
+pub(crate) enum Change {
+    Deploy(Box<Prepared>),
+    Remove,
+    ReplayDeadLetters,
+}
+
+/// A change for the pipeline thread to apply, and where to answer.
+pub(crate) struct Request {
+    pub name: String,
+    pub change: Change,
+    pub reply: mpsc::Sender<Result<Applied, LifecycleError>>,
+}
+
+/// How long a caller waits for the pipeline to apply a change: it waits for
+/// the next checkpoint, so this only trips when the pipeline is stuck.
+const APPLY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Instance names double as file names and URL segments.
+fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+impl Shared {
+    /// Loads `wasm` as instance `name`: a new instance, or a new version of
+    /// a running one (also the way out of quarantine). Blocks until the
+    /// pipeline has swapped it in and the change is durable.
+    pub fn deploy(
+        &self,
+        name: &str,
+        wasm: &[u8],
+        manifest: Manifest,
+        origin: Origin,
+    ) -> Result<Applied, LifecycleError> {
+        let base = (origin == Origin::Directory).then(|| weft_runtime::digest(wasm));
+        let result = self
+            .prepare(name, wasm, manifest, origin, base)
+            .and_then(|prepared| self.request(name, Change::Deploy(Box::new(prepared))));
+        self.report(name, "load", &result);
+        result
+    }
+
+    /// Unloads instance `name`; its state stays in the store.
+    pub fn remove(&self, name: &str) -> Result<Applied, LifecycleError> {
+        if self.plugin(name).is_none() {
+            return Err(LifecycleError::NotFound(name.to_owned()));
+        }
+        let result = self.request(name, Change::Remove);
+        self.report(name, "unload", &result);
+        result
+    }
+
+    /// Swaps instance `name` back to version `to`, by default the one the
+    /// running version replaced.
+    pub fn rollback(&self, name: &str, to: Option<&str>) -> Result<Applied, LifecycleError> {
+        let record = InstanceRecord::load(&self.store, name)?
+            .filter(|r| r.current().is_some())
+            .ok_or_else(|| LifecycleError::NotFound(name.to_owned()))?;
+        let current = &record.versions[record.versions.len() - 1];
+        let target = match to {
+            Some(digest) => record
+                .versions
+                .iter()
+                .rev()
+                .find(|v| v.digest == digest)
+                .ok_or_else(|| {
+                    LifecycleError::Conflict(format!(
+                        "plugin `{name}` never ran version {digest}; see GET /api/plugins/{name}/versions"
+                    ))
+                })?,
+            None => record
+                .versions
+                .iter()
+                .rev()
+                .find(|v| v.replaced_by.as_deref() == Some(current.digest.as_str()))
+                .ok_or_else(|| {
+                    LifecycleError::Conflict(format!(
+                        "plugin `{name}` has no earlier version to roll back to"
+                    ))
+                })?,
+        };
+        let wasm = self.store.module(&target.digest)?.ok_or_else(|| {
+            LifecycleError::Conflict(format!(
+                "version {} of `{name}` is no longer stored",
+                target.digest
+            ))
+        })?;
+        let manifest = Manifest {
+            role: None,
+            config: Some(target.config.clone()),
+            limits: target.limits,
+        };
+        let result = self
+            .prepare(name, &wasm, manifest, Origin::Rollback, record.base.clone())
+            .and_then(|prepared| self.request(name, Change::Deploy(Box::new(prepared))));
+        self.report(name, "rollback", &result);
+        result
+    }
+
+    /// Runs plugin `name`'s dead letters through it again (and, for a
+    /// stage, on through the rest of the pipeline). Those that fail again
+    /// are dead-lettered anew.
+    pub fn replay_dead_letters(&self, name: &str) -> Result<Applied, LifecycleError> {
+        let slot = self
+            .plugin(name)
+            .ok_or_else(|| LifecycleError::NotFound(name.to_owned()))?;
+        if let Some(reason) = lock(&slot.stats).quarantined.clone() {
+            return Err(LifecycleError::Conflict(format!(
+                "plugin `{name}` is quarantined ({reason}); load a fixed version first"
+            )));
+        }
+        self.request(name, Change::ReplayDeadLetters)
+    }
+
+    /// Every version instance `name` ran, oldest first.
+    pub fn versions(&self, name: &str) -> Result<Vec<Version>, LifecycleError> {
+        InstanceRecord::load(&self.store, name)?
+            .map(|r| r.versions)
+            .ok_or_else(|| LifecycleError::NotFound(name.to_owned()))
+    }
+
+    /// Compiles and checks `wasm` and tries its `init`, off the hot path.
+    fn prepare(
+        &self,
+        name: &str,
+        wasm: &[u8],
+        manifest: Manifest,
+        origin: Origin,
+        base: Option<String>,
+    ) -> Result<Prepared, LifecycleError> {
+        if !valid_name(name) {
+            return Err(LifecycleError::BadName(name.to_owned()));
+        }
+        let module = self.runtime.load(name, wasm)?;
+        let actual = module.role();
+        if let Some(declared) = manifest.role.filter(|&r| r != actual) {
+            return Err(LifecycleError::RoleMismatch {
+                name: name.to_owned(),
+                declared,
+                actual,
+            });
+        }
+        if let Some(running) = self.plugin(name).map(|s| s.role).filter(|&r| r != actual) {
+            return Err(LifecycleError::RoleChanged {
+                name: name.to_owned(),
+                running,
+                new: actual,
+            });
+        }
+        let config = manifest
+            .config
+            .unwrap_or_else(|| serde_json::Value::Object(Default::default()));
+        // The trial instance sees the durable state; its writes are dropped.
+        Plugin::start(
+            &self.runtime,
+            name,
+            &module,
+            self.store.plugin_state(name),
+            &config.to_string(),
+            manifest.limits,
+        )?;
+        self.store.put_module(&module.digest, wasm)?;
+        Ok(Prepared {
+            module,
+            config,
+            limits: manifest.limits,
+            origin,
+            base,
+        })
+    }
+
+    /// Hands `change` to the pipeline thread and waits for its answer.
+    fn request(&self, name: &str, change: Change) -> Result<Applied, LifecycleError> {
+        let (reply, answer) = mpsc::channel();
+        lock(&self.requests)
+            .send(Request {
+                name: name.to_owned(),
+                change,
+                reply,
+            })
+            .map_err(|_| LifecycleError::Unavailable("it has stopped"))?;
+        answer
+            .recv_timeout(APPLY_TIMEOUT)
+            .map_err(|_| LifecycleError::Unavailable("it did not apply the change in time"))?
+    }
+
+    /// Logs and counts the outcome of a lifecycle action on `name`.
+    fn report(&self, name: &str, action: &str, result: &Result<Applied, LifecycleError>) {
+        match result {
+            Ok(applied) => {
+                tracing::info!(plugin = name, action, digest = ?applied.digest, pause_ms = ?applied.pause_ms, "Plugin {action} done.");
+                self.telemetry
+                    .plugin_reloads
+                    .with_label_values(&[name, "ok"])
+                    .inc();
+            }
+            Err(e) => self.report_failure(name, action, &e.to_string()),
+        }
+    }
+
+    /// Reports a failed lifecycle action on `name`: a log line, the
+    /// plugin's `reload_error`, and `weft_plugin_reloads_total`.
+    pub fn report_failure(&self, name: &str, action: &str, error: &str) {
+        tracing::warn!(
+            plugin = name,
+            action,
+            error,
+            "Plugin {action} failed; the running version stays."
+        );
+        if let Some(slot) = self.plugin(name) {
+            lock(&slot.stats).reload_error = Some(error.to_owned());
+        }
+        self.telemetry
+            .plugin_reloads
+            .with_label_values(&[name, "failed"])
+            .inc();
+    }
+}
+
+/// What the pipeline starts with: each configured instance, or the version
+/// that ran under its name before the restart if its configured module is
+/// unchanged since, plus the instances loaded through the API.
+pub(crate) fn resolve(
+    store: &Store,
+    specs: Vec<PluginSpec>,
+) -> Result<Vec<PluginSpec>, LifecycleError> {
+    let mut out = Vec::new();
+    let mut configured = Vec::new();
+    for spec in specs {
+        let digest = weft_runtime::digest(&spec.wasm);
+        let mut record = InstanceRecord::load(store, &spec.name)?.unwrap_or_default();
+        configured.push(spec.name.clone());
+        if record.base.as_deref() == Some(digest.as_str()) {
+            // Configured as before: whatever ran last runs again.
+            if let Some(current) = record.current() {
+                out.push(stored(store, &spec.name, current, spec.origin)?);
+            }
+            continue;
+        }
+        store.put_module(&digest, &spec.wasm)?;
+        record.base = Some(digest.clone());
+        record.push(Version {
+            digest,
+            loaded_at: now_ms(),
+            origin: spec.origin,
+            config: spec.config.clone(),
+            limits: spec.limits,
+            replaced_at: None,
+            replaced_by: None,
+        });
+        record.save(store, &spec.name)?;
+        out.push(spec);
+    }
+    for (name, _) in store.instances()? {
+        if configured.contains(&name) {
+            continue;
+        }
+        let Some(record) = InstanceRecord::load(store, &name)? else {
+            continue;
+        };
+        // Born through the API and not unloaded; configured instances that
+        // left the configuration stay unloaded.
+        if let (None, Some(current)) = (&record.base, record.current()) {
+            out.push(stored(store, &name, current, Origin::Api)?);
+        }
+    }
+    store.flush()?;
+    Ok(out)
+}
+
+fn stored(
+    store: &Store,
+    name: &str,
+    version: &Version,
+    origin: Origin,
+) -> Result<PluginSpec, LifecycleError> {
+    let wasm = store.module(&version.digest)?.ok_or_else(|| {
+        LifecycleError::Conflict(format!(
+            "version {} of `{name}` is recorded but not stored",
+            version.digest
+        ))
+    })?;
+    Ok(PluginSpec {
+        name: name.to_owned(),
+        wasm: wasm.into(),
+        config: version.config.clone(),
+        limits: version.limits,
+        origin,
+        role: None,
+    })
+}
+
+impl crate::Pipeline {
+    /// Applies the changes waiting for a batch boundary; called right after
+    /// a checkpoint.
+    pub(crate) fn apply_pending(&mut self) {
+        for request in std::mem::take(&mut self.pending) {
+            let Request {
+                name,
+                change,
+                reply,
+            } = request;
+            let result = match change {
+                Change::Deploy(prepared) => self.swap_in(&name, *prepared),
+                Change::Remove => self.unload(&name),
+                Change::ReplayDeadLetters => self.replay(&name),
+            };
+            match result {
+                // Answer once the change is durable, without holding up the
+                // pipeline for the flush.
+                Ok(applied) => {
+                    let store = self.shared.store.clone();
+                    let spawned =
+                        std::thread::Builder::new()
+                            .name("weft-flush".into())
+                            .spawn(move || {
+                                let _ =
+                                    reply.send(store.flush().map(|()| applied).map_err(Into::into));
+                            });
+                    if let Err(e) = spawned {
+                        tracing::error!(error = %e, "Cannot start a thread to answer a plugin change.");
+                    }
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            }
+        }
+    }
+
+    fn index(&self, name: &str) -> Option<usize> {
+        self.slots.iter().position(|s| s.name == name)
+    }
+
+    /// Starts the prepared version over the (just checkpointed) state and
+    /// puts it in place of the running one, or beside the others.
+    fn swap_in(&mut self, name: &str, prepared: Prepared) -> Result<Applied, LifecycleError> {
+        let started = Instant::now();
+        let fresh = Plugin::start(
+            &self.shared.runtime,
+            name,
+            &prepared.module,
+            self.shared.store.plugin_state(name),
+            &prepared.config.to_string(),
+            prepared.limits,
+        )?;
+        let digest = prepared.module.digest.clone();
+        let role = prepared.module.role();
+        let mut record = InstanceRecord::load(&self.shared.store, name)?.unwrap_or_default();
+        if prepared.base.is_some() {
+            record.base = prepared.base;
+        }
+        record.push(Version {
+            digest: digest.clone(),
+            loaded_at: now_ms(),
+            origin: prepared.origin,
+            config: prepared.config,
+            limits: prepared.limits,
+            replaced_at: None,
+            replaced_by: None,
+        });
+        record.save(&self.shared.store, name)?;
+        let (old, replaced) = match self.index(name) {
+            Some(i) => {
+                let slot = self.slots[i].clone();
+                let old = std::mem::replace(&mut *lock(&slot.plugin), fresh);
+                let mut stats = lock(&slot.stats);
+                let replaced = std::mem::replace(&mut stats.digest, digest.clone());
+                stats.quarantined = None;
+                stats.failing = false;
+                stats.reload_error = None;
+                stats.loaded_at = now_ms();
+                self.consecutive[i] = 0;
+                self.journals[i].clear();
+                (Some(old), Some(replaced))
+            }
+            None => {
+                let dead_letters = self.shared.store.count_dead_letters(name)?;
+                let slot = Arc::new(PluginSlot {
+                    name: name.to_owned(),
+                    role,
+                    plugin: Mutex::new(fresh),
+                    stats: Mutex::new(PluginStats {
+                        digest: digest.clone(),
+                        loaded_at: now_ms(),
+                        dead_letters,
+                        dead_letter_seq: self.dead_letter_seq.get(name).copied().unwrap_or(0),
+                        ..PluginStats::default()
+                    }),
+                });
+                // Stages run in the order they came, before every metric.
+                let at = match role {
+                    Role::Stage => self.stage_count,
+                    Role::Metric => self.slots.len(),
+                };
+                self.stage_count += usize::from(role == Role::Stage);
+                self.slots.insert(at, slot);
+                self.journals.insert(at, Vec::new());
+                self.consecutive.insert(at, 0);
+                self.publish_slots();
+                (None, None)
+            }
+        };
+        let pause = started.elapsed();
+        drop(old);
+        self.shared
+            .telemetry
+            .swap_pause
+            .observe(pause.as_secs_f64());
+        let pause_ms = pause.as_secs_f64() * 1e3;
+        if let Some(slot) = self.index(name).map(|i| self.slots[i].clone()) {
+            lock(&slot.stats).last_swap_pause_ms = Some(pause_ms);
+        }
+        Ok(Applied {
+            name: name.to_owned(),
+            digest: Some(digest),
+            replaced,
+            role: Some(role),
+            pause_ms: Some(pause_ms),
+            ..Applied::default()
+        })
+    }
+
+    fn unload(&mut self, name: &str) -> Result<Applied, LifecycleError> {
+        let i = self
+            .index(name)
+            .ok_or_else(|| LifecycleError::NotFound(name.to_owned()))?;
+        let mut record = InstanceRecord::load(&self.shared.store, name)?.unwrap_or_default();
+        record.remove();
+        record.save(&self.shared.store, name)?;
+        let slot = self.slots.remove(i);
+        self.journals.remove(i);
+        self.consecutive.remove(i);
+        if slot.role == Role::Stage {
+            self.stage_count -= 1;
+        }
+        self.dead_letter_seq
+            .insert(name.to_owned(), lock(&slot.stats).dead_letter_seq);
+        self.publish_slots();
+        Ok(Applied {
+            name: name.to_owned(),
+            replaced: Some(lock(&slot.stats).digest.clone()),
+            role: Some(slot.role),
+            ..Applied::default()
+        })
+    }
+
+    /// Feeds plugin `name` its dead letters again, then checkpoints so the
+    /// replayed ones are gone and their effects kept in one write.
+    fn replay(&mut self, name: &str) -> Result<Applied, LifecycleError> {
+        let i = self
+            .index(name)
+            .ok_or_else(|| LifecycleError::NotFound(name.to_owned()))?;
+        let slot = self.slots[i].clone();
+        let seq_before = lock(&slot.stats).dead_letter_seq;
+        let mut replayed = 0;
+        let mut after = None;
+        loop {
+            let page = self.shared.store.dead_letters(name, after, 64)?;
+            let Some(&(last, _)) = page.last() else {
+                break;
+            };
+            after = Some(last);
+            for (seq, bytes) in page {
+                if seq > seq_before {
+                    break; // Dead-lettered again during this replay.
+                }
+                let letter = crate::isolation::DeadLetter::decode(&bytes).map_err(|e| {
+                    LifecycleError::State(StateError::Corrupt {
+                        what: "dead letter",
+                        detail: format!("{name} #{seq}: {e}"),
+                    })
+                })?;
+                for event in &letter.events {
+                    self.builder.push(event);
+                }
+                let batch = self.builder.finish();
+                self.run_from(i, Arc::new(batch));
+                self.replayed.push((name.to_owned(), seq));
+                lock(&slot.stats).dead_letters -= 1;
+                replayed += 1;
+            }
+        }
+        let failed_again = lock(&slot.stats).dead_letter_seq - seq_before;
+        self.checkpoint()
+            .map_err(|e| LifecycleError::Conflict(format!("checkpoint after the replay: {e}")))?;
+        Ok(Applied {
+            name: name.to_owned(),
+            digest: Some(lock(&slot.stats).digest.clone()),
+            role: Some(slot.role),
+            replayed: Some(replayed),
+            failed_again: Some(failed_again),
+            ..Applied::default()
+        })
+    }
+}
