@@ -103,6 +103,27 @@ impl Weft {
         }
     }
 
+    /// Sends `method path` with `body` and, if given, the admin `token`;
+    /// returns the status and the JSON answer, whatever the status.
+    pub fn send(&self, method: &str, path: &str, token: Option<&str>, body: &[u8]) -> (u16, Value) {
+        let mut request = ureq::request(method, &format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.set("Authorization", &format!("Bearer {token}"));
+        }
+        let response = match request.send_bytes(body) {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("{method} {path}: {e}"),
+        };
+        let status = response.status();
+        let text = response
+            .into_string()
+            .unwrap_or_else(|e| panic!("{method} {path}: unreadable answer: {e}"));
+        let json = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{method} {path}: {status} `{text}` is not JSON: {e}"));
+        (status, json)
+    }
+
     /// SIGKILL: no chance to checkpoint.
     pub fn kill(mut self) {
         self.child.kill().expect("kill weft");

@@ -9,7 +9,7 @@
 //! version in place until the write completes.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
     sync::{Arc, mpsc},
     time::Duration,
@@ -85,7 +85,11 @@ pub fn watch(dir: PathBuf, shared: Arc<Shared>) -> Result<Debouncer<notify::Reco
         .watcher()
         .watch(&dir, notify::RecursiveMode::NonRecursive)
         .with_context(|| format!("cannot watch {}", dir.display()))?;
-    let mut known: BTreeSet<String> = names(&dir)?.into_iter().collect();
+    let mut known = Known::new();
+    for spec in scan(&dir)? {
+        let seen = Seen::new(&spec.wasm, spec.config, spec.limits);
+        known.insert(spec.name, seen);
+    }
     tracing::info!(dir = %dir.display(), "Watching the plugin directory.");
     std::thread::Builder::new()
         .name("weft-plugin-dir".into())
@@ -115,13 +119,34 @@ pub fn watch(dir: PathBuf, shared: Arc<Shared>) -> Result<Debouncer<notify::Reco
     Ok(debouncer)
 }
 
+/// What the directory last held for an instance (and was loaded, or tried).
+#[derive(PartialEq)]
+struct Seen {
+    digest: String,
+    config: serde_json::Value,
+    limits: weft_runtime::Limits,
+}
+
+impl Seen {
+    fn new(wasm: &[u8], config: serde_json::Value, limits: weft_runtime::Limits) -> Self {
+        Seen {
+            digest: weft_runtime::digest(wasm),
+            config,
+            limits,
+        }
+    }
+}
+
+/// The instances the directory holds, by name.
+type Known = BTreeMap<String, Seen>;
+
 /// Brings instance `name` in line with the directory.
-fn sync(dir: &Path, name: &str, shared: &Shared, known: &mut BTreeSet<String>) {
+fn sync(dir: &Path, name: &str, shared: &Shared, known: &mut Known) {
     let path = dir.join(format!("{name}.wasm"));
     let wasm = match std::fs::read(&path) {
         Ok(wasm) => wasm,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if known.remove(name) && shared.plugin(name).is_some() {
+            if known.remove(name).is_some() && shared.plugin(name).is_some() {
                 let _ = shared.remove(name);
             }
             return;
@@ -138,31 +163,21 @@ fn sync(dir: &Path, name: &str, shared: &Shared, known: &mut BTreeSet<String>) {
         Ok(m) => m,
         Err(e) => return shared.report_failure(name, "load", &format!("{e:#}")),
     };
-    if unchanged(shared, name, &wasm, &manifest) {
-        return;
-    }
-    known.insert(name.to_owned());
-    // The outcome is reported (log, status, counter) by `deploy` itself.
-    let _ = shared.deploy(name, &wasm, manifest, Origin::Directory);
-}
-
-/// Whether instance `name` already runs this component with this manifest
-/// (and is not quarantined, which a reload would clear).
-fn unchanged(shared: &Shared, name: &str, wasm: &[u8], manifest: &Manifest) -> bool {
-    let Some(slot) = shared.plugin(name) else {
-        return false;
-    };
-    if lock(&slot.stats).quarantined.is_some() {
-        return false;
-    }
-    let Some(current) = shared.versions(name).ok().and_then(|mut v| v.pop()) else {
-        return false;
-    };
     let config = manifest
         .config
         .clone()
         .unwrap_or_else(|| serde_json::Value::Object(Default::default()));
-    current.digest == weft_runtime::digest(wasm)
-        && current.config == config
-        && current.limits == manifest.limits
+    let seen = Seen::new(&wasm, config, manifest.limits);
+    // An event for a file whose content did not change (a touch, a second
+    // notification of one write) reloads nothing, unless the instance is
+    // quarantined or gone: then it is a request to load it again.
+    let running = shared
+        .plugin(name)
+        .is_some_and(|slot| lock(&slot.stats).quarantined.is_none());
+    if running && known.get(name) == Some(&seen) {
+        return;
+    }
+    known.insert(name.to_owned(), seen);
+    // The outcome is reported (log, status, counter) by `deploy` itself.
+    let _ = shared.deploy(name, &wasm, manifest, Origin::Directory);
 }

@@ -88,6 +88,21 @@ impl Agg {
     }
 
     fn report(&self, active_users: u64) -> serde_json::Value {
+        #[cfg_attr(not(feature = "sessions-per-user"), allow(unused_mut))]
+        let mut report = self.fields(active_users);
+        #[cfg(feature = "sessions-per-user")]
+        {
+            report["sessions_per_user"] = if active_users == 0 {
+                0.0
+            } else {
+                self.sessions as f64 / active_users as f64
+            }
+            .into();
+        }
+        report
+    }
+
+    fn fields(&self, active_users: u64) -> serde_json::Value {
         let avg = |sum: f64| {
             if self.sessions == 0 {
                 0.0
