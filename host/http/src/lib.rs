@@ -376,6 +376,16 @@ async fn authorize(
         .and_then(|v| v.strip_prefix("Bearer "));
     match given {
         Some(given) if bool::from(given.as_bytes().ct_eq(token.as_bytes())) => {
+            // An announced upload over the limit is refused before a byte of it
+            // is read; one that grows past it while read is refused by the
+            // body limit (see `deploy`).
+            let announced = headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            if announced.is_some_and(|n| n > admin.upload_limit as u64) {
+                return too_large().into_response();
+            }
             next.run(request).await
         }
         _ => {
@@ -392,6 +402,13 @@ async fn authorize(
             response
         }
     }
+}
+
+fn too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "the component is larger than the upload limit (upload_limit_mib in weft.toml, default 32)",
+    )
 }
 
 /// A manifest given as the query of an upload.
@@ -455,10 +472,7 @@ async fn deploy(
         params.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
     let manifest = params.manifest()?;
     let wasm = body.map_err(|e| match e.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "the component is larger than the upload limit (upload_limit_mib in weft.toml, default 32)",
-        ),
+        StatusCode::PAYLOAD_TOO_LARGE => too_large(),
         status => ApiError::new(status, e.body_text()),
     })?;
     if wasm.is_empty() {
