@@ -65,6 +65,8 @@ pub enum PipelineError {
     Telemetry(#[from] prometheus::Error),
     #[error(transparent)]
     Lifecycle(#[from] lifecycle::LifecycleError),
+    #[error("cannot start a thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// Pipeline settings (the `[pipeline]` section of `weft.toml`).
@@ -272,6 +274,8 @@ pub struct Pipeline {
     /// Lifecycle changes: arriving, and waiting for the next checkpoint.
     requests: mpsc::Receiver<Request>,
     pending: Vec<Request>,
+    /// Finishes applied changes off the pipeline thread.
+    recorder: mpsc::Sender<lifecycle::Aftermath>,
     shared: Arc<Shared>,
     polled: Vec<Message>,
     source_running: bool,
@@ -395,6 +399,8 @@ impl Pipeline {
             dead_letter_seq: meta.dead_letters,
             requests,
             pending: Vec::new(),
+            recorder: lifecycle::spawn_recorder(shared.store.clone())
+                .map_err(PipelineError::Thread)?,
             shared,
             polled: Vec::new(),
             source_running: true,

@@ -187,9 +187,12 @@ pub struct Applied {
     pub failed_again: Option<u64>,
 }
 
-/// A component ready to go in: compiled, checked, and its `init` tried.
+/// A component ready to go in: compiled, checked, its `init` tried on a
+/// trial instance, and the instance to swap in made (`init` is called at
+/// the swap, when it sees the state the old version left).
 pub(crate) struct Prepared {
     pub module: Module,
+    pub instance: Plugin,
     pub config: serde_json::Value,
     pub limits: Limits,
     pub origin: Origin,
@@ -352,16 +355,21 @@ impl Shared {
             .config
             .unwrap_or_else(|| serde_json::Value::Object(Default::default()));
         // The trial instance sees the durable state; its writes are dropped.
-        Plugin::start(
-            &self.runtime,
-            name,
-            &module,
-            self.store.plugin_state(name),
-            &config.to_string(),
-            manifest.limits,
-        )?;
+        let instantiate = || {
+            Plugin::instantiate(
+                &self.runtime,
+                name,
+                &module,
+                self.store.plugin_state(name),
+                &config.to_string(),
+                manifest.limits,
+            )
+        };
+        instantiate()?.init()?;
+        let instance = instantiate()?;
         self.store.put_module(&module.digest, wasm)?;
         Ok(Prepared {
+            instance,
             module,
             config,
             limits: manifest.limits,
@@ -491,6 +499,62 @@ fn stored(
     })
 }
 
+/// What follows an applied change, off the pipeline thread and in order:
+/// the version record, the flush that makes the change durable, the answer,
+/// and freeing the replaced instance.
+pub(crate) struct Aftermath {
+    name: String,
+    record: RecordChange,
+    old: Option<Plugin>,
+    applied: Applied,
+    reply: mpsc::Sender<Result<Applied, LifecycleError>>,
+}
+
+enum RecordChange {
+    Push {
+        version: Version,
+        base: Option<String>,
+    },
+    Remove,
+    Nothing,
+}
+
+/// Starts the thread that finishes applied changes; it ends with the
+/// pipeline (when the returned sender is dropped).
+pub(crate) fn spawn_recorder(store: Store) -> std::io::Result<mpsc::Sender<Aftermath>> {
+    let (tx, rx) = mpsc::channel::<Aftermath>();
+    std::thread::Builder::new()
+        .name("weft-lifecycle".into())
+        .spawn(move || {
+            for job in rx {
+                let result = record(&store, &job.name, job.record)
+                    .and_then(|()| store.flush().map_err(Into::into))
+                    .map(|()| job.applied);
+                if let Err(e) = &result {
+                    tracing::error!(plugin = %job.name, error = %e, "Recording a plugin change failed.");
+                }
+                let _ = job.reply.send(result);
+                drop(job.old);
+            }
+        })?;
+    Ok(tx)
+}
+
+fn record(store: &Store, name: &str, change: RecordChange) -> Result<(), LifecycleError> {
+    let mut record = InstanceRecord::load(store, name)?.unwrap_or_default();
+    match change {
+        RecordChange::Push { version, base } => {
+            if base.is_some() {
+                record.base = base;
+            }
+            record.push(version);
+        }
+        RecordChange::Remove => record.remove(),
+        RecordChange::Nothing => return Ok(()),
+    }
+    record.save(store, name)
+}
+
 impl crate::Pipeline {
     /// Applies the changes waiting for a batch boundary; called right after
     /// a checkpoint.
@@ -504,22 +568,23 @@ impl crate::Pipeline {
             let result = match change {
                 Change::Deploy(prepared) => self.swap_in(&name, *prepared),
                 Change::Remove => self.unload(&name),
-                Change::ReplayDeadLetters => self.replay(&name),
+                Change::ReplayDeadLetters => self
+                    .replay(&name)
+                    .map(|applied| (applied, RecordChange::Nothing, None)),
             };
             match result {
-                // Answer once the change is durable, without holding up the
-                // pipeline for the flush.
-                Ok(applied) => {
-                    let store = self.shared.store.clone();
-                    let spawned =
-                        std::thread::Builder::new()
-                            .name("weft-flush".into())
-                            .spawn(move || {
-                                let _ =
-                                    reply.send(store.flush().map(|()| applied).map_err(Into::into));
-                            });
-                    if let Err(e) = spawned {
-                        tracing::error!(error = %e, "Cannot start a thread to answer a plugin change.");
+                Ok((applied, record, old)) => {
+                    let job = Aftermath {
+                        name,
+                        record,
+                        old,
+                        applied,
+                        reply,
+                    };
+                    if let Err(mpsc::SendError(job)) = self.recorder.send(job) {
+                        let _ = job
+                            .reply
+                            .send(Err(LifecycleError::Unavailable("its recorder has stopped")));
                     }
                 }
                 Err(e) => {
@@ -533,38 +598,36 @@ impl crate::Pipeline {
         self.slots.iter().position(|s| s.name == name)
     }
 
-    /// Starts the prepared version over the (just checkpointed) state and
-    /// puts it in place of the running one, or beside the others.
-    fn swap_in(&mut self, name: &str, prepared: Prepared) -> Result<Applied, LifecycleError> {
+    /// Initializes the prepared instance over the (just checkpointed) state
+    /// and puts it in place of the running one, or beside the others. The
+    /// pipeline waits only for this; the record, the flush and freeing the
+    /// old instance come after, on the recorder thread.
+    fn swap_in(
+        &mut self,
+        name: &str,
+        prepared: Prepared,
+    ) -> Result<(Applied, RecordChange, Option<Plugin>), LifecycleError> {
+        let Prepared {
+            module,
+            mut instance,
+            config,
+            limits,
+            origin,
+            base,
+        } = prepared;
+        let digest = module.digest.clone();
+        let role = module.role();
+        let index = self.index(name);
+        let dead_letters = match index {
+            Some(_) => 0,
+            None => self.shared.store.count_dead_letters(name)?,
+        };
         let started = Instant::now();
-        let fresh = Plugin::start(
-            &self.shared.runtime,
-            name,
-            &prepared.module,
-            self.shared.store.plugin_state(name),
-            &prepared.config.to_string(),
-            prepared.limits,
-        )?;
-        let digest = prepared.module.digest.clone();
-        let role = prepared.module.role();
-        let mut record = InstanceRecord::load(&self.shared.store, name)?.unwrap_or_default();
-        if prepared.base.is_some() {
-            record.base = prepared.base;
-        }
-        record.push(Version {
-            digest: digest.clone(),
-            loaded_at: now_ms(),
-            origin: prepared.origin,
-            config: prepared.config,
-            limits: prepared.limits,
-            replaced_at: None,
-            replaced_by: None,
-        });
-        record.save(&self.shared.store, name)?;
-        let (old, replaced) = match self.index(name) {
+        instance.init()?;
+        let (old, replaced) = match index {
             Some(i) => {
                 let slot = self.slots[i].clone();
-                let old = std::mem::replace(&mut *lock(&slot.plugin), fresh);
+                let old = std::mem::replace(&mut *lock(&slot.plugin), instance);
                 let mut stats = lock(&slot.stats);
                 let replaced = std::mem::replace(&mut stats.digest, digest.clone());
                 stats.quarantined = None;
@@ -576,11 +639,10 @@ impl crate::Pipeline {
                 (Some(old), Some(replaced))
             }
             None => {
-                let dead_letters = self.shared.store.count_dead_letters(name)?;
                 let slot = Arc::new(PluginSlot {
                     name: name.to_owned(),
                     role,
-                    plugin: Mutex::new(fresh),
+                    plugin: Mutex::new(instance),
                     stats: Mutex::new(PluginStats {
                         digest: digest.clone(),
                         loaded_at: now_ms(),
@@ -603,47 +665,58 @@ impl crate::Pipeline {
             }
         };
         let pause = started.elapsed();
-        drop(old);
         self.shared
             .telemetry
             .swap_pause
             .observe(pause.as_secs_f64());
         let pause_ms = pause.as_secs_f64() * 1e3;
-        if let Some(slot) = self.index(name).map(|i| self.slots[i].clone()) {
-            lock(&slot.stats).last_swap_pause_ms = Some(pause_ms);
+        if let Some(i) = self.index(name) {
+            lock(&self.slots[i].stats).last_swap_pause_ms = Some(pause_ms);
         }
-        Ok(Applied {
+        let version = Version {
+            digest: digest.clone(),
+            loaded_at: now_ms(),
+            origin,
+            config,
+            limits,
+            replaced_at: None,
+            replaced_by: None,
+        };
+        let applied = Applied {
             name: name.to_owned(),
             digest: Some(digest),
             replaced,
             role: Some(role),
             pause_ms: Some(pause_ms),
             ..Applied::default()
-        })
+        };
+        Ok((applied, RecordChange::Push { version, base }, old))
     }
 
-    fn unload(&mut self, name: &str) -> Result<Applied, LifecycleError> {
+    fn unload(
+        &mut self,
+        name: &str,
+    ) -> Result<(Applied, RecordChange, Option<Plugin>), LifecycleError> {
         let i = self
             .index(name)
             .ok_or_else(|| LifecycleError::NotFound(name.to_owned()))?;
-        let mut record = InstanceRecord::load(&self.shared.store, name)?.unwrap_or_default();
-        record.remove();
-        record.save(&self.shared.store, name)?;
         let slot = self.slots.remove(i);
         self.journals.remove(i);
         self.consecutive.remove(i);
         if slot.role == Role::Stage {
             self.stage_count -= 1;
         }
+        let stats = lock(&slot.stats).clone();
         self.dead_letter_seq
-            .insert(name.to_owned(), lock(&slot.stats).dead_letter_seq);
+            .insert(name.to_owned(), stats.dead_letter_seq);
         self.publish_slots();
-        Ok(Applied {
+        let applied = Applied {
             name: name.to_owned(),
-            replaced: Some(lock(&slot.stats).digest.clone()),
+            replaced: Some(stats.digest),
             role: Some(slot.role),
             ..Applied::default()
-        })
+        };
+        Ok((applied, RecordChange::Remove, None))
     }
 
     /// Feeds plugin `name` its dead letters again, then checkpoints so the

@@ -235,9 +235,25 @@ impl Plugin {
         config: &str,
         limits: Limits,
     ) -> Result<Self, Error> {
+        let mut plugin = Plugin::instantiate(runtime, name, module, durable, config, limits)?;
+        plugin.init()?;
+        Ok(plugin)
+    }
+
+    /// Instantiates `module` over its durable state without calling `init`:
+    /// the costly half of [`Plugin::start`], for a new version prepared
+    /// ahead of a swap. [`Plugin::init`] must be called before anything else.
+    pub fn instantiate(
+        runtime: &Runtime,
+        name: &str,
+        module: &Module,
+        durable: Arc<dyn DurableState>,
+        config: &str,
+        limits: Limits,
+    ) -> Result<Self, Error> {
         let (store, instance) =
             instantiate(runtime, name, module, PendingState::new(durable), limits)?;
-        let mut plugin = Plugin {
+        Ok(Plugin {
             name: name.to_owned(),
             module: module.clone(),
             config: config.to_owned(),
@@ -246,12 +262,11 @@ impl Plugin {
             store,
             instance,
             poisoned: false,
-        };
-        plugin.init()?;
-        Ok(plugin)
+        })
     }
 
-    fn init(&mut self) -> Result<(), Error> {
+    /// Calls the plugin's `init` with its config.
+    pub fn init(&mut self) -> Result<(), Error> {
         self.arm();
         let result = match &self.instance {
             Instance::Metric(m) => m.call_init(&mut self.store, &self.config),
