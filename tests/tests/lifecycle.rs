@@ -530,6 +530,54 @@ fn broken_uploads_leave_the_old_version_running() {
 }
 
 #[test]
+fn the_plugin_directory_loads_swaps_and_unloads() {
+    let run = FileRun::new(53, "");
+    let plugin_dir = run.dir.path().join("plugins");
+    std::fs::create_dir(&plugin_dir).expect("the plugin directory");
+    let dir_arg = plugin_dir.display().to_string();
+    let weft = run.start(&["--plugins", &dir_arg]);
+    let counts = artifact("event_counts");
+
+    // A new component with its manifest: a new instance, given the state it
+    // had under that name (none) and the config.
+    std::fs::write(
+        plugin_dir.join("copy.toml"),
+        "role = \"metric\"\n[limits]\ncpu_ms = 100\n",
+    )
+    .expect("manifest");
+    std::fs::write(plugin_dir.join("copy.wasm"), &counts).expect("component");
+    wait_for_digest(&weft, "copy", &digest(&counts));
+    let versions = weft.get("/api/plugins/copy/versions");
+    assert_eq!(
+        versions["versions"][0]["limits"]["cpu_ms"], 100,
+        "{versions}"
+    );
+    assert_eq!(versions["versions"][0]["origin"], "directory", "{versions}");
+
+    // A manifest that does not fit: reported, the running version stays.
+    std::fs::write(plugin_dir.join("copy.toml"), "role = \"stage\"\n").expect("manifest");
+    wait_for("the failed reload to show", Duration::from_secs(30), || {
+        let view = running(&weft, "copy").ok_or("copy is gone")?;
+        let error = view["reload_error"].as_str().unwrap_or_default().to_owned();
+        Ok(error.contains("the manifest says stage").then_some(()))
+    });
+    assert_eq!(running(&weft, "copy").unwrap()["digest"], digest(&counts));
+
+    // Removing the component unloads the instance; the others are untouched.
+    std::fs::remove_file(plugin_dir.join("copy.wasm")).expect("remove");
+    wait_for("copy to be unloaded", Duration::from_secs(30), || {
+        Ok(running(&weft, "copy").is_none().then_some(()))
+    });
+    run.assert_exact(&weft);
+    let versions = weft.get("/api/plugins/copy/versions");
+    assert!(
+        versions["versions"][0]["replaced_at"].is_u64(),
+        "{versions}"
+    );
+    assert_eq!(versions["current"], Value::Null, "{versions}");
+}
+
+#[test]
 fn a_restart_brings_back_what_ran() {
     let run = FileRun::new(43, "");
     let weft = run.start(&["--admin-token", TOKEN]);
