@@ -110,14 +110,7 @@ fn main() {
     let tmp = tempfile::tempdir().expect("a temp dir");
     eprintln!("generating {USERS} users' events…");
     let stream = generate(7, USERS, 5_000);
-    let file = tmp.path().join("events.jsonl");
-    let mut lines = Vec::new();
-    for d in &stream.deliveries {
-        lines.extend_from_slice(&d.payload);
-        lines.push(b'\n');
-    }
-    std::fs::write(&file, lines).expect("the events file");
-    let source = format!("file:{}", file.display());
+    let source = stream.write_file(tmp.path());
     let config = tmp.path().join("weft.toml");
     // Frequent checkpoints: swaps wait for one, so more of them fit.
     std::fs::write(&config, "[pipeline]\ncheckpoint_interval_ms = 200\n").expect("weft.toml");

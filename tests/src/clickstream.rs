@@ -8,7 +8,7 @@
 //! [`Event`] normalization must make of that message. Delivery adds bounded
 //! disorder, duplicate deliveries and malformed messages.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, path::Path};
 
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::IndexedRandom};
 use serde_json::{Map, Value, json};
@@ -38,6 +38,21 @@ pub struct Stream {
     pub duplicates: u64,
     /// Rejected messages by reason.
     pub malformed: BTreeMap<String, u64>,
+}
+
+impl Stream {
+    /// Writes the deliveries, in order, to `dir/events.jsonl`; returns the
+    /// `--source` of it, `file:PATH`.
+    pub fn write_file(&self, dir: &Path) -> String {
+        let path = dir.join("events.jsonl");
+        let mut lines = Vec::new();
+        for d in &self.deliveries {
+            lines.extend_from_slice(&d.payload);
+            lines.push(b'\n');
+        }
+        std::fs::write(&path, lines).expect("write the events file");
+        format!("file:{}", path.display())
+    }
 }
 
 /// A user agent and what its enrichment must give (checked by weft-normalize's tests).

@@ -124,6 +124,40 @@ impl Weft {
         (status, json)
     }
 
+    /// Waits until `received` messages are read, `buffered` events wait for
+    /// the watermark, and `core` has counted `accepted` events.
+    pub fn wait_until_processed(&self, received: u64, buffered: u64, accepted: u64) {
+        wait_for(
+            "weft to process the whole stream",
+            Duration::from_secs(300),
+            || {
+                let status = self.try_get("/api/status")?;
+                let core = self.try_get("/api/plugins/core/query")?;
+                let done = status["events"]["received"].as_u64() == Some(received)
+                    && status["buffered"].as_u64() == Some(buffered)
+                    && core["total_events"].as_u64() == Some(accepted);
+                if done {
+                    Ok(Some(()))
+                } else {
+                    Err(format!(
+                        "status {status}; core total_events {}",
+                        core["total_events"]
+                    ))
+                }
+            },
+        );
+    }
+
+    /// The Prometheus exposition of `/metrics`.
+    pub fn metrics(&self) -> String {
+        let response = ureq::get(&format!("{}/metrics", self.base))
+            .call()
+            .unwrap_or_else(|e| panic!("GET /metrics: {e}"));
+        response
+            .into_string()
+            .unwrap_or_else(|e| panic!("GET /metrics: {e}"))
+    }
+
     /// SIGKILL: no chance to checkpoint.
     pub fn kill(mut self) {
         self.child.kill().expect("kill weft");

@@ -77,25 +77,7 @@ fn received(weft: &Weft) -> Result<u64, String> {
 /// Waits until every message is read and every accepted event processed.
 fn wait_until_done(weft: &Weft, want: &Expected) {
     let accepted = want.counters["accepted"].as_u64().unwrap_or_default();
-    wait_for(
-        "weft to process the whole stream",
-        Duration::from_secs(300),
-        || {
-            let status = weft.try_get("/api/status")?;
-            let core = weft.try_get("/api/plugins/core/query")?;
-            let done = status["events"]["received"].as_u64() == Some(want.messages)
-                && status["buffered"].as_u64() == Some(0)
-                && core["total_events"].as_u64() == Some(accepted);
-            if done {
-                Ok(Some(()))
-            } else {
-                Err(format!(
-                    "status {status}; core total_events {}",
-                    core["total_events"]
-                ))
-            }
-        },
-    );
+    weft.wait_until_processed(want.messages, 0, accepted);
 }
 
 fn check_results(weft: &Weft, want: &Expected) {
@@ -180,14 +162,7 @@ fn file_source_gives_exact_results_rejects_late_events_and_resumes() {
     let want = expected(&stream);
 
     let dir = tempfile::tempdir().expect("a temp dir");
-    let events = dir.path().join("events.jsonl");
-    let mut lines = Vec::new();
-    for d in &stream.deliveries {
-        lines.extend_from_slice(&d.payload);
-        lines.push(b'\n');
-    }
-    std::fs::write(&events, lines).expect("write the events file");
-    let source = format!("file:{}", events.display());
+    let source = stream.write_file(dir.path());
     let config = write_config(dir.path(), 1_000);
     let args = ["--source", source.as_str(), "--config", config.as_str()];
     let data = dir.path().join("f");
@@ -280,11 +255,7 @@ fn check_api(weft: &Weft, stream: &Stream) {
     let (code, _) = weft.get_err("/api/rejected?limit=0");
     assert_eq!(code, 400);
 
-    let metrics = ureq::get(&format!("{}/metrics", weft.base))
-        .call()
-        .expect("metrics")
-        .into_string()
-        .expect("text");
+    let metrics = weft.metrics();
     let received = stream.deliveries.len();
     assert!(
         metrics.contains(&format!(

@@ -86,18 +86,6 @@ fn stream_with_booms(seed: u64, users: usize) -> (Stream, BTreeSet<String>) {
     (stream, booms)
 }
 
-/// Writes the stream's deliveries as a JSON-lines file; returns `file:PATH`.
-fn write_events(dir: &Path, stream: &Stream) -> String {
-    let path = dir.join("events.jsonl");
-    let mut lines = Vec::new();
-    for d in &stream.deliveries {
-        lines.extend_from_slice(&d.payload);
-        lines.push(b'\n');
-    }
-    std::fs::write(&path, lines).expect("write the events file");
-    format!("file:{}", path.display())
-}
-
 /// Writes a weft.toml with the `[[plugins]]` entries given, holding events
 /// back by `lateness_ms`; returns its path.
 fn write_config(dir: &Path, lateness_ms: i64, plugins: &str) -> String {
@@ -270,7 +258,7 @@ fn assert_letters(plugin: &str, letters: &[Value], cause: &str, digest: &Value) 
 fn failing_metrics_lose_nothing_and_leave_the_others_exact() {
     let (stream, booms) = stream_with_booms(23, 150);
     let dir = tempfile::tempdir().expect("a temp dir");
-    let source = write_events(dir.path(), &stream);
+    let source = stream.write_file(dir.path());
     /// (instance, fault, what its dead letters' errors must say).
     const FAULTS: [(&str, &str, &str); 4] = [
         ("faulty_trap", "trap", "`ingest` trapped"),
@@ -393,7 +381,7 @@ fn assert_quarantined(weft: &Weft, events: &[Event], on: &str) -> usize {
 fn a_metric_failing_on_every_batch_is_quarantined_and_loses_nothing() {
     let (stream, _) = stream_with_booms(31, 150);
     let dir = tempfile::tempdir().expect("a temp dir");
-    let source = write_events(dir.path(), &stream);
+    let source = stream.write_file(dir.path());
     let config = always_failing(dir.path(), LATENESS_MS, "page_view");
     let weft = run_to_end(dir.path(), &source, &config, stream.events.len());
     assert_bundled_exact(&weft, &stream.events);
@@ -409,7 +397,7 @@ fn a_metric_failing_on_every_batch_is_quarantined_and_loses_nothing() {
 fn batches_after_a_quarantine_are_dead_lettered_and_the_pipeline_goes_on() {
     let (stream, _) = stream_with_booms(37, 150);
     let dir = tempfile::tempdir().expect("a temp dir");
-    let source = write_events(dir.path(), &stream);
+    let source = stream.write_file(dir.path());
     let config = always_failing(dir.path(), 1_000_000_000, "page_view");
     let weft = run_to_end(dir.path(), &source, &config, stream.events.len());
     assert_bundled_exact(&weft, &stream.events);
@@ -431,7 +419,7 @@ fn batches_after_a_quarantine_are_dead_lettered_and_the_pipeline_goes_on() {
 fn a_quarantined_metric_loses_nothing_across_a_restart() {
     let (stream, _) = stream_with_booms(31, 150);
     let dir = tempfile::tempdir().expect("a temp dir");
-    let source = write_events(dir.path(), &stream);
+    let source = stream.write_file(dir.path());
     let config = always_failing(dir.path(), LATENESS_MS, "purchase");
     let weft = run_to_end(dir.path(), &source, &config, stream.events.len());
     assert_quarantined(&weft, &stream.events, "purchase");
@@ -456,7 +444,7 @@ fn a_quarantined_metric_loses_nothing_across_a_restart() {
 fn malformed_stage_output_is_dead_lettered_and_reaches_no_metric() {
     let (stream, booms) = stream_with_booms(29, 150);
     let dir = tempfile::tempdir().expect("a temp dir");
-    let source = write_events(dir.path(), &stream);
+    let source = stream.write_file(dir.path());
     let garbage = format!(
         "[[plugins]]\nname = \"garbage\"\nmodule = {:?}\n\n",
         fixture("garbage_stage").display().to_string()

@@ -244,23 +244,8 @@ fn hot_reload_under_load_is_exact() {
     }
 
     let accepted = stream.events.len() as u64;
-    wait_for(
-        "weft to process the whole stream",
-        Duration::from_secs(300),
-        || {
-            let status = weft.try_get("/api/status")?;
-            let core = weft.try_get("/api/plugins/core/query")?;
-            let done = status["events"]["received"].as_u64()
-                == Some(stream.deliveries.len() as u64 + 1)
-                && status["buffered"] == json!(1)
-                && core["total_events"].as_u64() == Some(accepted);
-            if done {
-                Ok(Some(()))
-            } else {
-                Err(format!("status {status}; core {}", core["total_events"]))
-            }
-        },
-    );
+    // The sentinel stays buffered.
+    weft.wait_until_processed(stream.deliveries.len() as u64 + 1, 1, accepted);
     assert_eq!(
         weft.get("/api/plugins/core/query"),
         core_with_sessions_per_user(&stream.events),
@@ -295,11 +280,7 @@ fn hot_reload_under_load_is_exact() {
         assert_eq!(pair[0]["replaced_by"], pair[1]["digest"], "{versions}");
     }
     assert_eq!(versions["current"], json!(expected_digests.last()));
-    let metrics = ureq::get(&format!("{}/metrics", weft.base))
-        .call()
-        .expect("metrics")
-        .into_string()
-        .expect("text");
+    let metrics = weft.metrics();
     assert!(
         metrics.contains(&format!(
             "weft_plugin_reloads_total{{outcome=\"ok\",plugin=\"core\"}} {SWAPS}"
@@ -322,13 +303,7 @@ impl FileRun {
     fn new(seed: u64, extra: &str) -> FileRun {
         let stream = generate(seed, 120, LATENESS_MS);
         let dir = tempfile::tempdir().expect("a temp dir");
-        let path = dir.path().join("events.jsonl");
-        let mut lines = Vec::new();
-        for d in &stream.deliveries {
-            lines.extend_from_slice(&d.payload);
-            lines.push(b'\n');
-        }
-        std::fs::write(&path, lines).expect("events");
+        let source = stream.write_file(dir.path());
         let config = write_config(
             dir.path(),
             &format!(
@@ -338,7 +313,7 @@ impl FileRun {
         );
         FileRun {
             events: stream.events,
-            source: format!("file:{}", path.display()),
+            source,
             config,
             dir,
         }
@@ -453,11 +428,7 @@ fn broken_uploads_leave_the_old_version_running() {
             .contains("runs as a metric"),
         "{view}"
     );
-    let metrics = ureq::get(&format!("{}/metrics", weft.base))
-        .call()
-        .expect("metrics")
-        .into_string()
-        .expect("text");
+    let metrics = weft.metrics();
     assert!(
         metrics.contains("weft_plugin_reloads_total{outcome=\"failed\",plugin=\"core\"} 4"),
         "{metrics}"
