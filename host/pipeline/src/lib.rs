@@ -299,7 +299,12 @@ impl Pipeline {
             Some(bytes) => serde_json::from_slice(&bytes).map_err(PipelineError::Meta)?,
             None => Meta::default(),
         };
-        let dedup = Dedup::new(store.dedup_ids()?);
+        let dedup = Dedup::new(
+            store.dedup_records()?,
+            meta.reorder
+                .watermark
+                .map(|w| w.saturating_sub(settings.dedup_horizon_ms)),
+        );
         source.resume(&meta.offsets)?;
 
         let mut slots = Vec::new();
@@ -805,9 +810,11 @@ impl Pipeline {
                 })
                 .collect(),
         };
+        let dedup = self.dedup.take_changes();
         let checkpoint = Checkpoint {
             plugin_writes,
-            dedup: self.dedup.take_changes(),
+            dedup_added: dedup.blob,
+            dedup_removed: dedup.removed,
             rejected: std::mem::take(&mut self.rejected),
             dead_letters: self
                 .dead

@@ -8,7 +8,8 @@
 //!
 //! Key layout (one tree, prefixes keep the parts apart):
 //! - `p\0{plugin}\0{key}`: plugin state;
-//! - `d\0{event id}`: event time (i64 BE) of an accepted id, for dedup;
+//! - `d\0{seq u64 BE}`: the event ids accepted between two checkpoints with
+//!   their event times (postcard), for dedup;
 //! - `r\0{seq u64 BE}`: a rejected message ([`Rejected`]);
 //! - `x\0{plugin}\0{seq u64 BE}`: a batch a plugin failed on (a dead letter),
 //!   opaque bytes to this crate;
@@ -41,6 +42,9 @@ pub enum StateError {
     Corrupt { what: &'static str, detail: String },
 }
 
+/// sled's page cache.
+const CACHE_BYTES: u64 = 64 << 20;
+
 const PLUGIN: &[u8] = b"p\0";
 const DEDUP: &[u8] = b"d\0";
 const REJECTED: &[u8] = b"r\0";
@@ -60,12 +64,18 @@ pub struct Rejected {
     pub raw: Vec<u8>,
 }
 
+/// Event ids accepted for dedup, with their event times.
+pub type DedupIds = Vec<(String, i64)>;
+
 /// Everything one checkpoint writes.
 #[derive(Default)]
 pub struct Checkpoint {
     pub plugin_writes: Vec<(String, Vec<Write>)>,
-    /// Dedup ids added (with their event time) or expired (`None`).
-    pub dedup: Vec<(String, Option<i64>)>,
+    /// Dedup ids accepted since the last checkpoint, as one record under a
+    /// sequence number, with their event times.
+    pub dedup_added: Option<(u64, DedupIds)>,
+    /// Dedup records whose ids have all expired.
+    pub dedup_removed: Vec<u64>,
     pub rejected: Vec<(u64, Rejected)>,
     /// Dead letters: (plugin, sequence number, encoded record).
     pub dead_letters: Vec<(String, u64, Vec<u8>)>,
@@ -93,6 +103,9 @@ impl Store {
     pub fn open(dir: &Path) -> Result<Self, StateError> {
         let db = sled::Config::new()
             .path(dir)
+            // sled's default page cache is 1 GiB; plugins keep their hot state
+            // in their own memory, so reads here are mostly first touches.
+            .cache_capacity(CACHE_BYTES)
             .open()
             .map_err(|source| StateError::Open {
                 path: dir.to_path_buf(),
@@ -122,12 +135,15 @@ impl Store {
                 }
             }
         }
-        for (id, time) in cp.dedup {
-            let k = key(&[DEDUP, id.as_bytes()]);
-            match time {
-                Some(t) => batch.insert(k, &t.to_be_bytes()[..]),
-                None => batch.remove(k),
-            }
+        if let Some((seq, ids)) = cp.dedup_added {
+            let bytes = postcard::to_allocvec(&ids).map_err(|e| StateError::Corrupt {
+                what: "dedup record",
+                detail: e.to_string(),
+            })?;
+            batch.insert(key(&[DEDUP, &seq.to_be_bytes()]), bytes);
+        }
+        for seq in cp.dedup_removed {
+            batch.remove(key(&[DEDUP, &seq.to_be_bytes()]));
         }
         for (seq, r) in cp.rejected {
             let bytes = postcard::to_allocvec(&r).map_err(|e| StateError::Corrupt {
@@ -162,19 +178,20 @@ impl Store {
             .map(|v| v.to_vec()))
     }
 
-    /// Every accepted event id kept for dedup, with its event time.
-    pub fn dedup_ids(&self) -> Result<Vec<(String, i64)>, StateError> {
+    /// The stored dedup records: (sequence, ids with their event times).
+    pub fn dedup_records(&self) -> Result<Vec<(u64, DedupIds)>, StateError> {
         let mut out = Vec::new();
         for item in self.tree.scan_prefix(DEDUP) {
-            let (k, v) = item.map_err(io("scan dedup ids"))?;
-            let id = String::from_utf8_lossy(&k[DEDUP.len()..]).into_owned();
-            let time = <[u8; 8]>::try_from(&v[..])
-                .map(i64::from_be_bytes)
-                .map_err(|_| StateError::Corrupt {
-                    what: "dedup entry",
-                    detail: id.clone(),
-                })?;
-            out.push((id, time));
+            let (k, v) = item.map_err(io("scan dedup records"))?;
+            let corrupt = |detail: String| StateError::Corrupt {
+                what: "dedup record",
+                detail,
+            };
+            let seq = <[u8; 8]>::try_from(&k[DEDUP.len()..])
+                .map(u64::from_be_bytes)
+                .map_err(|_| corrupt(format!("key {k:?}")))?;
+            let ids = postcard::from_bytes(&v).map_err(|e| corrupt(e.to_string()))?;
+            out.push((seq, ids));
         }
         Ok(out)
     }
@@ -384,7 +401,7 @@ mod tests {
                         ),
                         ("ab".into(), vec![(b"k1".to_vec(), Some(b"other".to_vec()))]),
                     ],
-                    dedup: vec![("e1".into(), Some(10)), ("e2".into(), Some(20))],
+                    dedup_added: Some((0, vec![("e1".into(), 10), ("e2".into(), 20)])),
                     rejected: vec![(1, rejected(5)), (2, rejected(9))],
                     dead_letters: vec![
                         ("a".into(), 1, b"d1".to_vec()),
@@ -398,7 +415,8 @@ mod tests {
             store
                 .checkpoint(Checkpoint {
                     plugin_writes: vec![("a".into(), vec![(b"k2".to_vec(), None)])],
-                    dedup: vec![("e1".into(), None)],
+                    dedup_added: Some((1, vec![("e3".into(), 30)])),
+                    dedup_removed: vec![0],
                     dead_letters_removed: vec![("a".into(), 1)],
                     meta: b"meta-2".to_vec(),
                     ..Checkpoint::default()
@@ -407,7 +425,10 @@ mod tests {
         }
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.meta().unwrap(), Some(b"meta-2".to_vec()));
-        assert_eq!(store.dedup_ids().unwrap(), vec![("e2".to_string(), 20)]);
+        assert_eq!(
+            store.dedup_records().unwrap(),
+            vec![(1, vec![("e3".to_string(), 30)])]
+        );
         let a = store.plugin_state("a");
         assert_eq!(a.get(b"k1"), Some(b"v1".to_vec()));
         assert_eq!(a.get(b"k2"), None);
