@@ -10,6 +10,7 @@
 # Environment:
 #   WEFT_TEST_BROKERS=host:port  use this broker; start none (and install none)
 #   WEFT_TEST_LINT=0             skip the fmt and clippy step
+#   WEFT_TEST_BENCH_SMOKE=0      skip the benchmark harness's smoke run
 #   WEFT_TEST_TANSU_STORAGE=URL  the started broker's storage engine, default
 #                                sqlite://tansu.db in a temp dir (memory://tansu/
 #                                stalls a fetch that starts inside a record batch,
@@ -202,5 +203,11 @@ done
 phase "tests: cargo test ${scope[*]} --release --no-fail-fast $*"
 echo "WEFT_TEST_BROKERS=$WEFT_TEST_BROKERS"
 cargo test "${scope[@]}" --release --no-fail-fast "$@"
+
+# --- 5. benchmark smoke: the harnesses build and run (nothing is timed) --------
+if [[ "${WEFT_TEST_BENCH_SMOKE:-1}" != 0 ]]; then
+  phase "bench smoke: cargo bench -p weft-tests --bench harness -- --smoke"
+  cargo bench -p weft-tests --bench harness -- --smoke
+fi
 phase_end
 log "all checks passed"
