@@ -811,6 +811,12 @@ impl Pipeline {
                 .collect(),
         };
         let dedup = self.dedup.take_changes();
+        let writes: usize = plugin_writes.iter().map(|(_, w)| w.len()).sum();
+        let write_bytes: usize = plugin_writes
+            .iter()
+            .flat_map(|(_, w)| w.iter())
+            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
+            .sum();
         let checkpoint = Checkpoint {
             plugin_writes,
             dedup_added: dedup.blob,
@@ -839,6 +845,8 @@ impl Pipeline {
             .observe(elapsed.as_secs_f64());
         tracing::debug!(
             messages = self.unsaved,
+            writes,
+            write_bytes,
             ms = elapsed.as_secs_f64() * 1e3,
             "Checkpoint written."
         );
