@@ -155,6 +155,27 @@ else
   rustup target add wasm32-wasip2
 fi
 
+# --- the browser test's needs: Debian's chromium, playwright-core from npm ----
+phase "browser test: chromium and playwright-core"
+if [[ -x "${WEFT_CHROMIUM:-/usr/bin/chromium}" ]]; then
+  echo "chromium is installed: ${WEFT_CHROMIUM:-/usr/bin/chromium}"
+else
+  echo "installing: apt-get install chromium"
+  sudo_=""
+  [[ "$(id -u)" == 0 ]] || sudo_="sudo"
+  $sudo_ apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq --no-install-recommends chromium ||
+    die "could not install chromium (the dashboard test drives it); set WEFT_CHROMIUM to a Chromium binary"
+fi
+command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 ||
+  die "node and npm are needed for the dashboard test (Debian: apt-get install nodejs npm)"
+if [[ -d tests/browser/node_modules/playwright-core ]]; then
+  echo "playwright-core is installed"
+else
+  (cd tests/browser && npm ci --no-audit --no-fund)
+fi
+dashboards/web/vendor.sh --check
+
 # --- 2. lint (fails fast, before the long broker build) ----------------------
 if [[ "${WEFT_TEST_LINT:-1}" != 0 ]]; then
   phase "lint: cargo fmt --all -- --check"

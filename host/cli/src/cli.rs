@@ -69,6 +69,7 @@ fn run(args: config::RunArgs) -> Result<()> {
     let shared = pipeline.shared();
     let _watcher = config
         .plugin_dir
+        .clone()
         .map(|dir| crate::plugin_dir::watch(dir, shared.clone()))
         .transpose()?;
     if config.admin.token.is_none() {
@@ -114,7 +115,16 @@ fn run(args: config::RunArgs) -> Result<()> {
             }
             http_stop.store(true, Ordering::Relaxed);
         };
-        weft_http::serve(listener, shared, config.admin, shutdown).await
+        weft_http::serve(
+            listener,
+            shared,
+            weft_http::Options {
+                admin: config.admin,
+                plugin_dir: config.plugin_dir,
+            },
+            shutdown,
+        )
+        .await
     });
     stop.store(true, Ordering::Relaxed);
     let pipeline_result = worker

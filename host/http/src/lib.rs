@@ -1,5 +1,11 @@
-//! weft's HTTP API.
+//! weft's HTTP API and the dashboard page.
 //!
+//! - `GET /`: the dashboards (`dashboards/web/`, assets under `/assets/`);
+//! - `GET /api`: the API's endpoints, with links;
+//! - `GET /api/dashboards`, `GET /api/dashboards/{name}`: the dashboard
+//!   declarations, checked against the running plugins;
+//! - `GET /api/stream`: Server-Sent Events with the status and the plugins
+//!   whenever they change (coalesced);
 //! - `GET /api/status`: message counters, watermark, last checkpoint, source;
 //! - `GET /api/plugins`: each plugin instance with its role, digest and stats;
 //! - `GET /api/plugins/{name}/query?…`: a metric's answer (JSON);
@@ -21,6 +27,8 @@
 //! Errors are JSON `{"error": "…"}`: unknown plugin 404, bad parameters 400,
 //! a component that does not load 422, a conflicting change 409.
 
+pub mod dashboards;
+
 use std::{net::SocketAddr, sync::Arc};
 
 use axum::{
@@ -29,7 +37,10 @@ use axum::{
     extract::{DefaultBodyLimit, Path, Query, Request, State, rejection::BytesRejection},
     http::{HeaderMap, StatusCode, header},
     middleware::{self, Next},
-    response::{Html, IntoResponse, Response},
+    response::{
+        Html, IntoResponse, Response,
+        sse::{Event, KeepAlive, Sse},
+    },
     routing::{get, post, put},
 };
 use serde::{Deserialize, Serialize};
@@ -103,8 +114,16 @@ pub struct Admin {
 /// The default upload limit: 32 MiB.
 pub const DEFAULT_UPLOAD_LIMIT: usize = 32 << 20;
 
+/// How the HTTP layer is set up.
+pub struct Options {
+    pub admin: Admin,
+    /// The plugin directory, where plugins may ship dashboard declarations.
+    pub plugin_dir: Option<std::path::PathBuf>,
+}
+
 /// The API's router over a running pipeline.
-pub fn app(shared: Arc<Shared>, admin: Admin) -> Router {
+pub fn app(shared: Arc<Shared>, options: Options) -> Router {
+    let admin = options.admin;
     let upload_limit = admin.upload_limit;
     let admin_routes = Router::new()
         .route("/api/plugins/{name}", put(deploy).delete(unload))
@@ -116,8 +135,18 @@ pub fn app(shared: Arc<Shared>, admin: Admin) -> Router {
         .route_layer(middleware::from_fn_with_state(Arc::new(admin), authorize))
         .layer(DefaultBodyLimit::max(upload_limit))
         .with_state(shared.clone());
+    let dashboard_routes = Router::new()
+        .route("/api/dashboards", get(list_dashboards))
+        .route("/api/dashboards/{name}", get(dashboard))
+        .with_state(Dashboards {
+            shared: shared.clone(),
+            plugin_dir: options.plugin_dir.map(Arc::from),
+        });
     Router::new()
-        .route("/", get(index))
+        .route("/", get(dashboard_page))
+        .route("/assets/{file}", get(asset))
+        .route("/api", get(api_index))
+        .route("/api/stream", get(stream))
         .route("/api/status", get(status))
         .route("/api/plugins", get(plugins))
         .route("/api/plugins/{name}/query", get(query))
@@ -126,6 +155,7 @@ pub fn app(shared: Arc<Shared>, admin: Admin) -> Router {
         .route("/api/rejected", get(rejected))
         .route("/metrics", get(metrics))
         .merge(admin_routes)
+        .merge(dashboard_routes)
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -139,19 +169,125 @@ pub fn app(shared: Arc<Shared>, admin: Admin) -> Router {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     shared: Arc<Shared>,
-    admin: Admin,
+    options: Options,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     axum::serve(
         listener,
-        app(shared, admin).into_make_service_with_connect_info::<SocketAddr>(),
+        app(shared, options).into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown)
     .await
 }
 
-async fn index() -> Html<&'static str> {
+/// The API's index: every endpoint with links.
+async fn api_index() -> Html<&'static str> {
     Html(include_str!("index.html"))
+}
+
+/// The dashboard page and its assets, compiled in from `dashboards/web/`.
+const PAGE: &str = include_str!("../../../dashboards/web/index.html");
+const ASSETS: &[(&str, &str, &str)] = &[
+    (
+        "app.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../../dashboards/web/app.js"),
+    ),
+    (
+        "app.css",
+        "text/css; charset=utf-8",
+        include_str!("../../../dashboards/web/app.css"),
+    ),
+    (
+        "chart.umd.min.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../../dashboards/web/vendor/chart.umd.min.js"),
+    ),
+];
+
+async fn dashboard_page() -> Html<&'static str> {
+    Html(PAGE)
+}
+
+async fn asset(Path(file): Path<String>) -> ApiResult<Response> {
+    let (_, content_type, body) = ASSETS
+        .iter()
+        .find(|(name, _, _)| *name == file)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no asset `{file}`")))?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, *content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        *body,
+    )
+        .into_response())
+}
+
+/// What the dashboard routes need: the pipeline, and where plugins may ship
+/// their own declarations.
+#[derive(Clone)]
+struct Dashboards {
+    shared: Arc<Shared>,
+    plugin_dir: Option<Arc<std::path::Path>>,
+}
+
+impl Dashboards {
+    fn load(&self) -> Vec<dashboards::Dashboard> {
+        dashboards::load(&self.shared, self.plugin_dir.as_deref())
+    }
+}
+
+async fn list_dashboards(State(d): State<Dashboards>) -> Json<serde_json::Value> {
+    let list: Vec<_> = d
+        .load()
+        .into_iter()
+        .map(|b| {
+            serde_json::json!({
+                "name": b.name, "title": b.title, "source": b.source,
+                "panels": b.panels.len(), "errors": b.errors(), "error": b.error,
+            })
+        })
+        .collect();
+    Json(serde_json::Value::Array(list))
+}
+
+async fn dashboard(
+    State(d): State<Dashboards>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<dashboards::Dashboard>> {
+    d.load()
+        .into_iter()
+        .find(|b| b.name == name)
+        .map(Json)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no dashboard `{name}`")))
+}
+
+/// How often the stream looks for changes: updates are coalesced to at
+/// most this rate.
+const STREAM_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// `GET /api/stream`: Server-Sent Events, an `update` with the status and
+/// the plugins whenever either changed, at most every [`STREAM_EVERY`].
+async fn stream(
+    State(shared): State<Arc<Shared>>,
+) -> Sse<impl futures_util::Stream<Item = Result<Event, std::convert::Infallible>>> {
+    let updates =
+        futures_util::stream::unfold((shared, String::new()), |(shared, last)| async move {
+            loop {
+                let snapshot = serde_json::json!({
+                    "status": shared.status(),
+                    "plugins": plugin_views(&shared),
+                })
+                .to_string();
+                if snapshot != last {
+                    let event = Event::default().event("update").data(snapshot.clone());
+                    return Some((Ok(event), (shared, snapshot)));
+                }
+                tokio::time::sleep(STREAM_EVERY).await;
+            }
+        });
+    Sse::new(updates).keep_alive(KeepAlive::default())
 }
 
 async fn status(State(shared): State<Arc<Shared>>) -> Json<weft_pipeline::Status> {
@@ -179,7 +315,12 @@ struct PluginView {
 }
 
 async fn plugins(State(shared): State<Arc<Shared>>) -> Json<Vec<PluginView>> {
-    let views = shared
+    Json(plugin_views(&shared))
+}
+
+/// What `GET /api/plugins` shows of each running plugin.
+fn plugin_views(shared: &Shared) -> Vec<PluginView> {
+    shared
         .plugins()
         .iter()
         .map(|slot| {
@@ -213,8 +354,7 @@ async fn plugins(State(shared): State<Arc<Shared>>) -> Json<Vec<PluginView>> {
                 quarantined: stats.quarantined,
             }
         })
-        .collect();
-    Json(views)
+        .collect()
 }
 
 async fn query(
