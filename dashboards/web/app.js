@@ -236,12 +236,16 @@ function destroyChart(entry) {
 async function refresh(entry) {
   const { panel } = entry;
   if (panel.error) return showError(entry, panel.error);
+  // Answers may arrive out of order: only the newest request draws.
+  const mine = (entry.asked = (entry.asked || 0) + 1);
   let answer;
   try {
     answer = await getJson(queryUrl(panel));
   } catch (e) {
-    return showError(entry, `${panel.plugin}: ${e.message}`);
+    if (mine === entry.asked) showError(entry, `${panel.plugin}: ${e.message}`);
+    return;
   }
+  if (mine !== entry.asked) return;
   try {
     draw(entry, answer);
     entry.el.dataset.state = "ok";

@@ -2,6 +2,7 @@
 // tests/tests/dashboard.rs: `node dashboard.mjs BASE_URL`, then one command
 // per line on stdin, one JSON answer per line on stdout:
 //   snapshot         what every panel shows (values read from the DOM)
+//   range VALUE      picks a time range (5m, 1h, 24h, all)
 //   screenshot PATH  a full-page screenshot
 //   quit             (or the end of the input)
 // The page is loaded once; a marker set on `window` tells whether it was
@@ -49,6 +50,9 @@ for await (const line of createInterface({ input: process.stdin })) {
       })),
       problems: [],
     })));
+  } else if (command === "range") {
+    await page.selectOption("#range", arg);
+    answer({ ok: true });
   } else if (command === "screenshot") {
     try {
       await page.screenshot({ path: arg, fullPage: true, animations: "disabled", timeout: 30000 });

@@ -91,9 +91,10 @@ fn ranked(map: &Value, limit: Option<usize>) -> Value {
     json!(rows)
 }
 
-/// What each panel of `dashboard` must show, from the API: panel id → the
-/// expected `value` (number) or `values` (the rest).
-fn expected(weft: &Weft, dashboard: &str) -> Vec<(String, Value)> {
+/// What each panel of `dashboard` must show, from the API, with the page's
+/// time range `window` (`None`: all time): panel id → the expected `value`
+/// (number), `points` (time series) or `values` (the rest).
+fn expected(weft: &Weft, dashboard: &str, window: Option<&str>) -> Vec<(String, Value)> {
     let declaration = weft.get(&format!("/api/dashboards/{dashboard}"));
     let mut out = Vec::new();
     for (i, panel) in declaration["panels"]
@@ -103,7 +104,16 @@ fn expected(weft: &Weft, dashboard: &str) -> Vec<(String, Value)> {
         .enumerate()
     {
         let id = format!("panel-{dashboard}-{i}");
-        let query = panel["query"].as_str().unwrap_or_default();
+        let mut params: Vec<String> = panel["query"]
+            .as_str()
+            .filter(|q| !q.is_empty())
+            .map(String::from)
+            .into_iter()
+            .collect();
+        if let (Some(w), true) = (window, panel["range"] == true) {
+            params.push(format!("window={w}"));
+        }
+        let query = params.join("&");
         let answer = weft.get(&format!(
             "/api/plugins/{}/query{}{query}",
             panel["plugin"].as_str().expect("plugin"),
@@ -245,8 +255,8 @@ fn the_overview_renders_the_api_live_in_a_real_browser() {
     );
 
     let mut browser = Browser::open(&weft.base);
-    let mut want = expected(&weft, "overview");
-    want.extend(expected(&weft, "page_events"));
+    let mut want = expected(&weft, "overview", None);
+    want.extend(expected(&weft, "page_events", None));
     let first = wait_for(
         "the page to show the API's numbers",
         Duration::from_secs(60),
@@ -315,8 +325,8 @@ fn the_overview_renders_the_api_live_in_a_real_browser() {
     wait_for("the rest to be read", Duration::from_secs(60), || {
         Ok((received(&weft) == Some(stream.deliveries.len() as u64)).then_some(()))
     });
-    let mut want = expected(&weft, "overview");
-    want.extend(expected(&weft, "page_events"));
+    let mut want = expected(&weft, "overview", None);
+    want.extend(expected(&weft, "page_events", None));
     let second = wait_for(
         "the page to follow without a reload",
         Duration::from_secs(60),
@@ -331,6 +341,24 @@ fn the_overview_renders_the_api_live_in_a_real_browser() {
         "the events panel moved"
     );
     assert_eq!(second["notReloaded"], true, "the page was never reloaded");
+
+    // The time range: the last five minutes of event time, then all again.
+    for window in [Some("5m"), None] {
+        assert_eq!(
+            browser.ask(&format!("range {}", window.unwrap_or("all")))["ok"],
+            true
+        );
+        let want = expected(&weft, "overview", window);
+        wait_for(
+            &format!("the page to show range {window:?}"),
+            Duration::from_secs(30),
+            || {
+                let snapshot = browser.ask("snapshot");
+                matches(&snapshot, &want)?;
+                Ok(Some(()))
+            },
+        );
+    }
 
     let shot = artifacts().join("dashboard.png");
     let done = browser.ask(&format!("screenshot {}", shot.display()));
