@@ -17,7 +17,10 @@
 //!    event_counts, funnel as WebAssembly components, checkpoints on) from a
 //!    file, in process, against the plain decode rate (target ≥ 0.4);
 //! 4. **batching**: the pipeline with a no-op stage and a no-op metric, by
-//!    batch size.
+//!    batch size;
+//! 10. **restart**: from start (runtime, store, plugins, source) to the first
+//!     event through every plugin, with the compiled-module cache warm
+//!     against cold.
 
 use std::{
     borrow::Cow,
@@ -251,7 +254,62 @@ fn main() {
         });
     }
 
+    // 10. Restart: to the first processed event, cold and warm module cache.
+    eprintln!("10. restart…");
+    let cold = repeat(config.runs, || {
+        let cache = tempfile::tempdir_in(tmp.path()).expect("a cold cache");
+        first_event(tmp.path(), cache.path(), &file, &default)
+    });
+    let warm_cache = tmp.path().join("modules");
+    let warm = repeat(config.runs, || {
+        first_event(tmp.path(), &warm_cache, &file, &default)
+    });
+    let cold = Figure {
+        item: "10",
+        name: "start to first processed event, cold module cache".into(),
+        unit: "ms",
+        runs: cold,
+        ratio: None,
+    };
+    figures.push(Figure {
+        item: "10",
+        name: "start to first processed event, warm module cache".into(),
+        unit: "ms",
+        ratio: Some((median(&warm) / cold.median(), None)),
+        runs: warm,
+    });
+    figures.push(cold);
+
     report(&figures, messages, smoke);
+}
+
+/// Milliseconds from nothing (a new runtime over `cache`, a new store, the
+/// source opened) to the first event through every plugin.
+fn first_event(dir: &Path, cache: &Path, file: &Path, plugins: &[PluginSpec]) -> f64 {
+    let started = Instant::now();
+    let runtime = Runtime::new(Some(cache.to_path_buf())).expect("a runtime");
+    let data = tempfile::tempdir_in(dir).expect("a data dir");
+    let store = Store::open(&data.path().join("state")).expect("a store");
+    let source = weft_source::open(&SourceSpec::File(file.to_path_buf())).expect("the file");
+    let mut pipeline = Pipeline::open(
+        Settings::default(),
+        source,
+        plugins.to_vec(),
+        store,
+        &runtime,
+    )
+    .expect("a pipeline");
+    let shared = pipeline.shared();
+    loop {
+        pipeline.step().expect("a pipeline step");
+        let all = shared.plugins();
+        if all
+            .iter()
+            .all(|p| weft_pipeline::lock(&p.stats).events_in > 0)
+        {
+            return started.elapsed().as_secs_f64() * 1e3;
+        }
+    }
 }
 
 fn median(runs: &[f64]) -> f64 {
