@@ -16,6 +16,28 @@ pub fn brokers() -> String {
     std::env::var("WEFT_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
 }
 
+/// The `weft run` arguments to consume `topic` as `group` from `brokers`,
+/// with the settings in `config`.
+pub fn kafka_args<'a>(
+    topic: &'a str,
+    group: &'a str,
+    brokers: &'a str,
+    config: &'a str,
+) -> Vec<&'a str> {
+    vec![
+        "--source",
+        "kafka",
+        "--brokers",
+        brokers,
+        "--topic",
+        topic,
+        "--group",
+        group,
+        "--config",
+        config,
+    ]
+}
+
 /// A new topic with a random name and `partitions` partitions.
 pub fn create_topic(partitions: i32) -> String {
     let name = format!("weft-test-{:016x}", rand::random::<u64>());

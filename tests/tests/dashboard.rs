@@ -20,7 +20,7 @@ use std::{
 
 use serde_json::{Value, json};
 use weft_tests::{
-    broker::{brokers, create_topic, produce},
+    broker::{brokers, create_topic, kafka_args, produce},
     clickstream::generate,
     process::Weft,
     wait_for,
@@ -207,23 +207,9 @@ fn the_overview_renders_the_api_live_in_a_real_browser() {
     );
     let half = stream.deliveries.len() / 2;
     produce(&topic, &stream.deliveries[..half]);
-    let weft = Weft::start(
-        &dir.path().join("data"),
-        &[
-            "--source",
-            "kafka",
-            "--brokers",
-            &brokers,
-            "--topic",
-            &topic,
-            "--group",
-            "ui",
-            "--config",
-            &config,
-            "--plugins",
-            &plugin_dir,
-        ],
-    );
+    let mut args = kafka_args(&topic, "ui", &brokers, &config);
+    args.extend(["--plugins", &plugin_dir]);
+    let weft = Weft::start(&dir.path().join("data"), &args);
     let received = |weft: &Weft| weft.get("/api/status")["events"]["received"].as_u64();
     wait_for("the first half to be read", Duration::from_secs(60), || {
         Ok((received(&weft) == Some(half as u64)).then_some(()))

@@ -14,7 +14,7 @@ use std::{collections::BTreeMap, path::Path, time::Duration};
 use serde_json::{Value, json};
 use weft_normalize::{FieldMapping, Normalizer};
 use weft_tests::{
-    broker::{brokers, create_topic, produce},
+    broker::{brokers, create_topic, kafka_args, produce},
     clickstream::{Delivery, START_MS, Stream, generate},
     process::Weft,
     reference, wait_for,
@@ -45,26 +45,6 @@ fn expected(stream: &Stream) -> Expected {
         event_counts: reference::event_counts(&stream.events),
         funnel: reference::funnel(&stream.events),
     }
-}
-
-fn kafka_args<'a>(
-    topic: &'a str,
-    group: &'a str,
-    brokers: &'a str,
-    config: &'a str,
-) -> Vec<&'a str> {
-    vec![
-        "--source",
-        "kafka",
-        "--brokers",
-        brokers,
-        "--topic",
-        topic,
-        "--group",
-        group,
-        "--config",
-        config,
-    ]
 }
 
 fn received(weft: &Weft) -> Result<u64, String> {

@@ -23,7 +23,7 @@ use std::{
 
 use serde_json::{Value, json};
 use weft_tests::{
-    broker::{brokers, create_topic, produce},
+    broker::{brokers, create_topic, kafka_args, produce},
     clickstream::{Delivery, Event, generate},
     process::Weft,
     reference, wait_for,
@@ -161,25 +161,9 @@ fn hot_reload_under_load_is_exact() {
     );
     let brokers = brokers();
     let plugin_dir_arg = plugin_dir.display().to_string();
-    let weft = Weft::start(
-        &dir.path().join("data"),
-        &[
-            "--source",
-            "kafka",
-            "--brokers",
-            &brokers,
-            "--topic",
-            &topic,
-            "--group",
-            "reload",
-            "--config",
-            &config,
-            "--plugins",
-            &plugin_dir_arg,
-            "--admin-token",
-            TOKEN,
-        ],
-    );
+    let mut args = kafka_args(&topic, "reload", &brokers, &config);
+    args.extend(["--plugins", &plugin_dir_arg, "--admin-token", TOKEN]);
+    let weft = Weft::start(&dir.path().join("data"), &args);
     assert_eq!(
         running(&weft, "core").expect("core from the directory")["digest"],
         digest(&original)

@@ -812,11 +812,6 @@ impl Pipeline {
         };
         let dedup = self.dedup.take_changes();
         let writes: usize = plugin_writes.iter().map(|(_, w)| w.len()).sum();
-        let write_bytes: usize = plugin_writes
-            .iter()
-            .flat_map(|(_, w)| w.iter())
-            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
-            .sum();
         let checkpoint = Checkpoint {
             plugin_writes,
             dedup_added: dedup.blob,
@@ -846,7 +841,6 @@ impl Pipeline {
         tracing::debug!(
             messages = self.unsaved,
             writes,
-            write_bytes,
             ms = elapsed.as_secs_f64() * 1e3,
             "Checkpoint written."
         );

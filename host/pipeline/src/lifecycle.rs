@@ -736,9 +736,6 @@ impl crate::Pipeline {
             };
             after = Some(last);
             for (seq, bytes) in page {
-                if seq > seq_before {
-                    break; // Dead-lettered again during this replay.
-                }
                 let letter = crate::isolation::DeadLetter::decode(&bytes).map_err(|e| {
                     LifecycleError::State(StateError::Corrupt {
                         what: "dead letter",
