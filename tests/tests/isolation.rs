@@ -39,6 +39,9 @@ const BOOMS: usize = 5;
 const QUARANTINE_AFTER: usize = 3;
 /// The faulty instances' limits: small, so a runaway call ends quickly.
 const LIMITS: &str = "{ cpu_ms = 50, memory_mib = 32 }";
+/// The memory hog's limits: the CPU budget is wall-clock time, and on a busy
+/// machine filling 32 MiB can take longer than 50 ms; only memory must stop it.
+const HOG_LIMITS: &str = "{ cpu_ms = 10000, memory_mib = 32 }";
 
 /// A fixture component built by the plugins workspace.
 fn fixture(artifact: &str) -> PathBuf {
@@ -105,8 +108,9 @@ fn bundled(name: &str) -> String {
 /// A `faulty` instance that misbehaves with `fault` on batches holding `on`.
 fn faulty(name: &str, fault: &str, on: &str) -> String {
     format!(
-        "[[plugins]]\nname = \"{name}\"\nmodule = {:?}\nconfig = {{ fault = \"{fault}\", on = \"{on}\" }}\nlimits = {LIMITS}\n\n",
-        fixture("faulty").display().to_string()
+        "[[plugins]]\nname = \"{name}\"\nmodule = {:?}\nconfig = {{ fault = \"{fault}\", on = \"{on}\" }}\nlimits = {}\n\n",
+        fixture("faulty").display().to_string(),
+        if fault == "hog" { HOG_LIMITS } else { LIMITS }
     )
 }
 
