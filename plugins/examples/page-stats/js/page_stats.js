@@ -1,0 +1,81 @@
+/**
+ * `page_stats` (example metric, the JavaScript one of four): bounce rate and
+ * time on page per path, written the same way in Rust, Python and C
+ * (`plugins/examples/page-stats/`), so the languages compare side by side.
+ *
+ * - Bounce rate of a path: of the sessions whose first page view was on it
+ *   (`entries`), the share with exactly one page view (`bounces`).
+ * - Time on page of a path: the mean time from a page view on it to the
+ *   session's next event, over the views that have one (`timed_views`).
+ *
+ * Answer: {"paths": {PATH: {"entries", "bounces", "bounce_rate", "views",
+ * "timed_views", "time_on_page_ms"}}}; a rate or mean without a denominator
+ * is null.
+ *
+ * Build (in this directory, after `npm ci` once; writes page_stats.wasm):
+ *     npm run build
+ * (`npm run build:spidermonkey` builds page_stats_sm.wasm with the other engine.)
+ */
+
+import { metric, StateMap, float } from '../../../js/weft-plugin.js';
+
+class PageStats {
+  init(config) {
+    // path -> {entries, bounces, views, timed_views, time_ms}
+    this.paths = new StateMap('paths');
+    // user -> where their current session stands: {session, page_views
+    // (saturating at 2), entry (the first page view's path), pending (the
+    // last page view not yet followed by an event, as [path, time], or null)}
+    this.users = new StateMap('users');
+  }
+
+  path(path) {
+    return this.paths.getOrInsert(path, () => ({ entries: 0, bounces: 0, views: 0, timed_views: 0, time_ms: 0 }));
+  }
+
+  ingest(batch) {
+    for (const event of batch) {
+      const session = event.session;
+      let visit = this.users.get(event.user);
+      if (visit === undefined || visit.session !== session) {
+        visit = { session, page_views: 0, entry: '', pending: null };
+        this.users.set(event.user, visit);
+      }
+      if (visit.pending !== null) {
+        const [path, time] = visit.pending;
+        const p = this.path(path);
+        p.timed_views += 1;
+        p.time_ms += event.time - time;
+        visit.pending = null;
+      }
+      if (event.name === 'page_view') {
+        const p = this.path(event.path);
+        p.views += 1;
+        if (visit.page_views === 0) {
+          visit.entry = event.path;
+          p.entries += 1;
+          p.bounces += 1;
+        } else if (visit.page_views === 1) {
+          // The entry page did not bounce after all.
+          this.path(visit.entry).bounces -= 1;
+        }
+        visit.page_views = Math.min(visit.page_views + 1, 2);
+        visit.pending = [event.path, event.time];
+      }
+    }
+  }
+
+  query(params) {
+    const paths = this.paths.entries().map(([path, p]) => [path, {
+      entries: p.entries,
+      bounces: p.bounces,
+      bounce_rate: p.entries > 0 ? float(p.bounces / p.entries) : null,
+      views: p.views,
+      timed_views: p.timed_views,
+      time_on_page_ms: p.timed_views > 0 ? float(p.time_ms / p.timed_views) : null,
+    }]);
+    return { paths: Object.fromEntries(paths) };
+  }
+}
+
+export const { init, ingest, tick, checkpoint, query } = metric(new PageStats());
