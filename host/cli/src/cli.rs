@@ -1,6 +1,9 @@
 //! The command line of `weft` (and of the tests' `weft-under-test`, the
 //! same program built inside the test package so `cargo test` builds it).
 //!
+//! `weft plugin new|test|check` are the plugin author's tools (see
+//! [`crate::plugin`]).
+//!
 //! `weft run` reads events from a source (Kafka, a file, stdin, or the
 //! built-in demo), runs them through the plugin pipeline, keeps state in the
 //! data directory and serves the HTTP API. Settings come from flags, then
@@ -37,19 +40,39 @@ struct Cli {
 enum Command {
     /// Consume events, run the plugin pipeline and serve the HTTP API.
     Run(config::RunArgs),
+    /// Write, test and check plugins: `new`, `test`, `check`.
+    #[command(subcommand)]
+    Plugin(crate::plugin::PluginCommand),
 }
 
-/// Runs the command line.
-pub fn main() -> Result<()> {
+/// Runs the command line; a failure is printed with its causes, one line.
+pub fn main() -> std::process::ExitCode {
+    match run_cli() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_cli() -> Result<()> {
+    let cli = Cli::parse();
+    // The plugin tools print their own findings; the host's log says only what went wrong.
+    let default_level = match cli.command {
+        Command::Run(_) => "info",
+        Command::Plugin(_) => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_env("WEFT_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_env("WEFT_LOG").unwrap_or_else(|_| EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match Cli::parse().command {
+    match cli.command {
         Command::Run(args) => run(args),
+        Command::Plugin(command) => crate::plugin::run(command),
     }
 }
 

@@ -3,7 +3,9 @@
 
 pub mod cli;
 pub mod config;
+pub mod plugin;
 pub mod plugin_dir;
+pub mod scaffold;
 
 /// The bundled plugins, compiled by `build.rs` from `plugins/`.
 pub mod bundled {

@@ -188,3 +188,154 @@ pub(crate) enum Pre {
     Metric(MetricPre<PluginCtx>),
     Stage(StagePre<PluginCtx>),
 }
+
+/// What `weft plugin check` reports about a component.
+#[derive(Debug)]
+pub struct Fit {
+    /// What the component imports, e.g. `weft:plugin/state@0.1.0`.
+    pub imports: Vec<String>,
+    /// What it exports, functions with their types.
+    pub exports: Vec<String>,
+    /// Whether its imports are all provided (the WIT imports and WASI).
+    pub linked: Result<(), String>,
+    /// Whether it fits the `metric` world, or exactly why not.
+    pub metric: Result<(), String>,
+    /// Whether it fits the `stage` world, or exactly why not.
+    pub stage: Result<(), String>,
+}
+
+impl Fit {
+    /// The role whose world the component fits, if any.
+    pub fn role(&self) -> Option<Role> {
+        match (&self.metric, &self.stage) {
+            (Ok(()), _) => Some(Role::Metric),
+            (_, Ok(())) => Some(Role::Stage),
+            _ => None,
+        }
+    }
+}
+
+impl Runtime {
+    /// Compiles `bytes` and checks them against every role's world, saying
+    /// what is missing or mistyped rather than only that something is.
+    pub fn check(&self, bytes: &[u8]) -> Result<Fit, Error> {
+        let component = self.compile("checked", bytes)?;
+        let ty = component.component_type();
+        let imports = ty
+            .imports(&self.engine)
+            .map(|(n, _)| n.to_owned())
+            .collect();
+        let exports = ty
+            .exports(&self.engine)
+            .map(|(name, item)| match item.ty {
+                wasmtime::component::types::ComponentItem::ComponentFunc(f) => {
+                    format!("{name}: {}", signature(&f))
+                }
+                _ => name.to_owned(),
+            })
+            .collect();
+        let explain = |e: wasmtime::Error| format!("{e:#}");
+        let exported: Vec<&str> = ty.exports(&self.engine).map(|(n, _)| n).collect();
+        // wasmtime names the first missing export; say every one of them.
+        let world = |role: Role, fits: Result<(), String>| {
+            let missing: Vec<&str> = role
+                .exports()
+                .iter()
+                .copied()
+                .filter(|f| !exported.contains(f))
+                .collect();
+            fits.map_err(|why| match missing.as_slice() {
+                [] => why,
+                _ => format!("missing export(s) {}", missing.join(", ")),
+            })
+        };
+        let (linked, metric, stage) = match self.linker.instantiate_pre(&component) {
+            Ok(pre) => (
+                Ok(()),
+                world(
+                    Role::Metric,
+                    MetricPre::new(pre.clone()).map(drop).map_err(explain),
+                ),
+                world(Role::Stage, StagePre::new(pre).map(drop).map_err(explain)),
+            ),
+            Err(e) => {
+                let why = explain(e);
+                (Err(why.clone()), Err(why.clone()), Err(why))
+            }
+        };
+        Ok(Fit {
+            imports,
+            exports,
+            linked,
+            metric,
+            stage,
+        })
+    }
+}
+
+/// A component function's type, WIT-like: `func(a: T) -> R`.
+fn signature(f: &wasmtime::component::types::ComponentFunc) -> String {
+    let params: Vec<String> = f
+        .params()
+        .map(|(n, t)| format!("{n}: {}", wit_type(&t)))
+        .collect();
+    let results: Vec<String> = f.results().map(|t| wit_type(&t)).collect();
+    match results.as_slice() {
+        [] => format!("func({})", params.join(", ")),
+        _ => format!("func({}) -> {}", params.join(", "), results.join(", ")),
+    }
+}
+
+/// A value type as WIT would write it; records and variants spelled out.
+fn wit_type(ty: &wasmtime::component::types::Type) -> String {
+    use wasmtime::component::types::Type as T;
+    let opt = |t: Option<T>| t.map_or_else(|| "_".to_owned(), |t| wit_type(&t));
+    match ty {
+        T::Bool => "bool".into(),
+        T::S8 => "s8".into(),
+        T::U8 => "u8".into(),
+        T::S16 => "s16".into(),
+        T::U16 => "u16".into(),
+        T::S32 => "s32".into(),
+        T::U32 => "u32".into(),
+        T::S64 => "s64".into(),
+        T::U64 => "u64".into(),
+        T::Float32 => "f32".into(),
+        T::Float64 => "f64".into(),
+        T::Char => "char".into(),
+        T::String => "string".into(),
+        T::List(l) => format!("list<{}>", wit_type(&l.ty())),
+        T::FixedLengthList(l) => format!("list<{}, {}>", wit_type(&l.ty()), l.len()),
+        T::Map(m) => format!("map<{}, {}>", wit_type(&m.key()), wit_type(&m.value())),
+        T::Record(r) => {
+            let fields: Vec<String> = r
+                .fields()
+                .map(|f| format!("{}: {}", f.name, wit_type(&f.ty)))
+                .collect();
+            format!("record {{ {} }}", fields.join(", "))
+        }
+        T::Tuple(t) => {
+            let types: Vec<String> = t.types().map(|t| wit_type(&t)).collect();
+            format!("tuple<{}>", types.join(", "))
+        }
+        T::Variant(v) => {
+            let cases: Vec<String> = v
+                .cases()
+                .map(|c| match c.ty {
+                    Some(t) => format!("{}({})", c.name, wit_type(&t)),
+                    None => c.name.to_owned(),
+                })
+                .collect();
+            format!("variant {{ {} }}", cases.join(", "))
+        }
+        T::Enum(e) => format!("enum {{ {} }}", e.names().collect::<Vec<_>>().join(", ")),
+        T::Flags(f) => format!("flags {{ {} }}", f.names().collect::<Vec<_>>().join(", ")),
+        T::Option(o) => format!("option<{}>", wit_type(&o.ty())),
+        T::Result(r) => format!("result<{}, {}>", opt(r.ok()), opt(r.err())),
+        T::Own(_) => "own<resource>".into(),
+        T::Borrow(_) => "borrow<resource>".into(),
+        T::Future(f) => format!("future<{}>", opt(f.ty())),
+        T::Stream(s) => format!("stream<{}>", opt(s.ty())),
+        T::ErrorContext => "error-context".into(),
+    }
+}

@@ -65,6 +65,16 @@ pub enum Role {
     Metric,
 }
 
+impl Role {
+    /// The functions a component of this role exports (its world in `wit/`).
+    pub fn exports(self) -> &'static [&'static str] {
+        match self {
+            Role::Stage => &["init", "process", "tick", "checkpoint"],
+            Role::Metric => &["init", "ingest", "tick", "checkpoint", "query"],
+        }
+    }
+}
+
 impl fmt::Display for Role {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

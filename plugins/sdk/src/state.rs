@@ -166,6 +166,25 @@ impl<V: Serialize + DeserializeOwned + 'static> Map<V> {
         mark(&mut inner.dirty, key);
     }
 
+    /// Every entry, in key order (for queries). The first call reads every
+    /// entry the host holds into guest memory.
+    pub fn entries(&self) -> Vec<(String, V)>
+    where
+        V: Clone,
+    {
+        let mut inner = self.inner.borrow_mut();
+        if !inner.complete {
+            inner.load_all();
+        }
+        let mut all: Vec<(String, V)> = inner
+            .cache
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), v.clone()?)))
+            .collect();
+        all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
     /// Removes the entries for which `keep` is false (use it to close
     /// sessions or windows on a tick). The first call reads every entry the
     /// host holds into guest memory, so entries from before a restart are
