@@ -10,7 +10,7 @@
  *   int weft_init(weft_str config);                        optional
  *   int weft_ingest(const weft_batch *batch);              required
  *   int weft_tick(int64_t watermark);                      optional
- *   int weft_query(const weft_params *q, weft_json *out);   required
+ *   int weft_query(const weft_params *q, weft_json *out);  required
  *
  * Each hook returns 0 on success; on failure it returns `weft_fail("...")`,
  * whose message reaches the host as the WIT `result` error. Checkpoints are
