@@ -16,8 +16,11 @@
 #                                stalls a fetch that starts inside a record batch,
 #                                which resuming from a checkpoint does)
 #
-# Idempotent: installs only what is missing (the wasm32-wasip2 target; the
-# tansu broker, which takes ~21 min to build the first time on 2 cores).
+# Idempotent: installs only what is missing: the wasm32-wasip2 target; the
+# tansu broker (~21 min to build the first time on 2 cores); Chromium and
+# playwright-core for the dashboard test; the plugin toolchains (clang, lld,
+# wasi-libc from Debian, wit-bindgen-cli and wasm-tools from crates.io, ~8 min
+# the first time; componentize-py from PyPI).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -155,16 +158,41 @@ else
   rustup target add wasm32-wasip2
 fi
 
+# Installs the Debian packages given that are not installed yet.
+apt_install() {
+  local missing=() pkg sudo_=""
+  for pkg in "$@"; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+  done
+  if ((${#missing[@]} == 0)); then
+    echo "installed: $*"
+    return
+  fi
+  command -v apt-get >/dev/null 2>&1 || die "not Debian/Ubuntu: install ${missing[*]} yourself"
+  echo "installing: apt-get install ${missing[*]}"
+  [[ "$(id -u)" == 0 ]] || sudo_="sudo"
+  $sudo_ apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+# Installs a crates.io binary at an exact version unless `$1 --version` says so.
+cargo_install() {
+  local bin="$1" crate="$2" version="$3"
+  shift 3
+  if [[ "$("$bin" --version 2>/dev/null)" == *" $version" ]]; then
+    echo "installed: $bin $version"
+  else
+    echo "installing: cargo install --locked $crate@$version $*"
+    cargo install --locked "$crate@$version" "$@"
+  fi
+}
+
 # --- the browser test's needs: Debian's chromium, playwright-core from npm ----
 phase "browser test: chromium and playwright-core"
 if [[ -x "${WEFT_CHROMIUM:-/usr/bin/chromium}" ]]; then
   echo "chromium is installed: ${WEFT_CHROMIUM:-/usr/bin/chromium}"
 else
-  echo "installing: apt-get install chromium"
-  sudo_=""
-  [[ "$(id -u)" == 0 ]] || sudo_="sudo"
-  $sudo_ apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq --no-install-recommends chromium ||
+  apt_install chromium ||
     die "could not install chromium (the dashboard test drives it); set WEFT_CHROMIUM to a Chromium binary"
 fi
 command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 ||
@@ -175,6 +203,25 @@ else
   (cd tests/browser && npm ci --no-audit --no-fund)
 fi
 dashboards/web/vendor.sh --check
+
+# --- plugin toolchains: the examples and scaffolds in every language ----------
+# (tests/tests/languages.rs builds them; the JS projects install their pinned
+# npm packages themselves with `npm ci` / `npm install`.)
+phase "plugin toolchains: C (clang, wasi-libc, wit-bindgen, wasm-tools), Python (componentize-py)"
+apt_install clang lld wasi-libc libclang-rt-dev-wasm32 make ||
+  die "could not install the C toolchain (clang, lld, wasi-libc)"
+cargo_install wit-bindgen wit-bindgen-cli 0.63.0 --no-default-features --features c
+cargo_install wasm-tools wasm-tools 1.263.0 --no-default-features --features component
+if [[ "$(componentize-py --version 2>/dev/null)" == "componentize-py 0.25.1" ]]; then
+  echo "installed: componentize-py 0.25.1"
+else
+  echo "installing: pip install componentize-py==0.25.1"
+  python3 -m pip install --quiet componentize-py==0.25.1
+  hash -r
+  command -v componentize-py >/dev/null 2>&1 ||
+    export PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
+fi
+componentize-py --version
 
 # --- 2. lint (fails fast, before the long broker build) ----------------------
 if [[ "${WEFT_TEST_LINT:-1}" != 0 ]]; then

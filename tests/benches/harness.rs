@@ -20,7 +20,11 @@
 //!    batch size;
 //! 10. **restart**: from start (runtime, store, plugins, source) to the first
 //!     event through every plugin, with the compiled-module cache warm
-//!     against cold.
+//!     against cold;
+//! - **languages**: the `page_stats` example in Rust, Python, JavaScript
+//!   (QuickJS, SpiderMonkey) and C, built from source, each fed the whole
+//!   sessionized stream in batches of 1024 through `ingest` with a checkpoint
+//!   at the end: ns per event against the Rust build, and component sizes.
 
 use std::{
     borrow::Cow,
@@ -34,10 +38,14 @@ use serde::Deserialize;
 use serde_json::{Value, json, value::RawValue};
 use weft_normalize::{FieldMapping, Normalizer};
 use weft_pipeline::{Pipeline, PluginSpec, Settings, lifecycle::Origin};
-use weft_runtime::{Limits, Runtime};
+use weft_runtime::{BatchBuilder, Limits, Plugin, Runtime};
 use weft_source::SourceSpec;
 use weft_state::Store;
-use weft_tests::clickstream::generate;
+use weft_tests::{
+    clickstream::generate,
+    languages::build_examples,
+    reference::{GAP_MS, with_sessions},
+};
 
 /// One figure of the results table.
 struct Figure {
@@ -279,6 +287,64 @@ fn main() {
         runs: warm,
     });
     figures.push(cold);
+
+    // Languages: one example metric, five builds.
+    eprintln!("languages: page_stats in every language…");
+    let sessionized = with_sessions(&stream.events, GAP_MS);
+    let batches: Vec<_> = sessionized
+        .chunks(1024)
+        .map(|chunk| {
+            let mut builder = BatchBuilder::default();
+            for event in chunk {
+                builder.push(event);
+            }
+            builder.finish()
+        })
+        .collect();
+    let mut rust_ns = None;
+    for (instance, path) in build_examples() {
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let module = runtime.load(instance, &bytes).expect("the example loads");
+        let runs = repeat(config.runs, || {
+            let store =
+                Store::open(&tmp.path().join(format!("{instance}-state"))).expect("a store");
+            let limits = Limits {
+                cpu_ms: 60_000,
+                ..Limits::default()
+            };
+            let mut plugin = Plugin::start(
+                &runtime,
+                instance,
+                &module,
+                store.plugin_state(instance),
+                "{}",
+                limits,
+            )
+            .expect("the example starts");
+            let started = Instant::now();
+            for batch in &batches {
+                plugin.ingest(batch).expect("ingest");
+            }
+            plugin.checkpoint().expect("checkpoint");
+            started.elapsed().as_nanos() as f64 / sessionized.len() as f64
+        });
+        let ns = median(&runs);
+        let baseline = *rust_ns.get_or_insert(ns);
+        figures.push(Figure {
+            item: "languages",
+            name: format!("{instance}: ingest per event, batches of 1024"),
+            unit: "ns/event",
+            ratio: Some((ns / baseline, None)),
+            runs,
+        });
+        figures.push(Figure {
+            item: "languages",
+            name: format!("{instance}: component size"),
+            unit: "KB",
+            runs: vec![bytes.len() as f64 / 1024.0],
+            ratio: None,
+        });
+    }
 
     report(&figures, messages, smoke);
 }

@@ -7,10 +7,12 @@
 //!   that deliver them (several input shapes, disorder, duplicates, malformed);
 //! - [`reference`]: what `core`, `event_counts` and `funnel` must answer;
 //! - [`broker`]: topics and producing on the Kafka-protocol test broker;
-//! - [`process`]: starting, polling and killing the `weft` binary.
+//! - [`process`]: starting, polling and killing the `weft` binary;
+//! - [`languages`]: the `page_stats` example in every language, built from source.
 
 pub mod broker;
 pub mod clickstream;
+pub mod languages;
 pub mod process;
 pub mod reference;
 

@@ -94,7 +94,19 @@ fn files(lang: Lang) -> &'static [File] {
         ],
         Lang::Python => &[],
         Lang::Js => &[],
-        Lang::C => &[],
+        Lang::C => &[
+            ("{{name}}.c", repo_file!("plugins/templates/c/{{name}}.c")),
+            ("Makefile", repo_file!("plugins/templates/c/Makefile")),
+            (".gitignore", repo_file!("plugins/templates/c/.gitignore")),
+            ("README.md", repo_file!("plugins/templates/c/README.md")),
+            (
+                "expected.json",
+                repo_file!("plugins/templates/c/expected.json"),
+            ),
+            ("weft/weft_plugin.h", repo_file!("plugins/c/weft_plugin.h")),
+            ("weft/weft_plugin.c", repo_file!("plugins/c/weft_plugin.c")),
+            ("weft/weft.mk", repo_file!("plugins/c/weft.mk")),
+        ],
     }
 }
 
@@ -113,7 +125,8 @@ fn next_steps(lang: Lang, name: &str) -> String {
             "cargo build --release".to_owned(),
             format!("target/wasm32-wasip2/release/{name}.wasm"),
         ),
-        Lang::Python | Lang::Js | Lang::C => (String::new(), format!("{name}.wasm")),
+        Lang::C => ("make".to_owned(), format!("{name}.wasm")),
+        Lang::Python | Lang::Js => (String::new(), format!("{name}.wasm")),
     };
     format!(
         "  build: {build}\n  test:  weft plugin test {wasm} --events events.jsonl --expect expected.json"
