@@ -62,49 +62,60 @@ class PluginError(Exception):
 
 
 class Event:
-    """One tracking event. Absent string fields read as ""."""
+    """One tracking event: `id`, `time` (epoch ms, UTC), `user`, `name`,
+    `session`, `path`, `device`, `browser`, `os` (strings, "" when absent)
+    and `props` (a dict of the other properties)."""
 
     __slots__ = (
         "id", "time", "user", "name", "session", "path", "device", "browser",
-        "os", "_batch", "_props_start", "_props_len",
+        "os", "_props",
     )
 
-    def __init__(self, batch, raw):
-        s = batch.strings
-        self.id = s[raw.id]
-        #: Event time, epoch milliseconds (UTC).
+    def __init__(self, s, raw, props):
+        try:
+            self.id = s[raw.id]
+            self.user = s[raw.user]
+            self.name = s[raw.name]
+            self.session = s[raw.session]
+            self.path = s[raw.path]
+            self.device = s[raw.device]
+            self.browser = s[raw.browser]
+            self.os = s[raw.os]
+        except IndexError:
+            # An index past the string table reads as "", like the Rust SDK.
+            n = len(s)
+            self.id, self.user, self.name, self.session, self.path, self.device, self.browser, self.os = (
+                s[i] if i < n else ""
+                for i in (raw.id, raw.user, raw.name, raw.session, raw.path, raw.device, raw.browser, raw.os)
+            )
         self.time = raw.time
-        self.user = s[raw.user]
-        self.name = s[raw.name]
-        self.session = s[raw.session]
-        self.path = s[raw.path]
-        self.device = s[raw.device]
-        self.browser = s[raw.browser]
-        self.os = s[raw.os]
-        self._batch = batch
-        self._props_start = raw.props_start
-        self._props_len = raw.props_len
+        # Resolved on first use of `props`: most metrics never look.
+        self._props = (s, props, raw.props_start, raw.props_len) if raw.props_len else {}
 
     @property
     def props(self):
-        """The event's other properties, as a dict (built on each access)."""
-        b = self._batch
-        s = b.strings
-        start = self._props_start
-        return {s[p.key]: s[p.value] for p in b.raw_props[start:start + self._props_len]}
+        p = self._props
+        if type(p) is tuple:
+            s, props, start, length = p
+            n = len(s)
+            p = self._props = {
+                (s[q.key] if q.key < n else ""): (s[q.value] if q.value < n else "")
+                for q in props[start:start + length]
+            }
+        return p
 
     def __repr__(self):
         return f"Event(time={self.time}, user={self.user!r}, name={self.name!r}, path={self.path!r})"
 
 
 class Batch:
-    """A batch of events in event-time order; iterate it for `Event`s.
+    """A batch of events in event-time order: iterate it for `Event`s.
 
     The batch's string table is decoded once: `strings[i]` is string `i`
     (index 0 is "", which also means absent).
     """
 
-    __slots__ = ("strings", "raw_props", "events")
+    __slots__ = ("strings", "events")
 
     def __init__(self, raw):
         text = raw.text
@@ -115,9 +126,9 @@ class Batch:
             start = end
         if not strings:
             strings.append("")
-        self.strings = _StringTable(strings)
-        self.raw_props = raw.props
-        self.events = [Event(self, e) for e in raw.events]
+        self.strings = strings
+        props = raw.props
+        self.events = [Event(strings, e, props) for e in raw.events]
 
     def __iter__(self):
         return iter(self.events)
@@ -126,22 +137,13 @@ class Batch:
         return len(self.events)
 
 
-class _StringTable(list):
-    """A list that answers "" for an index past its end, like the Rust SDK."""
-
-    __slots__ = ()
-
-    def __getitem__(self, i):
-        try:
-            return list.__getitem__(self, i)
-        except IndexError:
-            return ""
-
-
 # ---------------------------------------------------------------------------
 # Durable state
 
 _ABSENT = object()  # cached "the host holds no entry for this key"
+# One encoder for every value: `json.dumps` with options builds a new encoder
+# per call, which doubled the cost of a checkpoint.
+_encode_value = json.JSONEncoder(separators=(",", ":")).encode
 _SCAN_PAGE = 1024
 _containers = []
 
@@ -155,8 +157,10 @@ class Map:
     `m[key]` may be mutated in place (`m[k]["views"] += 1`). `get`, `in`
     and `items` only read: mutating what they return is not saved.
 
-    Host keys are `name + "\\0" + key` (UTF-8); values are JSON. Two
-    containers of one plugin need distinct names.
+    Host keys are `name + "\\0" + key` (UTF-8); values are JSON, so a value
+    must survive a JSON round trip (dicts with string keys, lists, strings,
+    numbers, booleans, None): a tuple comes back as a list after a restart.
+    Two containers of one plugin need distinct names.
     """
 
     def __init__(self, name):
@@ -266,7 +270,7 @@ class Map:
                     # The host knows it is gone; no need to keep asking.
                     self._cache.pop(key, None)
             else:
-                _host_state.set(full, json.dumps(value, separators=(",", ":")).encode())
+                _host_state.set(full, _encode_value(value).encode())
         self._dirty.clear()
 
 
@@ -297,8 +301,8 @@ def log(level, message):
 
 
 def _fail(e):
-    """The WIT error for exception `e` (its traceback goes to the debug log)."""
-    log("debug", traceback.format_exc())
+    """The WIT error for exception `e` (where it was raised goes to the debug log)."""
+    log("debug", f"{type(e).__name__} raised at {_where(e)}")
     if isinstance(e, PluginError):
         return Err(str(e))
     return Err(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
@@ -348,13 +352,27 @@ def metric(cls):
 
         def query(self, params):
             try:
-                answer = instance().query(_first_values(params))
-                return json.dumps(answer, ensure_ascii=False, separators=(",", ":"), sort_keys=True, allow_nan=False)
+                return _encode_answer(instance().query(_first_values(params)))
             except Exception as e:
                 raise _fail(e)
 
     WitWorld.__qualname__ = f"metric({cls.__name__})"
     return WitWorld
+
+
+def _where(e):
+    """The frames of `e`'s traceback as "file:line (function)". Made from the
+    code objects alone: `traceback` would read the source files, which a
+    component built with `--stub-wasi` cannot open (the call traps)."""
+    return " <- ".join(
+        f"{frame.f_code.co_filename}:{line} ({frame.f_code.co_name})"
+        for frame, line in reversed(list(traceback.walk_tb(e.__traceback__)))
+    )
+
+
+_encode_answer = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":"), sort_keys=True, allow_nan=False
+).encode
 
 
 def _first_values(params):
