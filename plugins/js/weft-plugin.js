@@ -32,7 +32,7 @@
  * export const { init, ingest, tick, checkpoint, query } = metric(new EventCounts());
  * ```
  *
- * Build with `build.mjs` beside this file; it works with both engines jco
+ * Build with `weft-build.mjs` beside this file; it works with both engines jco
  * offers (SpiderMonkey through componentize-js, QuickJS through
  * componentize-qjs), and this module uses only what both have.
  */
@@ -265,7 +265,13 @@ export class StateMap {
   }
 
   _load(key) {
-    if (this._cache.has(key)) return this._cache.get(key);
+    const value = this._cache.get(key);
+    return value !== undefined ? value : this._miss(key);
+  }
+
+  /** Reads a key the cache does not know from the host. */
+  _miss(key) {
+    if (this._cache.has(key)) return undefined; // cached as absent
     const bytes = stateGet(encodeUtf8(this._prefix + key));
     const value = bytes == null ? undefined : decodeValue(bytes, JSON.stringify(key));
     this._cache.set(key, value);
@@ -275,7 +281,7 @@ export class StateMap {
   /** The value for `key`, or undefined. */
   get(key) {
     const value = this._load(key);
-    if (value !== null && typeof value === 'object') this._dirty.add(key);
+    if (typeof value === 'object' && value !== null) this._dirty.add(key);
     return value;
   }
 

@@ -12,55 +12,57 @@
  * "timed_views", "time_on_page_ms"}}}; a rate or mean without a denominator
  * is null.
  *
- * Build (in this directory, after `npm ci` once; writes page_stats.wasm):
+ * Build (in this directory, after `npm install` once; writes page_stats.wasm):
  *     npm run build
  * (`npm run build:spidermonkey` builds page_stats_sm.wasm with the other engine.)
  */
 
 import { metric, StateMap, float } from '../../../js/weft-plugin.js';
 
+function newPath() {
+  return { entries: 0, bounces: 0, views: 0, timed_views: 0, time_ms: 0 };
+}
+
 class PageStats {
   init(config) {
-    // path -> {entries, bounces, views, timed_views, time_ms}
+    // path -> totals (newPath()).
     this.paths = new StateMap('paths');
     // user -> where their current session stands: {session, page_views
     // (saturating at 2), entry (the first page view's path), pending (the
-    // last page view not yet followed by an event, as [path, time], or null)}
+    // last page view not yet followed by an event, {path, time}, or null)}.
     this.users = new StateMap('users');
   }
 
-  path(path) {
-    return this.paths.getOrInsert(path, () => ({ entries: 0, bounces: 0, views: 0, timed_views: 0, time_ms: 0 }));
-  }
-
   ingest(batch) {
+    const paths = this.paths;
+    const users = this.users;
     for (const event of batch) {
       const session = event.session;
-      let visit = this.users.get(event.user);
+      let visit = users.get(event.user);
       if (visit === undefined || visit.session !== session) {
         visit = { session, page_views: 0, entry: '', pending: null };
-        this.users.set(event.user, visit);
+        users.set(event.user, visit);
       }
       if (visit.pending !== null) {
-        const [path, time] = visit.pending;
-        const p = this.path(path);
+        const p = paths.getOrInsert(visit.pending.path, newPath);
         p.timed_views += 1;
-        p.time_ms += event.time - time;
+        p.time_ms += event.time - visit.pending.time;
         visit.pending = null;
       }
       if (event.name === 'page_view') {
-        const p = this.path(event.path);
+        const path = event.path;
+        const p = paths.getOrInsert(path, newPath);
         p.views += 1;
         if (visit.page_views === 0) {
-          visit.entry = event.path;
+          visit.entry = path;
           p.entries += 1;
           p.bounces += 1;
         } else if (visit.page_views === 1) {
           // The entry page did not bounce after all.
-          this.path(visit.entry).bounces -= 1;
+          paths.get(visit.entry).bounces -= 1;
         }
         visit.page_views = Math.min(visit.page_views + 1, 2);
-        visit.pending = [event.path, event.time];
+        visit.pending = { path, time: event.time };
       }
     }
   }

@@ -1,8 +1,8 @@
 #!/usr/bin/env node
 /**
- * build.mjs — builds a weft metric written in JavaScript into a component.
+ * weft-build.mjs — builds a weft metric written in JavaScript into a component.
  *
- *   node build.mjs ENTRY.js -o OUT.wasm --wit WIT_DIR [--engine quickjs|spidermonkey]
+ *   node weft-build.mjs ENTRY.js -o OUT.wasm --wit WIT_DIR [--engine quickjs|spidermonkey]
  *
  * Run it in the plugin's npm project (the tools are looked up in its
  * node_modules: `componentize-qjs`, which jco uses for QuickJS, and
@@ -31,7 +31,7 @@ import { tmpdir } from 'node:os';
 import { basename, dirname, join, resolve, sep } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
-const USAGE = 'usage: node build.mjs ENTRY.js -o OUT.wasm --wit WIT_DIR [--engine quickjs|spidermonkey] [--world metric]';
+const USAGE = 'usage: node weft-build.mjs ENTRY.js -o OUT.wasm --wit WIT_DIR [--engine quickjs|spidermonkey] [--world metric]';
 
 function parseArgs(argv) {
   const opts = { engine: 'quickjs', world: 'metric' };
@@ -69,7 +69,7 @@ async function importTool(name) {
     try {
       pkg = JSON.parse(readFileSync(join(pkgDir, 'package.json'), 'utf8'));
     } catch {
-      if (dirname(dir) === dir) fail(`${name} is not installed: run \`npm ci\` in the plugin's project`);
+      if (dirname(dir) === dir) fail(`${name} is not installed: run \`npm install\` in the plugin's project`);
       continue;
     }
     const exp = pkg.exports?.import ?? pkg.exports?.['.']?.import ?? pkg.main ?? 'index.js';
