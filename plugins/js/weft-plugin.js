@@ -14,7 +14,9 @@
  *   from the host on first use and written back when the host checkpoints;
  * - an exception thrown by the author's code becomes the WIT `result` error
  *   string the host reports (its `message`, e.g. "bad config: …");
- * - `log(level, message)` writes a line attributed to the plugin.
+ * - `log(level, message)` writes a line attributed to the plugin;
+ * - `query` answers any JSON-encodable value; `float(x)` writes a number as a
+ *   JSON float (`1.0`, as Rust and Python do, rather than `1`).
  *
  * A complete metric (events per name):
  *
@@ -52,7 +54,7 @@ import { log as hostLog } from 'weft:plugin/log@0.1.0';
 export function decodeUtf8(bytes, start = 0, end = bytes.length) {
   let i = start;
   while (i < end && bytes[i] < 0x80) i++;
-  if (i === end) return String.fromCharCode.apply(null, bytes.subarray(start, end));
+  if (i === end && end - start <= 8192) return String.fromCharCode.apply(null, bytes.subarray(start, end));
   const units = Array.from(bytes.subarray(start, i));
   while (i < end) {
     const b = bytes[i];
@@ -373,7 +375,7 @@ export function float(x) {
   return x == null ? null : new Float(x);
 }
 
-/** JSON text of an answer: like JSON.stringify, plus {@link Float} and BigInt. */
+/** JSON text of an answer: like JSON.stringify, plus {@link Float}, BigInt and Map. */
 export function toJson(v) {
   if (v === null || v === undefined) return 'null';
   switch (typeof v) {
@@ -391,6 +393,7 @@ export function toJson(v) {
     return /[.e]/.test(s) ? s : s + '.0';
   }
   if (typeof v.toJSON === 'function') return toJson(v.toJSON());
+  if (v instanceof Map) return toJson(Object.fromEntries(v));
   if (Array.isArray(v)) return '[' + v.map((x) => (x === undefined || typeof x === 'function' ? 'null' : toJson(x))).join(',') + ']';
   const parts = [];
   for (const k of Object.keys(v)) {
