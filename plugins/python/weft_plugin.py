@@ -36,13 +36,18 @@ What the SDK does for the class:
 - Durable state lives in `Map` containers: cached in guest memory, read from
   the host on first use, written back when the host calls `checkpoint`
   (state is durable from then on, atomically with the source offsets).
-- `log(level, message)` writes a log line attributed to the plugin.
+- `log(level, message)` writes a log line attributed to the plugin;
+  `print()` writes one at level info (stderr: warn).
+- Built with `--stub-wasi`, a plugin has no clock, files, environment or
+  network: `time.time()` and `open()` trap. Use the events' times.
 
 The class `metric(...)` returns must be bound to the name `WitWorld` in the
 app module: componentize-py looks up the world's exports there.
 """
 
+import io
 import json
+import sys
 import traceback
 
 import wit_world
@@ -294,6 +299,34 @@ _LEVELS = {
 def log(level, message):
     """Writes a log line; `level` is "trace", "debug", "info", "warn" or "error"."""
     _host_log.log(_LEVELS[level], str(message))
+
+
+class _LogStream(io.TextIOBase):
+    """Lines written to it become log lines. Without it `print()` would trap:
+    a component built with `--stub-wasi` has no stdout."""
+
+    def __init__(self, level):
+        self._level = level
+        self._partial = ""
+
+    def writable(self):
+        return True
+
+    def write(self, text):
+        lines = (self._partial + text).split("\n")
+        self._partial = lines.pop()
+        for line in lines:
+            log(self._level, line)
+        return len(text)
+
+    def flush(self):
+        if self._partial:
+            line, self._partial = self._partial, ""
+            log(self._level, line)
+
+
+sys.stdout = _LogStream("info")
+sys.stderr = _LogStream("warn")
 
 
 # ---------------------------------------------------------------------------
