@@ -302,7 +302,8 @@ fn main() {
         })
         .collect();
     let mut rust_ns = None;
-    for (instance, path) in build_examples() {
+    for (example, path) in build_examples() {
+        let instance = example.instance;
         let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let module = runtime.load(instance, &bytes).expect("the example loads");
         let runs = repeat(config.runs, || {
@@ -310,7 +311,7 @@ fn main() {
                 Store::open(&tmp.path().join(format!("{instance}-state"))).expect("a store");
             let limits = Limits {
                 cpu_ms: 60_000,
-                ..Limits::default()
+                memory_mib: 256,
             };
             let mut plugin = Plugin::start(
                 &runtime,

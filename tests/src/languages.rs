@@ -44,6 +44,8 @@ pub struct Example {
     pub dir: &'static str,
     pub build: &'static str,
     pub wasm: &'static str,
+    /// Its `[[plugins]] limits`, if not the defaults.
+    pub limits: Option<&'static str>,
 }
 
 pub const EXAMPLES: [Example; 5] = [
@@ -52,35 +54,41 @@ pub const EXAMPLES: [Example; 5] = [
         dir: "plugins",
         build: "cargo build --release --target wasm32-wasip2 -p page-stats",
         wasm: "target/wasm32-wasip2/release/page_stats.wasm",
+        limits: None,
     },
     Example {
         instance: "page_stats_python",
         dir: "plugins/examples/page-stats/python",
         build: "componentize-py -d ../../../../wit -w metric componentize --stub-wasi -p . -p ../../../python page_stats -o page_stats.wasm",
         wasm: "page_stats.wasm",
+        limits: None,
     },
     Example {
         instance: "page_stats_js_quickjs",
         dir: "plugins/examples/page-stats/js",
-        build: "npm ci --no-audit --no-fund && npm run build",
+        build: "npm install --no-audit --no-fund && npm run build",
         wasm: "page_stats.wasm",
+        limits: None,
     },
     Example {
         instance: "page_stats_js_spidermonkey",
         dir: "plugins/examples/page-stats/js",
         build: "npm run build:spidermonkey",
         wasm: "page_stats_sm.wasm",
+        // SpiderMonkey's heap outgrows the default 64 MiB now and then.
+        limits: Some("{ memory_mib = 128 }"),
     },
     Example {
         instance: "page_stats_c",
         dir: "plugins/examples/page-stats/c",
         build: "make",
         wasm: "page_stats.wasm",
+        limits: None,
     },
 ];
 
-/// Builds every example from source; returns (instance, component path).
-pub fn build_examples() -> Vec<(&'static str, PathBuf)> {
+/// Builds every example from source; returns each with its component.
+pub fn build_examples() -> Vec<(&'static Example, PathBuf)> {
     let root = root();
     EXAMPLES
         .iter()
@@ -89,7 +97,7 @@ pub fn build_examples() -> Vec<(&'static str, PathBuf)> {
             sh(&dir, example.build);
             let path = dir.join(example.wasm);
             assert!(path.exists(), "{} built no {}", example.dir, example.wasm);
-            (example.instance, path)
+            (example, path)
         })
         .collect()
 }

@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 use weft_tests::{
     broker::{brokers, create_topic, kafka_args, produce},
     clickstream::{Delivery, Event, events},
-    languages::{build_examples, sh},
+    languages::{Example, build_examples, sh},
     process::{Weft, binary},
     reference::{GAP_MS, session_ids},
 };
@@ -123,15 +123,18 @@ fn stream() -> (Vec<Event>, Vec<Delivery>) {
     (events, deliveries)
 }
 
-fn config(dir: &Path, wasm: &[(&str, PathBuf)]) -> String {
+fn config(dir: &Path, wasm: &[(&Example, PathBuf)]) -> String {
     let mut text = String::from(
-        "[pipeline]\ncheckpoint_interval_ms = 100\nbatch_size = 256\n\n\
+        "[kafka_options]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n\
+         [pipeline]\ncheckpoint_interval_ms = 100\nbatch_size = 256\n\n\
          [[plugins]]\nname = \"sessionizer\"\n\n[[plugins]]\nname = \"core\"\n\n",
     );
-    for (name, path) in wasm {
+    for (example, path) in wasm {
         text.push_str(&format!(
-            "[[plugins]]\nname = \"{name}\"\nmodule = {:?}\n\n",
-            path.display().to_string()
+            "[[plugins]]\nname = \"{}\"\nmodule = {:?}\nlimits = {}\n\n",
+            example.instance,
+            path.display().to_string(),
+            example.limits.unwrap_or("{}"),
         ));
     }
     let path = dir.join("weft.toml");
@@ -153,7 +156,8 @@ fn page_stats_is_exact_in_every_language_across_a_restart() {
     let brokers = brokers();
     let dir = tempfile::tempdir().expect("a temp dir");
     let config = config(dir.path(), &wasm);
-    let args = kafka_args(&topic, "languages", &brokers, &config);
+    let group = format!("{topic}-languages");
+    let args = kafka_args(&topic, &group, &brokers, &config);
     let data = dir.path().join("data");
 
     // The first half, then SIGKILL: what was not checkpointed is read again.
@@ -167,9 +171,13 @@ fn page_stats_is_exact_in_every_language_across_a_restart() {
     let n = deliveries.len() as u64;
     weft.wait_until_processed(n, 0, n);
 
-    for (instance, _) in &wasm {
-        let answer = weft.get(&format!("/api/plugins/{instance}/query"));
-        assert_eq!(answer, want, "{instance} differs from the reference");
+    for (example, _) in &wasm {
+        let answer = weft.get(&format!("/api/plugins/{}/query", example.instance));
+        assert_eq!(
+            answer, want,
+            "{} differs from the reference",
+            example.instance
+        );
     }
 }
 

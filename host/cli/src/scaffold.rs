@@ -5,8 +5,9 @@
 //! The files come from `plugins/templates/<lang>/` (with `{{name}}` replaced
 //! by the plugin's name), the language's SDK from `plugins/<lang>/` (the Rust
 //! SDK from `plugins/sdk/`), the WIT contract from `wit/`, and the sample
-//! events from `plugins/templates/events.jsonl`, all embedded in the binary,
-//! so a project made by a `weft` fits that `weft`.
+//! events and the answer every template starts with from
+//! `plugins/templates/{events.jsonl,expected.json}`, all embedded in the
+//! binary, so a project made by a `weft` fits that `weft`.
 
 use std::path::{Path, PathBuf};
 
@@ -25,7 +26,7 @@ pub struct NewArgs {
     pub dir: Option<PathBuf>,
 }
 
-#[derive(Clone, Copy, ValueEnum, Debug)]
+#[derive(Clone, Copy, ValueEnum)]
 pub enum Lang {
     Rust,
     Python,
@@ -45,6 +46,8 @@ macro_rules! repo_file {
 
 const WIT: &str = repo_file!("wit/weft.wit");
 const EVENTS: &str = repo_file!("plugins/templates/events.jsonl");
+/// What every template's starting code answers for [`EVENTS`].
+const EXPECTED: &str = repo_file!("plugins/templates/expected.json");
 
 /// Every language's project files, the WIT and the sample events aside.
 fn files(lang: Lang) -> &'static [File] {
@@ -63,10 +66,6 @@ fn files(lang: Lang) -> &'static [File] {
                 repo_file!("plugins/templates/rust/.gitignore"),
             ),
             ("README.md", repo_file!("plugins/templates/rust/README.md")),
-            (
-                "expected.json",
-                repo_file!("plugins/templates/rust/expected.json"),
-            ),
             // The project starts as the bundled `event_counts`.
             ("src/lib.rs", repo_file!("plugins/event-counts/src/lib.rs")),
             (
@@ -92,17 +91,48 @@ fn files(lang: Lang) -> &'static [File] {
             ),
             ("weft-plugin/src/rt.rs", repo_file!("plugins/sdk/src/rt.rs")),
         ],
-        Lang::Python => &[],
-        Lang::Js => &[],
+        Lang::Python => &[
+            ("app.py", repo_file!("plugins/templates/python/app.py")),
+            (
+                "requirements.txt",
+                repo_file!("plugins/templates/python/requirements.txt"),
+            ),
+            (
+                ".gitignore",
+                repo_file!("plugins/templates/python/.gitignore"),
+            ),
+            (
+                "README.md",
+                repo_file!("plugins/templates/python/README.md"),
+            ),
+            (
+                "weft_plugin.py",
+                repo_file!("plugins/python/weft_plugin.py"),
+            ),
+        ],
+        Lang::Js => &[
+            (
+                "{{name}}.js",
+                repo_file!("plugins/templates/js/{{name}}.js"),
+            ),
+            (
+                "package.json",
+                repo_file!("plugins/templates/js/package.json"),
+            ),
+            (
+                "package-lock.json",
+                repo_file!("plugins/templates/js/package-lock.json"),
+            ),
+            (".gitignore", repo_file!("plugins/templates/js/.gitignore")),
+            ("README.md", repo_file!("plugins/templates/js/README.md")),
+            ("weft-plugin.js", repo_file!("plugins/js/weft-plugin.js")),
+            ("weft-build.mjs", repo_file!("plugins/js/weft-build.mjs")),
+        ],
         Lang::C => &[
             ("{{name}}.c", repo_file!("plugins/templates/c/{{name}}.c")),
             ("Makefile", repo_file!("plugins/templates/c/Makefile")),
             (".gitignore", repo_file!("plugins/templates/c/.gitignore")),
             ("README.md", repo_file!("plugins/templates/c/README.md")),
-            (
-                "expected.json",
-                repo_file!("plugins/templates/c/expected.json"),
-            ),
             ("weft/weft_plugin.h", repo_file!("plugins/c/weft_plugin.h")),
             ("weft/weft_plugin.c", repo_file!("plugins/c/weft_plugin.c")),
             ("weft/weft.mk", repo_file!("plugins/c/weft.mk")),
@@ -125,8 +155,17 @@ fn next_steps(lang: Lang, name: &str) -> String {
             "cargo build --release".to_owned(),
             format!("target/wasm32-wasip2/release/{name}.wasm"),
         ),
+        Lang::Python => (
+            format!(
+                "componentize-py -d wit -w metric componentize --stub-wasi -p . app -o {name}.wasm"
+            ),
+            format!("{name}.wasm"),
+        ),
+        Lang::Js => (
+            "npm install --no-audit --no-fund && npm run build".to_owned(),
+            format!("{name}.wasm"),
+        ),
         Lang::C => ("make".to_owned(), format!("{name}.wasm")),
-        Lang::Python | Lang::Js => (String::new(), format!("{name}.wasm")),
     };
     format!(
         "  build: {build}\n  test:  weft plugin test {wasm} --events events.jsonl --expect expected.json"
@@ -164,18 +203,24 @@ pub fn new(args: &NewArgs) -> Result<()> {
     }
     let fill = |text: &str| text.replace("{{name}}", &name);
     let mut written = Vec::new();
-    let all = files(args.lang)
-        .iter()
-        .copied()
-        .chain([(wit_path(args.lang), WIT), ("events.jsonl", EVENTS)]);
+    let all = files(args.lang).iter().copied().chain([
+        (wit_path(args.lang), WIT),
+        ("events.jsonl", EVENTS),
+        ("expected.json", EXPECTED),
+    ]);
     for (path, text) in all {
         let path = dir.join(fill(path));
         write(&path, &fill(text))?;
         written.push(path);
     }
     println!(
-        "Created the {:?} plugin `{name}` in {} ({} files).\n{}",
-        args.lang,
+        "Created the {} plugin `{name}` in {} ({} files).\n{}",
+        match args.lang {
+            Lang::Rust => "Rust",
+            Lang::Python => "Python",
+            Lang::Js => "JavaScript",
+            Lang::C => "C",
+        },
         dir.display(),
         written.len(),
         next_steps(args.lang, &name)
