@@ -13,7 +13,7 @@
 # that use WASI (printf to stdout, say): the SDK itself uses none, and
 # wasm-tools leaves an adapter out when the module does not import from it.
 #
-# Tools (see plugins/c/NOTES.md): clang 14 + lld + wasi-libc (Debian),
+# Tools (see docs/plugins.md, "C"): clang 14 + lld + wasi-libc (Debian),
 # wit-bindgen-cli 0.63.0, wasm-tools 1.263.0, and cargo, which fetches the
 # adapter from the crate `wasi-preview1-component-adapter-provider` once
 # (then from its cache, also offline); or pass ADAPTER=/path/to/
