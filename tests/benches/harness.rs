@@ -18,6 +18,15 @@
 //!    file, in process, against the plain decode rate (target ≥ 0.4);
 //! 4. **batching**: the pipeline with a no-op stage and a no-op metric, by
 //!    batch size;
+//! 5. **guards**: the default pipeline with the CPU guard (epoch
+//!    interruption) on against off (target ≥ 0.9);
+//! 6. **from Kafka**: the default pipeline from a 4-partition topic on the
+//!    test broker (`WEFT_TEST_BROKERS`, default 127.0.0.1:9092; skipped with
+//!    a message when none answers) against a raw rdkafka consumer draining the
+//!    same topic (target ≥ 0.7);
+//! 9. **query latency**: p50/p99 of `GET /api/plugins/core/query` over real
+//!    HTTP while the default pipeline ingests the file at full speed, against
+//!    the p99 with the pipeline idle (target p99 ≤ 20 ms);
 //! 10. **restart**: from start (runtime, store, plugins, source) to the first
 //!     event through every plugin, with the compiled-module cache warm
 //!     against cold;
@@ -31,7 +40,7 @@ use std::{
     fmt::Write as _,
     path::{Path, PathBuf},
     sync::Arc,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use serde::Deserialize;
@@ -39,7 +48,7 @@ use serde_json::{Value, json, value::RawValue};
 use weft_normalize::{FieldMapping, Normalizer};
 use weft_pipeline::{Pipeline, PluginSpec, Settings, lifecycle::Origin};
 use weft_runtime::{BatchBuilder, Limits, Plugin, Runtime};
-use weft_source::SourceSpec;
+use weft_source::{KafkaConfig, SourceSpec};
 use weft_state::Store;
 use weft_tests::{
     clickstream::generate,
@@ -121,9 +130,23 @@ fn pipeline_rate(
     runtime: &Runtime,
     messages: usize,
 ) -> f64 {
+    let source = SourceSpec::File(file.to_path_buf());
+    source_rate(dir, &source, plugins, settings, runtime, messages)
+}
+
+/// Runs the pipeline over `source` until its `messages` are read and every
+/// event processed; returns messages per second.
+fn source_rate(
+    dir: &Path,
+    source: &SourceSpec,
+    plugins: &[PluginSpec],
+    settings: &Settings,
+    runtime: &Runtime,
+    messages: usize,
+) -> f64 {
     let data = tempfile::tempdir_in(dir).expect("a data dir");
     let store = Store::open(&data.path().join("state")).expect("a store");
-    let source = weft_source::open(&SourceSpec::File(file.to_path_buf())).expect("the file");
+    let source = weft_source::open(source).expect("the source");
     let started = Instant::now();
     let mut pipeline = Pipeline::open(settings.clone(), source, plugins.to_vec(), store, runtime)
         .expect("a pipeline");
@@ -131,10 +154,123 @@ fn pipeline_rate(
     loop {
         pipeline.step().expect("a pipeline step");
         let status = shared.status();
-        if !status.source_running && status.buffered == 0 {
-            assert_eq!(status.events.received as usize, messages);
+        if status.events.received as usize == messages && status.buffered == 0 {
             return per_second(messages, started);
         }
+    }
+}
+
+/// A plain rdkafka consumer in a fresh group reading `topic` from the start
+/// until it has seen `messages`; messages per second.
+fn drain_rate(brokers: &str, topic: &str, messages: usize) -> f64 {
+    use rdkafka::{
+        ClientConfig,
+        consumer::{BaseConsumer, Consumer},
+    };
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set(
+            "group.id",
+            format!("{topic}-raw-{:x}", rand::random::<u64>()),
+        )
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("a consumer");
+    let started = Instant::now();
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let mut seen = 0;
+    while seen < messages {
+        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+            message.expect("a message");
+            seen += 1;
+        }
+    }
+    per_second(messages, started)
+}
+
+/// Query latencies of one run, in ms.
+struct Latencies {
+    busy_p50: f64,
+    busy_p99: f64,
+    idle_p99: f64,
+}
+
+fn percentile(samples: &mut [f64], q: f64) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples[((samples.len() - 1) as f64 * q).round() as usize]
+}
+
+/// Serves the HTTP API over a pipeline that ingests `file` at full speed on
+/// its own thread, and asks `core` for its answer over and over until the
+/// file is processed; then asks 100 times more with the pipeline idle.
+fn query_latency(
+    dir: &Path,
+    file: &Path,
+    plugins: &[PluginSpec],
+    settings: &Settings,
+    runtime: &Runtime,
+) -> Latencies {
+    let data = tempfile::tempdir_in(dir).expect("a data dir");
+    let store = Store::open(&data.path().join("state")).expect("a store");
+    let source = weft_source::open(&SourceSpec::File(file.to_path_buf())).expect("the file");
+    let mut pipeline = Pipeline::open(settings.clone(), source, plugins.to_vec(), store, runtime)
+        .expect("a pipeline");
+    let shared = pipeline.shared();
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let listener = tokio
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("a port");
+    let url = format!(
+        "http://{}/api/plugins/core/query",
+        listener.local_addr().expect("an address")
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let options = weft_http::Options {
+        admin: weft_http::Admin {
+            token: None,
+            upload_limit: weft_http::DEFAULT_UPLOAD_LIMIT,
+        },
+        plugin_dir: None,
+    };
+    let server = tokio.spawn(weft_http::serve(listener, shared.clone(), options, async {
+        let _ = stopped.await;
+    }));
+    let worker = std::thread::spawn(move || {
+        loop {
+            pipeline.step().expect("a pipeline step");
+            let status = shared.status();
+            if !status.source_running && status.buffered == 0 {
+                return;
+            }
+        }
+    });
+    let agent = ureq::agent();
+    let ask = || {
+        let started = Instant::now();
+        let answer = agent.get(&url).call().expect("the query");
+        std::hint::black_box(answer.into_string().expect("an answer"));
+        started.elapsed().as_secs_f64() * 1000.0
+    };
+    let mut busy = Vec::new();
+    while !worker.is_finished() {
+        busy.push(ask());
+    }
+    worker.join().expect("the pipeline thread");
+    let mut idle: Vec<f64> = (0..100).map(|_| ask()).collect();
+    let _ = stop.send(());
+    tokio
+        .block_on(server)
+        .expect("the server task")
+        .expect("the server");
+    Latencies {
+        busy_p50: percentile(&mut busy, 0.5),
+        busy_p99: percentile(&mut busy, 0.99),
+        idle_p99: percentile(&mut idle, 0.99),
     }
 }
 
@@ -229,6 +365,135 @@ fn main() {
         ratio: Some((median(&e2e) / plain_rate, Some(0.4))),
         runs: e2e,
     });
+
+    // 5. The CPU guard: epoch interruption on (what weft runs) and off.
+    eprintln!("5. guards…");
+    let unguarded = Runtime::with_cpu_budgets(Some(tmp.path().join("modules-unguarded")), false)
+        .expect("a runtime");
+    pipeline_rate(tmp.path(), &file, &default, &settings, &unguarded, messages);
+    // Alternating, so drift on a shared machine hits both alike.
+    let (mut on, mut off) = (Vec::new(), Vec::new());
+    for _ in 0..config.runs {
+        off.push(pipeline_rate(
+            tmp.path(),
+            &file,
+            &default,
+            &settings,
+            &unguarded,
+            messages,
+        ));
+        on.push(pipeline_rate(
+            tmp.path(),
+            &file,
+            &default,
+            &settings,
+            &runtime,
+            messages,
+        ));
+    }
+    let off = Figure {
+        item: "5",
+        name: "default pipeline, CPU guard off".into(),
+        unit: "msg/s",
+        runs: off,
+        ratio: None,
+    };
+    figures.push(Figure {
+        item: "5",
+        name: "default pipeline, CPU guard on (epoch interruption, 5 ms ticks)".into(),
+        unit: "msg/s",
+        ratio: Some((median(&on) / off.median(), Some(0.9))),
+        runs: on,
+    });
+    figures.push(off);
+
+    // 6. From Kafka: weft against a raw consumer draining the same topic.
+    let brokers = weft_tests::broker::brokers();
+    let reachable = brokers
+        .split(',')
+        .filter_map(|b| std::net::ToSocketAddrs::to_socket_addrs(b).ok())
+        .flatten()
+        .any(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(1)).is_ok());
+    if reachable {
+        eprintln!("6. from Kafka ({brokers})…");
+        let topic = weft_tests::broker::create_topic(4);
+        weft_tests::broker::produce(&topic, &stream.deliveries);
+        let kafka_settings = Settings {
+            idle_ms: 100,
+            ..Settings::default()
+        };
+        let (mut raw, mut weft) = (Vec::new(), Vec::new());
+        for _ in 0..config.runs {
+            raw.push(drain_rate(&brokers, &topic, messages));
+            let source = SourceSpec::Kafka(KafkaConfig {
+                brokers: brokers.clone(),
+                topic: topic.clone(),
+                group: format!("{topic}-weft-{:x}", rand::random::<u64>()),
+                options: Default::default(),
+            });
+            weft.push(source_rate(
+                tmp.path(),
+                &source,
+                &default,
+                &kafka_settings,
+                &runtime,
+                messages,
+            ));
+        }
+        let raw = Figure {
+            item: "6",
+            name: "raw rdkafka consumer draining the topic (4 partitions)".into(),
+            unit: "msg/s",
+            runs: raw,
+            ratio: None,
+        };
+        figures.push(Figure {
+            item: "6",
+            name: "default pipeline from the same topic".into(),
+            unit: "msg/s",
+            ratio: Some((median(&weft) / raw.median(), Some(0.7))),
+            runs: weft,
+        });
+        figures.push(raw);
+    } else {
+        eprintln!(
+            "6. from Kafka: SKIPPED, no broker at {brokers} (set WEFT_TEST_BROKERS, or run scripts/test.sh, which starts one)"
+        );
+    }
+
+    // 9. Query latency under full ingest, over real HTTP.
+    eprintln!("9. query latency…");
+    let runs: Vec<Latencies> = (0..config.runs)
+        .map(|_| query_latency(tmp.path(), &file, &default, &settings, &runtime))
+        .collect();
+    let pick = |f: fn(&Latencies) -> f64| -> Vec<f64> { runs.iter().map(f).collect() };
+    let idle = Figure {
+        item: "9",
+        name: "`GET /api/plugins/core/query` p99, pipeline idle (after the file)".into(),
+        unit: "ms",
+        runs: pick(|l| l.idle_p99),
+        ratio: None,
+    };
+    let busy_p99 = pick(|l| l.busy_p99);
+    let met = median(&busy_p99) <= 20.0;
+    figures.push(Figure {
+        item: "9",
+        name: "`GET /api/plugins/core/query` p50, under full ingest".into(),
+        unit: "ms",
+        ratio: Some((median(&pick(|l| l.busy_p50)) / idle.median(), None)),
+        runs: pick(|l| l.busy_p50),
+    });
+    figures.push(Figure {
+        item: "9",
+        name: format!(
+            "`GET /api/plugins/core/query` p99, under full ingest (target ≤ 20 ms: {})",
+            if met { "met" } else { "NOT met" }
+        ),
+        unit: "ms",
+        ratio: Some((median(&busy_p99) / idle.median(), None)),
+        runs: busy_p99,
+    });
+    figures.push(idle);
 
     // 4. Batching, with no-op plugins.
     eprintln!("4. batching…");
@@ -408,15 +673,23 @@ fn report(figures: &[Figure], messages: usize, smoke: bool) {
             Some((r, None)) => (format!("{r:.3}"), String::new()),
             None => ("baseline".into(), String::new()),
         };
+        // Small figures (latencies in ms, µs per event) keep two decimals.
+        let show = |v: f64| {
+            if v.abs() < 100.0 {
+                format!("{v:.2}")
+            } else {
+                format!("{v:.0}")
+            }
+        };
         let _ = writeln!(
             md,
-            "| {} | {} | {:.0} {} | {:.0}–{:.0} | {ratio} | {target} |",
+            "| {} | {} | {} {} | {}–{} | {ratio} | {target} |",
             f.item,
             f.name,
-            f.median(),
+            show(f.median()),
             f.unit,
-            f.min(),
-            f.max()
+            show(f.min()),
+            show(f.max())
         );
         json.push(json!({
             "item": f.item, "figure": f.name, "unit": f.unit, "runs": f.runs,

@@ -83,12 +83,24 @@ pub struct Runtime {
 impl Runtime {
     /// A runtime; compiled modules are cached in `cache_dir` when given.
     pub fn new(cache_dir: Option<PathBuf>) -> Result<Self, wasmtime::Error> {
+        Runtime::with_cpu_budgets(cache_dir, true)
+    }
+
+    /// A runtime whose plugins' calls are interrupted at their CPU budget
+    /// (`true`, what `weft` runs) or never (`false`: what the benchmark
+    /// harness compares against, to price the guard).
+    pub fn with_cpu_budgets(
+        cache_dir: Option<PathBuf>,
+        budgets: bool,
+    ) -> Result<Self, wasmtime::Error> {
         let mut config = Config::new();
         config.wasm_component_model(true);
         // Plugins' CPU budgets: a call traps once its epoch deadline passes.
-        config.epoch_interruption(true);
+        config.epoch_interruption(budgets);
         let engine = Engine::new(&config)?;
-        spawn_ticker(&engine);
+        if budgets {
+            spawn_ticker(&engine);
+        }
         let mut linker = Linker::new(&engine);
         MetricWorld::add_to_linker::<PluginCtx, HasSelf<PluginCtx>>(&mut linker, |ctx| ctx)?;
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
