@@ -24,6 +24,10 @@
 //!    test broker (`WEFT_TEST_BROKERS`, default 127.0.0.1:9092; skipped with
 //!    a message when none answers) against a raw rdkafka consumer draining the
 //!    same topic (target ≥ 0.7);
+//! 8. **memory**: the peak resident memory of a process running the default
+//!    pipeline over 1M users' page views within 17 minutes (1M open
+//!    sessions; a child process of its own), and sled's size on disk after
+//!    the checkpoint against the logical size of what it stores;
 //! 9. **query latency**: p50/p99 of `GET /api/plugins/core/query` over real
 //!    HTTP while the default pipeline ingests the file at full speed, against
 //!    the p99 with the pipeline idle (target p99 ≤ 20 ms);
@@ -189,6 +193,100 @@ fn drain_rate(brokers: &str, topic: &str, messages: usize) -> f64 {
     per_second(messages, started)
 }
 
+/// What item 8 measures.
+struct Memory {
+    /// The process's peak resident memory during the run.
+    rss_mb: f64,
+    disk_mb: f64,
+    logical_mb: f64,
+}
+
+/// The harness process's peak resident set (VmHWM), MB.
+fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// `users` users, one page view each, all within 17 minutes of event time:
+/// at the end every one of them has an open session (the gap is 30 minutes).
+/// Runs in a child process of its own (this program again, with
+/// `--open-sessions`), so the peak resident memory is the pipeline's alone.
+fn open_sessions(dir: &Path, users: usize) -> Memory {
+    let exe = std::env::current_exe().expect("the harness's path");
+    let out = std::process::Command::new(exe)
+        .arg("--open-sessions")
+        .arg(users.to_string())
+        .arg(dir)
+        .output()
+        .expect("run the memory child");
+    assert!(
+        out.status.success(),
+        "the memory child failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: Value = serde_json::from_slice(&out.stdout).expect("the child's JSON");
+    let mb = |k: &str| answer[k].as_f64().expect("a number");
+    Memory {
+        rss_mb: mb("rss_mb"),
+        disk_mb: mb("disk_mb"),
+        logical_mb: mb("logical_mb"),
+    }
+}
+
+/// The child of [`open_sessions`]: writes the events, runs the default
+/// pipeline over them, checkpoints, prints what it measured as JSON.
+fn open_sessions_child(users: usize, dir: &Path) {
+    use std::io::Write as _;
+    let file = dir.join(format!("open-sessions-{users}.jsonl"));
+    // Streamed to the file, so the events never sit in this process's memory.
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&file).expect("the events file"));
+    for i in 0..users {
+        writeln!(
+            out,
+            r#"{{"event_id":"s{i}","ts":{},"user_id":"u{i}","event":"page_view","path":"/p/{}","platform":"web"}}"#,
+            weft_tests::clickstream::START_MS + i as i64,
+            i % 100
+        )
+        .expect("write an event");
+    }
+    out.flush().expect("write the events");
+    drop(out);
+    let runtime = Runtime::new(Some(dir.join("modules"))).expect("a runtime");
+    let plugins: Vec<PluginSpec> = ["sessionizer", "core", "event_counts", "funnel"]
+        .iter()
+        .map(|n| spec(n, weft::bundled::get(n).expect("bundled")))
+        .collect();
+    let data = tempfile::tempdir_in(dir).expect("a data dir");
+    let store = Store::open(&data.path().join("state")).expect("a store");
+    let source = weft_source::open(&SourceSpec::File(file.clone())).expect("the file");
+    let mut pipeline =
+        Pipeline::open(Settings::default(), source, plugins, store, &runtime).expect("a pipeline");
+    let shared = pipeline.shared();
+    loop {
+        pipeline.step().expect("a pipeline step");
+        let status = shared.status();
+        if !status.source_running && status.buffered == 0 {
+            break;
+        }
+    }
+    pipeline.checkpoint().expect("a checkpoint");
+    shared.store.flush().expect("a flush");
+    let mb = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+    println!(
+        "{}",
+        json!({
+            "rss_mb": peak_rss_mb(),
+            "disk_mb": mb(shared.store.size_on_disk()),
+            "logical_mb": mb(shared.store.logical_size()),
+        })
+    );
+    let _ = std::fs::remove_file(file);
+}
+
 /// Query latencies of one run, in ms.
 struct Latencies {
     busy_p50: f64,
@@ -291,7 +389,12 @@ fn fixture(artifact: &str) -> Vec<u8> {
 }
 
 fn main() {
-    let smoke = std::env::args().any(|a| a == "--smoke");
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--open-sessions") {
+        let users = args[i + 1].parse().expect("a user count");
+        return open_sessions_child(users, Path::new(&args[i + 2]));
+    }
+    let smoke = args.iter().any(|a| a == "--smoke");
     let config = if smoke {
         Config {
             users: 300,
@@ -460,6 +563,40 @@ fn main() {
             "6. from Kafka: SKIPPED, no broker at {brokers} (set WEFT_TEST_BROKERS, or run scripts/test.sh, which starts one)"
         );
     }
+
+    // 8. Memory: open sessions held by the default pipeline, and sled's size.
+    eprintln!("8. memory…");
+    let users = if smoke { 10_000 } else { 1_000_000 };
+    let memory = open_sessions(tmp.path(), users);
+    figures.push(Figure {
+        item: "8",
+        name: format!(
+            "resident memory with {users} open sessions, default pipeline (target ≤ 300 MB: {})",
+            if memory.rss_mb <= 300.0 {
+                "met"
+            } else {
+                "NOT met"
+            }
+        ),
+        unit: "MB",
+        runs: vec![memory.rss_mb],
+        ratio: None,
+    });
+    figures.push(Figure {
+        item: "8",
+        name: format!(
+            "sled on disk after the checkpoint, vs the logical state ({:.0} MB) (target ≤ 3×: {})",
+            memory.logical_mb,
+            if memory.disk_mb <= 3.0 * memory.logical_mb {
+                "met"
+            } else {
+                "NOT met"
+            }
+        ),
+        unit: "MB",
+        ratio: Some((memory.disk_mb / memory.logical_mb, None)),
+        runs: vec![memory.disk_mb],
+    });
 
     // 9. Query latency under full ingest, over real HTTP.
     eprintln!("9. query latency…");

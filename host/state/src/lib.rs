@@ -326,6 +326,16 @@ impl Store {
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
     }
+
+    /// Bytes of every key and value stored: the logical size of the state,
+    /// which [`Store::size_on_disk`] is judged against.
+    pub fn logical_size(&self) -> u64 {
+        self.tree
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, v)| (k.len() + v.len()) as u64)
+            .sum()
+    }
 }
 
 /// One plugin's namespace of the tree.
