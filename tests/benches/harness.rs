@@ -34,6 +34,9 @@
 //! 10. **restart**: from start (runtime, store, plugins, source) to the first
 //!     event through every plugin, with the compiled-module cache warm
 //!     against cold;
+//! 11. **scaling**: the default pipeline over the same number of synthetic
+//!     events spread across 10k, 100k and 1M distinct users, and the
+//!     sessionizer with 1, 4 and 16 `core` instances;
 //! - **languages**: the `page_stats` example in Rust, Python, JavaScript
 //!   (QuickJS, SpiderMonkey) and C, built from source, each fed the whole
 //!   sessionized stream in batches of 1024 through `ingest` with a checkpoint
@@ -161,6 +164,11 @@ fn source_rate(
         if status.events.received as usize == messages && status.buffered == 0 {
             return per_second(messages, started);
         }
+        assert!(
+            status.source_running || status.buffered > 0,
+            "the source ended after {} messages, not {messages}",
+            status.events.received
+        );
     }
 }
 
@@ -240,21 +248,8 @@ fn open_sessions(dir: &Path, users: usize) -> Memory {
 /// The child of [`open_sessions`]: writes the events, runs the default
 /// pipeline over them, checkpoints, prints what it measured as JSON.
 fn open_sessions_child(users: usize, dir: &Path) {
-    use std::io::Write as _;
     let file = dir.join(format!("open-sessions-{users}.jsonl"));
-    // Streamed to the file, so the events never sit in this process's memory.
-    let mut out = std::io::BufWriter::new(std::fs::File::create(&file).expect("the events file"));
-    for i in 0..users {
-        writeln!(
-            out,
-            r#"{{"event_id":"s{i}","ts":{},"user_id":"u{i}","event":"page_view","path":"/p/{}","platform":"web"}}"#,
-            weft_tests::clickstream::START_MS + i as i64,
-            i % 100
-        )
-        .expect("write an event");
-    }
-    out.flush().expect("write the events");
-    drop(out);
+    write_events(&file, users, 1, |i| i);
     let runtime = Runtime::new(Some(dir.join("modules"))).expect("a runtime");
     let plugins: Vec<PluginSpec> = ["sessionizer", "core", "event_counts", "funnel"]
         .iter()
@@ -285,6 +280,27 @@ fn open_sessions_child(users: usize, dir: &Path) {
         })
     );
     let _ = std::fs::remove_file(file);
+}
+
+/// Writes `n` synthetic events to `file`, `spacing_ms` apart in event time,
+/// event `i` by user `user(i)`, streamed (never all in memory): page views
+/// on 100 paths with every fourth event another name.
+fn write_events(file: &Path, n: usize, spacing_ms: i64, user: impl Fn(usize) -> usize) {
+    use std::io::Write as _;
+    let names = ["page_view", "page_view", "page_view", "add_to_cart"];
+    let mut out = std::io::BufWriter::new(std::fs::File::create(file).expect("the events file"));
+    for i in 0..n {
+        writeln!(
+            out,
+            r#"{{"event_id":"s{i}","ts":{},"user_id":"u{}","event":"{}","path":"/p/{}","platform":"web"}}"#,
+            weft_tests::clickstream::START_MS + i as i64 * spacing_ms,
+            user(i),
+            names[i % names.len()],
+            i % 100
+        )
+        .expect("write an event");
+    }
+    out.flush().expect("write the events");
 }
 
 /// Query latencies of one run, in ms.
@@ -597,6 +613,80 @@ fn main() {
         ratio: Some((memory.disk_mb / memory.logical_mb, None)),
         runs: vec![memory.disk_mb],
     });
+
+    // 11. Scaling with work: distinct users, then metric plugins.
+    eprintln!("11. scaling…");
+    let events = if smoke { 5_000 } else { 300_000 };
+    let user_counts = if smoke {
+        [100, 1_000, 10_000]
+    } else {
+        [10_000, 100_000, 1_000_000]
+    };
+    // Users drawn by a multiplicative hash of the event's index, 10 ms apart:
+    // 50 minutes of event time, so sessions open and close along the way.
+    let scattered = |users: usize| move |i: usize| i.wrapping_mul(2_654_435_761) % users;
+    let mut by_users = Vec::new();
+    for users in user_counts {
+        let file = tmp.path().join(format!("scaling-{users}.jsonl"));
+        write_events(&file, events, 10, scattered(users));
+        pipeline_rate(tmp.path(), &file, &default, &settings, &runtime, events);
+        let runs = repeat(config.runs, || {
+            pipeline_rate(tmp.path(), &file, &default, &settings, &runtime, events)
+        });
+        by_users.push((users, runs));
+    }
+    let first = median(&by_users[0].1);
+    for (users, runs) in by_users {
+        figures.push(Figure {
+            item: "11",
+            name: format!("default pipeline, {events} events over {users} distinct users"),
+            unit: "msg/s",
+            ratio: Some((median(&runs) / first, None)),
+            runs,
+        });
+    }
+    let scaling_file = tmp.path().join(format!("scaling-{}.jsonl", user_counts[1]));
+    let core = weft::bundled::get("core").expect("bundled");
+    let mut by_plugins = Vec::new();
+    for metrics in [1, 4, 16] {
+        let mut plugins = vec![spec(
+            "sessionizer",
+            weft::bundled::get("sessionizer").expect("bundled"),
+        )];
+        plugins.extend((0..metrics).map(|k| spec(&format!("core_{k}"), core)));
+        pipeline_rate(
+            tmp.path(),
+            &scaling_file,
+            &plugins,
+            &settings,
+            &runtime,
+            events,
+        );
+        let runs = repeat(config.runs, || {
+            pipeline_rate(
+                tmp.path(),
+                &scaling_file,
+                &plugins,
+                &settings,
+                &runtime,
+                events,
+            )
+        });
+        by_plugins.push((metrics, runs));
+    }
+    let first = median(&by_plugins[0].1);
+    for (metrics, runs) in by_plugins {
+        figures.push(Figure {
+            item: "11",
+            name: format!(
+                "sessionizer + {metrics} × core, {events} events over {} users",
+                user_counts[1]
+            ),
+            unit: "msg/s",
+            ratio: Some((median(&runs) / first, None)),
+            runs,
+        });
+    }
 
     // 9. Query latency under full ingest, over real HTTP.
     eprintln!("9. query latency…");
