@@ -5,6 +5,7 @@
 //! ```sh
 //! cargo bench -p weft-tests --bench harness            # full: about 3 minutes
 //! cargo bench -p weft-tests --bench harness -- --smoke # CI: seconds, figures meaningless
+//! cargo bench -p weft-tests --bench harness -- --only 9 # one item
 //! ```
 //!
 //! Writes `target/weft-bench/results.md` and `results.json` and prints the
@@ -429,162 +430,176 @@ fn main() {
     let messages = stream.deliveries.len();
     let lines: Vec<&[u8]> = stream.deliveries.iter().map(|d| &d.payload[..]).collect();
     let mut figures = Vec::new();
-
-    // 1. The decode limit.
-    eprintln!("1. decode limit…");
-    let plain = repeat(config.runs, || {
-        let started = Instant::now();
-        for line in &lines {
-            std::hint::black_box(serde_json::from_slice::<Plain>(line).ok());
-        }
-        per_second(lines.len(), started)
-    });
-    let normalize = repeat(config.runs, || {
-        let mut normalizer = Normalizer::new(FieldMapping::default());
-        let started = Instant::now();
-        for line in &lines {
-            std::hint::black_box(normalizer.normalize(line).ok());
-        }
-        per_second(lines.len(), started)
-    });
-    let plain = Figure {
-        item: "1",
-        name: "plain decode (serde_json into a struct of borrowed fields)".into(),
-        unit: "msg/s",
-        runs: plain,
-        ratio: None,
-    };
-    let plain_rate = plain.median();
-    let normalize = Figure {
-        item: "1",
-        name: "normalize (weft-normalize)".into(),
-        unit: "msg/s",
-        ratio: Some((median(&normalize) / plain_rate, None)),
-        runs: normalize,
-    };
-    figures.extend([plain, normalize]);
-
-    // 2. End to end, in process, from a file.
-    eprintln!("2. end to end…");
     let runtime = Runtime::new(Some(tmp.path().join("modules"))).expect("a runtime");
     let default: Vec<PluginSpec> = ["sessionizer", "core", "event_counts", "funnel"]
         .iter()
         .map(|n| spec(n, weft::bundled::get(n).expect("bundled")))
         .collect();
     let settings = Settings::default();
-    // A first run compiles the modules into the cache; it is not counted.
-    pipeline_rate(tmp.path(), &file, &default, &settings, &runtime, messages);
-    let e2e = repeat(config.runs, || {
-        pipeline_rate(tmp.path(), &file, &default, &settings, &runtime, messages)
-    });
-    figures.push(Figure {
-        item: "2",
-        name: "default pipeline, file → 4 components, checkpoints on".into(),
-        unit: "msg/s",
-        ratio: Some((median(&e2e) / plain_rate, Some(0.4))),
-        runs: e2e,
-    });
+    // `--only ITEM` runs one item (items 1 and 2 run together: 2's baseline is 1).
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .map(|i| args.get(i + 1).expect("--only ITEM").as_str());
+    let wanted = |items: &[&str]| only.is_none_or(|o| items.contains(&o));
 
-    // 5. The CPU guard: epoch interruption on (what weft runs) and off.
-    eprintln!("5. guards…");
-    let unguarded = Runtime::with_cpu_budgets(Some(tmp.path().join("modules-unguarded")), false)
-        .expect("a runtime");
-    pipeline_rate(tmp.path(), &file, &default, &settings, &unguarded, messages);
-    // Alternating, so drift on a shared machine hits both alike.
-    let (mut on, mut off) = (Vec::new(), Vec::new());
-    for _ in 0..config.runs {
-        off.push(pipeline_rate(
-            tmp.path(),
-            &file,
-            &default,
-            &settings,
-            &unguarded,
-            messages,
-        ));
-        on.push(pipeline_rate(
-            tmp.path(),
-            &file,
-            &default,
-            &settings,
-            &runtime,
-            messages,
-        ));
-    }
-    let off = Figure {
-        item: "5",
-        name: "default pipeline, CPU guard off".into(),
-        unit: "msg/s",
-        runs: off,
-        ratio: None,
-    };
-    figures.push(Figure {
-        item: "5",
-        name: "default pipeline, CPU guard on (epoch interruption, 5 ms ticks)".into(),
-        unit: "msg/s",
-        ratio: Some((median(&on) / off.median(), Some(0.9))),
-        runs: on,
-    });
-    figures.push(off);
-
-    // 6. From Kafka: weft against a raw consumer draining the same topic.
-    let brokers = weft_tests::broker::brokers();
-    let reachable = brokers
-        .split(',')
-        .filter_map(|b| std::net::ToSocketAddrs::to_socket_addrs(b).ok())
-        .flatten()
-        .any(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(1)).is_ok());
-    if reachable {
-        eprintln!("6. from Kafka ({brokers})…");
-        let topic = weft_tests::broker::create_topic(4);
-        weft_tests::broker::produce(&topic, &stream.deliveries);
-        let kafka_settings = Settings {
-            idle_ms: 100,
-            ..Settings::default()
+    if wanted(&["1", "2"]) {
+        // 1. The decode limit.
+        eprintln!("1. decode limit…");
+        let plain = repeat(config.runs, || {
+            let started = Instant::now();
+            for line in &lines {
+                std::hint::black_box(serde_json::from_slice::<Plain>(line).ok());
+            }
+            per_second(lines.len(), started)
+        });
+        let normalize = repeat(config.runs, || {
+            let mut normalizer = Normalizer::new(FieldMapping::default());
+            let started = Instant::now();
+            for line in &lines {
+                std::hint::black_box(normalizer.normalize(line).ok());
+            }
+            per_second(lines.len(), started)
+        });
+        let plain = Figure {
+            item: "1",
+            name: "plain decode (serde_json into a struct of borrowed fields)".into(),
+            unit: "msg/s",
+            runs: plain,
+            ratio: None,
         };
-        let (mut raw, mut weft) = (Vec::new(), Vec::new());
+        let plain_rate = plain.median();
+        let normalize = Figure {
+            item: "1",
+            name: "normalize (weft-normalize)".into(),
+            unit: "msg/s",
+            ratio: Some((median(&normalize) / plain_rate, None)),
+            runs: normalize,
+        };
+        figures.extend([plain, normalize]);
+
+        // 2. End to end, in process, from a file.
+        eprintln!("2. end to end…");
+        // A first run compiles the modules into the cache; it is not counted.
+        pipeline_rate(tmp.path(), &file, &default, &settings, &runtime, messages);
+        let e2e = repeat(config.runs, || {
+            pipeline_rate(tmp.path(), &file, &default, &settings, &runtime, messages)
+        });
+        figures.push(Figure {
+            item: "2",
+            name: "default pipeline, file → 4 components, checkpoints on".into(),
+            unit: "msg/s",
+            ratio: Some((median(&e2e) / plain_rate, Some(0.4))),
+            runs: e2e,
+        });
+    }
+
+    if wanted(&["5"]) {
+        // 5. The CPU guard: epoch interruption on (what weft runs) and off.
+        eprintln!("5. guards…");
+        let unguarded =
+            Runtime::with_cpu_budgets(Some(tmp.path().join("modules-unguarded")), false)
+                .expect("a runtime");
+        pipeline_rate(tmp.path(), &file, &default, &settings, &unguarded, messages);
+        // Alternating, so drift on a shared machine hits both alike.
+        let (mut on, mut off) = (Vec::new(), Vec::new());
         for _ in 0..config.runs {
-            raw.push(drain_rate(&brokers, &topic, messages));
-            let source = SourceSpec::Kafka(KafkaConfig {
-                brokers: brokers.clone(),
-                topic: topic.clone(),
-                group: format!("{topic}-weft-{:x}", rand::random::<u64>()),
-                options: Default::default(),
-            });
-            weft.push(source_rate(
+            off.push(pipeline_rate(
                 tmp.path(),
-                &source,
+                &file,
                 &default,
-                &kafka_settings,
+                &settings,
+                &unguarded,
+                messages,
+            ));
+            on.push(pipeline_rate(
+                tmp.path(),
+                &file,
+                &default,
+                &settings,
                 &runtime,
                 messages,
             ));
         }
-        let raw = Figure {
-            item: "6",
-            name: "raw rdkafka consumer draining the topic (4 partitions)".into(),
+        let off = Figure {
+            item: "5",
+            name: "default pipeline, CPU guard off".into(),
             unit: "msg/s",
-            runs: raw,
+            runs: off,
             ratio: None,
         };
         figures.push(Figure {
-            item: "6",
-            name: "default pipeline from the same topic".into(),
+            item: "5",
+            name: "default pipeline, CPU guard on (epoch interruption, 5 ms ticks)".into(),
             unit: "msg/s",
-            ratio: Some((median(&weft) / raw.median(), Some(0.7))),
-            runs: weft,
+            ratio: Some((median(&on) / off.median(), Some(0.9))),
+            runs: on,
         });
-        figures.push(raw);
-    } else {
-        eprintln!(
-            "6. from Kafka: SKIPPED, no broker at {brokers} (set WEFT_TEST_BROKERS, or run scripts/test.sh, which starts one)"
-        );
+        figures.push(off);
     }
 
-    // 8. Memory: open sessions held by the default pipeline, and sled's size.
-    eprintln!("8. memory…");
-    let users = if smoke { 10_000 } else { 1_000_000 };
-    let memory = open_sessions(tmp.path(), users);
-    figures.push(Figure {
+    if wanted(&["6"]) {
+        // 6. From Kafka: weft against a raw consumer draining the same topic.
+        let brokers = weft_tests::broker::brokers();
+        let reachable = brokers
+            .split(',')
+            .filter_map(|b| std::net::ToSocketAddrs::to_socket_addrs(b).ok())
+            .flatten()
+            .any(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(1)).is_ok());
+        if reachable {
+            eprintln!("6. from Kafka ({brokers})…");
+            let topic = weft_tests::broker::create_topic(4);
+            weft_tests::broker::produce(&topic, &stream.deliveries);
+            let kafka_settings = Settings {
+                idle_ms: 100,
+                ..Settings::default()
+            };
+            let (mut raw, mut weft) = (Vec::new(), Vec::new());
+            for _ in 0..config.runs {
+                raw.push(drain_rate(&brokers, &topic, messages));
+                let source = SourceSpec::Kafka(KafkaConfig {
+                    brokers: brokers.clone(),
+                    topic: topic.clone(),
+                    group: format!("{topic}-weft-{:x}", rand::random::<u64>()),
+                    options: Default::default(),
+                });
+                weft.push(source_rate(
+                    tmp.path(),
+                    &source,
+                    &default,
+                    &kafka_settings,
+                    &runtime,
+                    messages,
+                ));
+            }
+            let raw = Figure {
+                item: "6",
+                name: "raw rdkafka consumer draining the topic (4 partitions)".into(),
+                unit: "msg/s",
+                runs: raw,
+                ratio: None,
+            };
+            figures.push(Figure {
+                item: "6",
+                name: "default pipeline from the same topic".into(),
+                unit: "msg/s",
+                ratio: Some((median(&weft) / raw.median(), Some(0.7))),
+                runs: weft,
+            });
+            figures.push(raw);
+        } else {
+            eprintln!(
+                "6. from Kafka: SKIPPED, no broker at {brokers} (set WEFT_TEST_BROKERS, or run scripts/test.sh, which starts one)"
+            );
+        }
+    }
+
+    if wanted(&["8"]) {
+        // 8. Memory: open sessions held by the default pipeline, and sled's size.
+        eprintln!("8. memory…");
+        let users = if smoke { 10_000 } else { 1_000_000 };
+        let memory = open_sessions(tmp.path(), users);
+        figures.push(Figure {
         item: "8",
         name: format!(
             "resident memory with {users} open sessions, default pipeline (target ≤ 300 MB: {})",
@@ -598,7 +613,7 @@ fn main() {
         runs: vec![memory.rss_mb],
         ratio: None,
     });
-    figures.push(Figure {
+        figures.push(Figure {
         item: "8",
         name: format!(
             "sled on disk after the checkpoint, vs the logical state ({:.0} MB) (target ≤ 3×: {})",
@@ -613,56 +628,49 @@ fn main() {
         ratio: Some((memory.disk_mb / memory.logical_mb, None)),
         runs: vec![memory.disk_mb],
     });
+    }
 
-    // 11. Scaling with work: distinct users, then metric plugins.
-    eprintln!("11. scaling…");
-    let events = if smoke { 5_000 } else { 300_000 };
-    let user_counts = if smoke {
-        [100, 1_000, 10_000]
-    } else {
-        [10_000, 100_000, 1_000_000]
-    };
-    // Users drawn by a multiplicative hash of the event's index, 10 ms apart:
-    // 50 minutes of event time, so sessions open and close along the way.
-    let scattered = |users: usize| move |i: usize| i.wrapping_mul(2_654_435_761) % users;
-    let mut by_users = Vec::new();
-    for users in user_counts {
-        let file = tmp.path().join(format!("scaling-{users}.jsonl"));
-        write_events(&file, events, 10, scattered(users));
-        pipeline_rate(tmp.path(), &file, &default, &settings, &runtime, events);
-        let runs = repeat(config.runs, || {
-            pipeline_rate(tmp.path(), &file, &default, &settings, &runtime, events)
-        });
-        by_users.push((users, runs));
-    }
-    let first = median(&by_users[0].1);
-    for (users, runs) in by_users {
-        figures.push(Figure {
-            item: "11",
-            name: format!("default pipeline, {events} events over {users} distinct users"),
-            unit: "msg/s",
-            ratio: Some((median(&runs) / first, None)),
-            runs,
-        });
-    }
-    let scaling_file = tmp.path().join(format!("scaling-{}.jsonl", user_counts[1]));
-    let core = weft::bundled::get("core").expect("bundled");
-    let mut by_plugins = Vec::new();
-    for metrics in [1, 4, 16] {
-        let mut plugins = vec![spec(
-            "sessionizer",
-            weft::bundled::get("sessionizer").expect("bundled"),
-        )];
-        plugins.extend((0..metrics).map(|k| spec(&format!("core_{k}"), core)));
-        pipeline_rate(
-            tmp.path(),
-            &scaling_file,
-            &plugins,
-            &settings,
-            &runtime,
-            events,
-        );
-        let runs = repeat(config.runs, || {
+    if wanted(&["11"]) {
+        // 11. Scaling with work: distinct users, then metric plugins.
+        eprintln!("11. scaling…");
+        let events = if smoke { 5_000 } else { 300_000 };
+        let user_counts = if smoke {
+            [100, 1_000, 10_000]
+        } else {
+            [10_000, 100_000, 1_000_000]
+        };
+        // Users drawn by a multiplicative hash of the event's index, 10 ms apart:
+        // 50 minutes of event time, so sessions open and close along the way.
+        let scattered = |users: usize| move |i: usize| i.wrapping_mul(2_654_435_761) % users;
+        let mut by_users = Vec::new();
+        for users in user_counts {
+            let file = tmp.path().join(format!("scaling-{users}.jsonl"));
+            write_events(&file, events, 10, scattered(users));
+            pipeline_rate(tmp.path(), &file, &default, &settings, &runtime, events);
+            let runs = repeat(config.runs, || {
+                pipeline_rate(tmp.path(), &file, &default, &settings, &runtime, events)
+            });
+            by_users.push((users, runs));
+        }
+        let first = median(&by_users[0].1);
+        for (users, runs) in by_users {
+            figures.push(Figure {
+                item: "11",
+                name: format!("default pipeline, {events} events over {users} distinct users"),
+                unit: "msg/s",
+                ratio: Some((median(&runs) / first, None)),
+                runs,
+            });
+        }
+        let scaling_file = tmp.path().join(format!("scaling-{}.jsonl", user_counts[1]));
+        let core = weft::bundled::get("core").expect("bundled");
+        let mut by_plugins = Vec::new();
+        for metrics in [1, 4, 16] {
+            let mut plugins = vec![spec(
+                "sessionizer",
+                weft::bundled::get("sessionizer").expect("bundled"),
+            )];
+            plugins.extend((0..metrics).map(|k| spec(&format!("core_{k}"), core)));
             pipeline_rate(
                 tmp.path(),
                 &scaling_file,
@@ -670,175 +678,193 @@ fn main() {
                 &settings,
                 &runtime,
                 events,
-            )
-        });
-        by_plugins.push((metrics, runs));
-    }
-    let first = median(&by_plugins[0].1);
-    for (metrics, runs) in by_plugins {
-        figures.push(Figure {
-            item: "11",
-            name: format!(
-                "sessionizer + {metrics} × core, {events} events over {} users",
-                user_counts[1]
-            ),
-            unit: "msg/s",
-            ratio: Some((median(&runs) / first, None)),
-            runs,
-        });
+            );
+            let runs = repeat(config.runs, || {
+                pipeline_rate(
+                    tmp.path(),
+                    &scaling_file,
+                    &plugins,
+                    &settings,
+                    &runtime,
+                    events,
+                )
+            });
+            by_plugins.push((metrics, runs));
+        }
+        let first = median(&by_plugins[0].1);
+        for (metrics, runs) in by_plugins {
+            figures.push(Figure {
+                item: "11",
+                name: format!(
+                    "sessionizer + {metrics} × core, {events} events over {} users",
+                    user_counts[1]
+                ),
+                unit: "msg/s",
+                ratio: Some((median(&runs) / first, None)),
+                runs,
+            });
+        }
     }
 
-    // 9. Query latency under full ingest, over real HTTP.
-    eprintln!("9. query latency…");
-    let runs: Vec<Latencies> = (0..config.runs)
-        .map(|_| query_latency(tmp.path(), &file, &default, &settings, &runtime))
-        .collect();
-    let pick = |f: fn(&Latencies) -> f64| -> Vec<f64> { runs.iter().map(f).collect() };
-    let idle = Figure {
-        item: "9",
-        name: "`GET /api/plugins/core/query` p99, pipeline idle (after the file)".into(),
-        unit: "ms",
-        runs: pick(|l| l.idle_p99),
-        ratio: None,
-    };
-    let busy_p99 = pick(|l| l.busy_p99);
-    let met = median(&busy_p99) <= 20.0;
-    figures.push(Figure {
-        item: "9",
-        name: "`GET /api/plugins/core/query` p50, under full ingest".into(),
-        unit: "ms",
-        ratio: Some((median(&pick(|l| l.busy_p50)) / idle.median(), None)),
-        runs: pick(|l| l.busy_p50),
-    });
-    figures.push(Figure {
-        item: "9",
-        name: format!(
-            "`GET /api/plugins/core/query` p99, under full ingest (target ≤ 20 ms: {})",
-            if met { "met" } else { "NOT met" }
-        ),
-        unit: "ms",
-        ratio: Some((median(&busy_p99) / idle.median(), None)),
-        runs: busy_p99,
-    });
-    figures.push(idle);
-
-    // 4. Batching, with no-op plugins.
-    eprintln!("4. batching…");
-    let noop = vec![
-        spec("noop_stage", &fixture("noop_stage")),
-        spec("noop", &fixture("noop")),
-    ];
-    let mut by_size = Vec::new();
-    for batch_size in [1, 16, 256, 1024, 4096] {
-        let settings = Settings {
-            batch_size,
-            ..Settings::default()
+    if wanted(&["9"]) {
+        // 9. Query latency under full ingest, over real HTTP.
+        eprintln!("9. query latency…");
+        let runs: Vec<Latencies> = (0..config.runs)
+            .map(|_| query_latency(tmp.path(), &file, &default, &settings, &runtime))
+            .collect();
+        let pick = |f: fn(&Latencies) -> f64| -> Vec<f64> { runs.iter().map(f).collect() };
+        let idle = Figure {
+            item: "9",
+            name: "`GET /api/plugins/core/query` p99, pipeline idle (after the file)".into(),
+            unit: "ms",
+            runs: pick(|l| l.idle_p99),
+            ratio: None,
         };
-        pipeline_rate(tmp.path(), &file, &noop, &settings, &runtime, messages);
-        let runs = repeat(config.runs, || {
-            pipeline_rate(tmp.path(), &file, &noop, &settings, &runtime, messages)
-        });
-        by_size.push((batch_size, runs));
-    }
-    let best = by_size
-        .iter()
-        .map(|(_, runs)| median(runs))
-        .fold(0.0, f64::max);
-    for (batch_size, runs) in by_size {
+        let busy_p99 = pick(|l| l.busy_p99);
+        let met = median(&busy_p99) <= 20.0;
         figures.push(Figure {
-            item: "4",
-            name: format!("no-op stage + metric, batch_size {batch_size}"),
-            unit: "msg/s",
-            ratio: Some((median(&runs) / best, None)),
-            runs,
+            item: "9",
+            name: "`GET /api/plugins/core/query` p50, under full ingest".into(),
+            unit: "ms",
+            ratio: Some((median(&pick(|l| l.busy_p50)) / idle.median(), None)),
+            runs: pick(|l| l.busy_p50),
         });
+        figures.push(Figure {
+            item: "9",
+            name: format!(
+                "`GET /api/plugins/core/query` p99, under full ingest (target ≤ 20 ms: {})",
+                if met { "met" } else { "NOT met" }
+            ),
+            unit: "ms",
+            ratio: Some((median(&busy_p99) / idle.median(), None)),
+            runs: busy_p99,
+        });
+        figures.push(idle);
     }
 
-    // 10. Restart: to the first processed event, cold and warm module cache.
-    eprintln!("10. restart…");
-    let cold = repeat(config.runs, || {
-        let cache = tempfile::tempdir_in(tmp.path()).expect("a cold cache");
-        first_event(tmp.path(), cache.path(), &file, &default)
-    });
-    let warm_cache = tmp.path().join("modules");
-    let warm = repeat(config.runs, || {
-        first_event(tmp.path(), &warm_cache, &file, &default)
-    });
-    let cold = Figure {
-        item: "10",
-        name: "start to first processed event, cold module cache".into(),
-        unit: "ms",
-        runs: cold,
-        ratio: None,
-    };
-    figures.push(Figure {
-        item: "10",
-        name: "start to first processed event, warm module cache".into(),
-        unit: "ms",
-        ratio: Some((median(&warm) / cold.median(), None)),
-        runs: warm,
-    });
-    figures.push(cold);
-
-    // Languages: one example metric, five builds.
-    eprintln!("languages: page_stats in every language…");
-    let sessionized = with_sessions(&stream.events, GAP_MS);
-    let batches: Vec<_> = sessionized
-        .chunks(1024)
-        .map(|chunk| {
-            let mut builder = BatchBuilder::default();
-            for event in chunk {
-                builder.push(event);
-            }
-            builder.finish()
-        })
-        .collect();
-    let mut rust = None;
-    for (example, path) in build_examples() {
-        let instance = example.instance;
-        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let module = runtime.load(instance, &bytes).expect("the example loads");
-        let runs = repeat(config.runs, || {
-            let store =
-                Store::open(&tmp.path().join(format!("{instance}-state"))).expect("a store");
-            let limits = Limits {
-                cpu_ms: 60_000,
-                memory_mib: 256,
+    if wanted(&["4"]) {
+        // 4. Batching, with no-op plugins.
+        eprintln!("4. batching…");
+        let noop = vec![
+            spec("noop_stage", &fixture("noop_stage")),
+            spec("noop", &fixture("noop")),
+        ];
+        let mut by_size = Vec::new();
+        for batch_size in [1, 16, 256, 1024, 4096] {
+            let settings = Settings {
+                batch_size,
+                ..Settings::default()
             };
-            let mut plugin = Plugin::start(
-                &runtime,
-                instance,
-                &module,
-                store.plugin_state(instance),
-                "{}",
-                limits,
-            )
-            .expect("the example starts");
-            let started = Instant::now();
-            for batch in &batches {
-                plugin.ingest(batch).expect("ingest");
-            }
-            plugin.checkpoint().expect("checkpoint");
-            started.elapsed().as_nanos() as f64 / sessionized.len() as f64
+            pipeline_rate(tmp.path(), &file, &noop, &settings, &runtime, messages);
+            let runs = repeat(config.runs, || {
+                pipeline_rate(tmp.path(), &file, &noop, &settings, &runtime, messages)
+            });
+            by_size.push((batch_size, runs));
+        }
+        let best = by_size
+            .iter()
+            .map(|(_, runs)| median(runs))
+            .fold(0.0, f64::max);
+        for (batch_size, runs) in by_size {
+            figures.push(Figure {
+                item: "4",
+                name: format!("no-op stage + metric, batch_size {batch_size}"),
+                unit: "msg/s",
+                ratio: Some((median(&runs) / best, None)),
+                runs,
+            });
+        }
+    }
+
+    if wanted(&["10"]) {
+        // 10. Restart: to the first processed event, cold and warm module cache.
+        eprintln!("10. restart…");
+        let cold = repeat(config.runs, || {
+            let cache = tempfile::tempdir_in(tmp.path()).expect("a cold cache");
+            first_event(tmp.path(), cache.path(), &file, &default)
         });
-        let ns = median(&runs);
-        let size = bytes.len() as f64 / 1024.0;
-        // The Rust build (the first) is the baseline of both figures.
-        let (base_ns, base_size) = *rust.get_or_insert((ns, size));
+        let warm_cache = tmp.path().join("modules");
+        let warm = repeat(config.runs, || {
+            first_event(tmp.path(), &warm_cache, &file, &default)
+        });
+        let cold = Figure {
+            item: "10",
+            name: "start to first processed event, cold module cache".into(),
+            unit: "ms",
+            runs: cold,
+            ratio: None,
+        };
         figures.push(Figure {
-            item: "languages",
-            name: format!("{instance}: ingest per event, batches of 1024"),
-            unit: "ns/event",
-            ratio: Some((ns / base_ns, None)),
-            runs,
+            item: "10",
+            name: "start to first processed event, warm module cache".into(),
+            unit: "ms",
+            ratio: Some((median(&warm) / cold.median(), None)),
+            runs: warm,
         });
-        figures.push(Figure {
-            item: "languages",
-            name: format!("{instance}: component size"),
-            unit: "KB",
-            runs: vec![size],
-            ratio: Some((size / base_size, None)),
-        });
+        figures.push(cold);
+    }
+
+    if wanted(&["languages"]) {
+        // Languages: one example metric, five builds.
+        eprintln!("languages: page_stats in every language…");
+        let sessionized = with_sessions(&stream.events, GAP_MS);
+        let batches: Vec<_> = sessionized
+            .chunks(1024)
+            .map(|chunk| {
+                let mut builder = BatchBuilder::default();
+                for event in chunk {
+                    builder.push(event);
+                }
+                builder.finish()
+            })
+            .collect();
+        let mut rust = None;
+        for (example, path) in build_examples() {
+            let instance = example.instance;
+            let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let module = runtime.load(instance, &bytes).expect("the example loads");
+            let runs = repeat(config.runs, || {
+                let store =
+                    Store::open(&tmp.path().join(format!("{instance}-state"))).expect("a store");
+                let limits = Limits {
+                    cpu_ms: 60_000,
+                    memory_mib: 256,
+                };
+                let mut plugin = Plugin::start(
+                    &runtime,
+                    instance,
+                    &module,
+                    store.plugin_state(instance),
+                    "{}",
+                    limits,
+                )
+                .expect("the example starts");
+                let started = Instant::now();
+                for batch in &batches {
+                    plugin.ingest(batch).expect("ingest");
+                }
+                plugin.checkpoint().expect("checkpoint");
+                started.elapsed().as_nanos() as f64 / sessionized.len() as f64
+            });
+            let ns = median(&runs);
+            let size = bytes.len() as f64 / 1024.0;
+            // The Rust build (the first) is the baseline of both figures.
+            let (base_ns, base_size) = *rust.get_or_insert((ns, size));
+            figures.push(Figure {
+                item: "languages",
+                name: format!("{instance}: ingest per event, batches of 1024"),
+                unit: "ns/event",
+                ratio: Some((ns / base_ns, None)),
+                runs,
+            });
+            figures.push(Figure {
+                item: "languages",
+                name: format!("{instance}: component size"),
+                unit: "KB",
+                runs: vec![size],
+                ratio: Some((size / base_size, None)),
+            });
+        }
     }
 
     report(&figures, messages, smoke);
