@@ -80,6 +80,22 @@ fn wait_for_digest(weft: &Weft, name: &str, digest: &str) {
     );
 }
 
+/// `GET /api/plugins/{name}/versions` once `done` holds for it.
+fn recorded_versions(weft: &Weft, name: &str, done: impl Fn(&Value) -> bool) -> Value {
+    wait_for(
+        &format!("`{name}`'s version record"),
+        Duration::from_secs(30),
+        || {
+            let versions = weft.try_get(&format!("/api/plugins/{name}/versions"))?;
+            if done(&versions) {
+                Ok(Some(versions))
+            } else {
+                Err(versions.to_string())
+            }
+        },
+    )
+}
+
 /// Writes `bytes` to `path` in two parts a moment apart, as a compiler
 /// would: the debounce must load only the whole file.
 fn write_in_parts(path: &Path, bytes: &[u8]) {
@@ -252,7 +268,9 @@ fn hot_reload_under_load_is_exact() {
     assert_eq!(status["events"]["duplicates"], json!(stream.duplicates));
 
     // Every version is on record, each replaced by the next.
-    let versions = weft.get("/api/plugins/core/versions");
+    let versions = recorded_versions(&weft, "core", |v| {
+        v["versions"].as_array().map(Vec::len) == Some(expected_digests.len())
+    });
     let list = versions["versions"].as_array().expect("versions");
     let digests: Vec<&str> = list.iter().map(|v| v["digest"].as_str().unwrap()).collect();
     assert_eq!(digests, expected_digests, "{versions}");
@@ -502,7 +520,9 @@ fn the_plugin_directory_loads_swaps_and_unloads() {
     .expect("manifest");
     std::fs::write(plugin_dir.join("copy.wasm"), &counts).expect("component");
     wait_for_digest(&weft, "copy", &digest(&counts));
-    let versions = weft.get("/api/plugins/copy/versions");
+    // The version record is written right after the swap, off the pipeline
+    // thread: it may trail the instance's appearance by a moment.
+    let versions = recorded_versions(&weft, "copy", |v| v["versions"][0].is_object());
     assert_eq!(
         versions["versions"][0]["limits"]["cpu_ms"], 100,
         "{versions}"
@@ -524,11 +544,7 @@ fn the_plugin_directory_loads_swaps_and_unloads() {
         Ok(running(&weft, "copy").is_none().then_some(()))
     });
     run.assert_exact(&weft);
-    let versions = weft.get("/api/plugins/copy/versions");
-    assert!(
-        versions["versions"][0]["replaced_at"].is_u64(),
-        "{versions}"
-    );
+    let versions = recorded_versions(&weft, "copy", |v| v["versions"][0]["replaced_at"].is_u64());
     assert_eq!(versions["current"], Value::Null, "{versions}");
 }
 
