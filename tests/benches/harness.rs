@@ -124,6 +124,13 @@ fn repeat(runs: usize, mut f: impl FnMut() -> f64) -> Vec<f64> {
     (0..runs).map(|_| f()).collect()
 }
 
+/// Like [`repeat`] after one uncounted run (compiling modules into the
+/// cache, warming the page cache).
+fn warm_runs(runs: usize, mut f: impl FnMut() -> f64) -> Vec<f64> {
+    f();
+    repeat(runs, f)
+}
+
 fn per_second(n: usize, started: Instant) -> f64 {
     n as f64 / started.elapsed().as_secs_f64()
 }
@@ -480,9 +487,7 @@ fn main() {
 
         // 2. End to end, in process, from a file.
         eprintln!("2. end to end…");
-        // A first run compiles the modules into the cache; it is not counted.
-        pipeline_rate(tmp.path(), &file, &default, &settings, &runtime, messages);
-        let e2e = repeat(config.runs, || {
+        let e2e = warm_runs(config.runs, || {
             pipeline_rate(tmp.path(), &file, &default, &settings, &runtime, messages)
         });
         figures.push(Figure {
@@ -646,8 +651,7 @@ fn main() {
         for users in user_counts {
             let file = tmp.path().join(format!("scaling-{users}.jsonl"));
             write_events(&file, events, 10, scattered(users));
-            pipeline_rate(tmp.path(), &file, &default, &settings, &runtime, events);
-            let runs = repeat(config.runs, || {
+            let runs = warm_runs(config.runs, || {
                 pipeline_rate(tmp.path(), &file, &default, &settings, &runtime, events)
             });
             by_users.push((users, runs));
@@ -671,15 +675,7 @@ fn main() {
                 weft::bundled::get("sessionizer").expect("bundled"),
             )];
             plugins.extend((0..metrics).map(|k| spec(&format!("core_{k}"), core)));
-            pipeline_rate(
-                tmp.path(),
-                &scaling_file,
-                &plugins,
-                &settings,
-                &runtime,
-                events,
-            );
-            let runs = repeat(config.runs, || {
+            let runs = warm_runs(config.runs, || {
                 pipeline_rate(
                     tmp.path(),
                     &scaling_file,
@@ -755,8 +751,7 @@ fn main() {
                 batch_size,
                 ..Settings::default()
             };
-            pipeline_rate(tmp.path(), &file, &noop, &settings, &runtime, messages);
-            let runs = repeat(config.runs, || {
+            let runs = warm_runs(config.runs, || {
                 pipeline_rate(tmp.path(), &file, &noop, &settings, &runtime, messages)
             });
             by_size.push((batch_size, runs));
