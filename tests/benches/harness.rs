@@ -55,7 +55,7 @@ use serde::Deserialize;
 use serde_json::{Value, json, value::RawValue};
 use weft_normalize::{FieldMapping, Normalizer};
 use weft_pipeline::{Pipeline, PluginSpec, Settings, lifecycle::Origin};
-use weft_runtime::{BatchBuilder, Limits, Plugin, Runtime};
+use weft_runtime::{BatchBuilder, Limits, Plugin, Role, Runtime};
 use weft_source::{KafkaConfig, SourceSpec};
 use weft_state::Store;
 use weft_tests::{
@@ -159,6 +159,44 @@ fn source_rate(
     runtime: &Runtime,
     messages: usize,
 ) -> f64 {
+    run_to_end(dir, source, plugins, settings, runtime, messages).0
+}
+
+/// Every metric's answer to a query without parameters after the pipeline
+/// has processed `file`, by plugin name.
+fn answers(
+    dir: &Path,
+    file: &Path,
+    plugins: &[PluginSpec],
+    runtime: &Runtime,
+    messages: usize,
+) -> Vec<(String, String)> {
+    let source = SourceSpec::File(file.to_path_buf());
+    let settings = Settings::default();
+    let (_, pipeline, _data) = run_to_end(dir, &source, plugins, &settings, runtime, messages);
+    pipeline
+        .shared()
+        .plugins()
+        .iter()
+        .filter(|slot| slot.role == Role::Metric)
+        .map(|slot| {
+            let answer = weft_pipeline::lock(&slot.plugin)
+                .query(&[])
+                .expect("the plugin's answer");
+            (slot.name.clone(), answer)
+        })
+        .collect()
+}
+
+/// [`source_rate`], also returning the pipeline and its data directory.
+fn run_to_end(
+    dir: &Path,
+    source: &SourceSpec,
+    plugins: &[PluginSpec],
+    settings: &Settings,
+    runtime: &Runtime,
+    messages: usize,
+) -> (f64, Pipeline, tempfile::TempDir) {
     let data = tempfile::tempdir_in(dir).expect("a data dir");
     let store = Store::open(&data.path().join("state")).expect("a store");
     let source = weft_source::open(source).expect("the source");
@@ -170,7 +208,7 @@ fn source_rate(
         pipeline.step().expect("a pipeline step");
         let status = shared.status();
         if status.events.received as usize == messages && status.buffered == 0 {
-            return per_second(messages, started);
+            return (per_second(messages, started), pipeline, data);
         }
         assert!(
             status.source_running || status.buffered > 0,
@@ -497,6 +535,61 @@ fn main() {
             ratio: Some((median(&e2e) / plain_rate, Some(0.4))),
             runs: e2e,
         });
+    }
+
+    if wanted(&["3"]) {
+        // 3. The WASM tax: the same plugin code compiled natively, standing
+        // in for the components in the same pipeline.
+        eprintln!("3. WASM tax…");
+        let bundled = |name| weft::bundled::get(name).expect("bundled");
+        let native = Runtime::new(Some(tmp.path().join("modules")))
+            .expect("a runtime")
+            .with_native(bundled("sessionizer"), sessionizer::native_plugin)
+            .with_native(bundled("core"), weft_core::native_plugin)
+            .with_native(bundled("event_counts"), event_counts::native_plugin)
+            .with_native(bundled("funnel"), funnel::native_plugin);
+        // The same code must give the same answers, or the comparison means nothing.
+        let wasm_answers = answers(tmp.path(), &file, &default, &runtime, messages);
+        let native_answers = answers(tmp.path(), &file, &default, &native, messages);
+        assert_eq!(
+            wasm_answers, native_answers,
+            "the native builds answer differently from the components"
+        );
+        // Alternating, so drift on a shared machine hits both alike.
+        let (mut wasm, mut natively) = (Vec::new(), Vec::new());
+        for _ in 0..config.runs {
+            natively.push(pipeline_rate(
+                tmp.path(),
+                &file,
+                &default,
+                &settings,
+                &native,
+                messages,
+            ));
+            wasm.push(pipeline_rate(
+                tmp.path(),
+                &file,
+                &default,
+                &settings,
+                &runtime,
+                messages,
+            ));
+        }
+        let natively = Figure {
+            item: "3",
+            name: "default pipeline, the same plugins compiled natively".into(),
+            unit: "msg/s",
+            runs: natively,
+            ratio: None,
+        };
+        figures.push(Figure {
+            item: "3",
+            name: "default pipeline, plugins as WebAssembly components".into(),
+            unit: "msg/s",
+            ratio: Some((median(&wasm) / natively.median(), Some(0.8))),
+            runs: wasm,
+        });
+        figures.push(natively);
     }
 
     if wanted(&["5"]) {

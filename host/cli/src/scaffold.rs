@@ -90,6 +90,10 @@ fn files(lang: Lang) -> &'static [File] {
                 repo_file!("plugins/sdk/src/log.rs"),
             ),
             ("weft-plugin/src/rt.rs", repo_file!("plugins/sdk/src/rt.rs")),
+            (
+                "weft-plugin/src/native.rs",
+                repo_file!("plugins/sdk/src/native.rs"),
+            ),
         ],
         Lang::Python => &[
             ("app.py", repo_file!("plugins/templates/python/app.py")),

@@ -68,6 +68,8 @@ impl Module {
         match self.pre {
             Pre::Metric(_) => Role::Metric,
             Pre::Stage(_) => Role::Stage,
+            #[cfg(feature = "native")]
+            Pre::Native(_, role) => role,
         }
     }
 }
@@ -78,6 +80,9 @@ pub struct Runtime {
     pub(crate) engine: Engine,
     pub(crate) linker: Arc<Linker<PluginCtx>>,
     cache_dir: Option<PathBuf>,
+    /// Native builds standing in for components, by the component's digest.
+    #[cfg(feature = "native")]
+    natives: Arc<std::collections::HashMap<String, crate::native::Build>>,
 }
 
 impl Runtime {
@@ -108,12 +113,27 @@ impl Runtime {
             engine,
             linker: Arc::new(linker),
             cache_dir,
+            #[cfg(feature = "native")]
+            natives: Default::default(),
         })
+    }
+
+    /// This runtime, running `build` (the same plugin compiled natively)
+    /// wherever it is asked to load `component`.
+    #[cfg(feature = "native")]
+    pub fn with_native(mut self, component: &[u8], build: crate::native::Build) -> Self {
+        Arc::make_mut(&mut self.natives).insert(digest(component), build);
+        self
     }
 
     /// Compiles `bytes` (or loads the cached compilation) and finds its role.
     pub fn load(&self, name: &str, bytes: &[u8]) -> Result<Module, Error> {
         let digest = digest(bytes);
+        #[cfg(feature = "native")]
+        if let Some(&build) = self.natives.get(&digest) {
+            let pre = Pre::Native(build, crate::native::role(build));
+            return Ok(Module { pre, digest });
+        }
         let component = match &self.cache_dir {
             Some(dir) => self.load_cached(name, bytes, &digest, dir)?,
             None => self.compile(name, bytes)?,
@@ -199,6 +219,9 @@ impl Runtime {
 pub(crate) enum Pre {
     Metric(MetricPre<PluginCtx>),
     Stage(StagePre<PluginCtx>),
+    /// A native build (see [`Runtime::with_native`]), and its role.
+    #[cfg(feature = "native")]
+    Native(crate::native::Build, Role),
 }
 
 /// What `weft plugin check` reports about a component.

@@ -9,11 +9,15 @@
 //! - [`state`]: the host side of the `state` import: pending writes over a
 //!   durable store, drained at checkpoints;
 //! - [`batch`]: building batches (one string table per batch) and applying a
-//!   stage's output.
+//!   stage's output;
+//! - `native` (feature `native`): plugins compiled natively standing in for
+//!   their components, to measure what WebAssembly costs.
 
 pub mod batch;
 pub mod bindings;
 pub mod engine;
+#[cfg(feature = "native")]
+pub mod native;
 pub mod plugin;
 pub mod state;
 

@@ -212,6 +212,11 @@ fn instantiate(
     let instance = match &module.pre {
         Pre::Metric(pre) => Instance::Metric(pre.instantiate(&mut store).map_err(instantiate)?),
         Pre::Stage(pre) => Instance::Stage(pre.instantiate(&mut store).map_err(instantiate)?),
+        #[cfg(feature = "native")]
+        Pre::Native(build, _) => match build() {
+            weft_plugin::native::Instance::Metric(m) => Instance::NativeMetric(m),
+            weft_plugin::native::Instance::Stage(s) => Instance::NativeStage(s),
+        },
     };
     Ok((store, instance))
 }
@@ -219,6 +224,10 @@ fn instantiate(
 enum Instance {
     Metric(MetricWorld),
     Stage(StageWorld),
+    #[cfg(feature = "native")]
+    NativeMetric(Box<dyn weft_plugin::native::MetricInstance>),
+    #[cfg(feature = "native")]
+    NativeStage(Box<dyn weft_plugin::native::StageInstance>),
 }
 
 /// A running plugin instance.
@@ -278,9 +287,13 @@ impl Plugin {
     /// Calls the plugin's `init` with its config.
     pub fn init(&mut self) -> Result<(), Error> {
         self.arm();
-        let result = match &self.instance {
+        let result = match &mut self.instance {
             Instance::Metric(m) => m.call_init(&mut self.store, &self.config),
             Instance::Stage(s) => s.call_init(&mut self.store, &self.config),
+            #[cfg(feature = "native")]
+            Instance::NativeMetric(m) => Ok(m.init(self.store.data_mut(), &self.config)),
+            #[cfg(feature = "native")]
+            Instance::NativeStage(s) => Ok(s.init(self.store.data_mut(), &self.config)),
         };
         self.outcome("init", result)
     }
@@ -332,6 +345,10 @@ impl Plugin {
         match self.instance {
             Instance::Metric(_) => Role::Metric,
             Instance::Stage(_) => Role::Stage,
+            #[cfg(feature = "native")]
+            Instance::NativeMetric(_) => Role::Metric,
+            #[cfg(feature = "native")]
+            Instance::NativeStage(_) => Role::Stage,
         }
     }
 
@@ -391,28 +408,40 @@ impl Plugin {
     /// Runs a stage over `batch`.
     pub fn process(&mut self, batch: &Batch) -> Result<StageOutput, Error> {
         self.ready()?;
-        let Instance::Stage(s) = &self.instance else {
-            return Err(self.wrong_role(Role::Stage));
+        let result = match &mut self.instance {
+            Instance::Stage(s) => s.call_process(&mut self.store, batch),
+            #[cfg(feature = "native")]
+            Instance::NativeStage(s) => Ok(s
+                .process(self.store.data_mut(), crate::native::batch(batch))
+                .map(crate::native::output)),
+            _ => return Err(self.wrong_role(Role::Stage)),
         };
-        let result = s.call_process(&mut self.store, batch);
         self.outcome("process", result)
     }
 
     /// Feeds `batch` to a metric.
     pub fn ingest(&mut self, batch: &Batch) -> Result<(), Error> {
         self.ready()?;
-        let Instance::Metric(m) = &self.instance else {
-            return Err(self.wrong_role(Role::Metric));
+        let result = match &mut self.instance {
+            Instance::Metric(m) => m.call_ingest(&mut self.store, batch),
+            #[cfg(feature = "native")]
+            Instance::NativeMetric(m) => {
+                Ok(m.ingest(self.store.data_mut(), crate::native::batch(batch)))
+            }
+            _ => return Err(self.wrong_role(Role::Metric)),
         };
-        let result = m.call_ingest(&mut self.store, batch);
         self.outcome("ingest", result)
     }
 
     pub fn tick(&mut self, watermark: i64) -> Result<(), Error> {
         self.ready()?;
-        let result = match &self.instance {
+        let result = match &mut self.instance {
             Instance::Metric(m) => m.call_tick(&mut self.store, watermark),
             Instance::Stage(s) => s.call_tick(&mut self.store, watermark),
+            #[cfg(feature = "native")]
+            Instance::NativeMetric(m) => Ok(m.tick(self.store.data_mut(), watermark)),
+            #[cfg(feature = "native")]
+            Instance::NativeStage(s) => Ok(s.tick(self.store.data_mut(), watermark)),
         };
         self.outcome("tick", result)
     }
@@ -421,9 +450,13 @@ impl Plugin {
     /// write pending since the last checkpoint.
     pub fn checkpoint(&mut self) -> Result<Vec<Write>, Error> {
         self.ready()?;
-        let result = match &self.instance {
+        let result = match &mut self.instance {
             Instance::Metric(m) => m.call_checkpoint(&mut self.store),
             Instance::Stage(s) => s.call_checkpoint(&mut self.store),
+            #[cfg(feature = "native")]
+            Instance::NativeMetric(m) => Ok(m.checkpoint(self.store.data_mut())),
+            #[cfg(feature = "native")]
+            Instance::NativeStage(s) => Ok(s.checkpoint(self.store.data_mut())),
         };
         self.outcome("checkpoint", result)?;
         Ok(self.store.data_mut().state.drain())
@@ -432,10 +465,12 @@ impl Plugin {
     /// Asks a metric a query; returns its JSON text.
     pub fn query(&mut self, params: &[(String, String)]) -> Result<String, Error> {
         self.ready()?;
-        let Instance::Metric(m) = &self.instance else {
-            return Err(self.wrong_role(Role::Metric));
+        let result = match &mut self.instance {
+            Instance::Metric(m) => m.call_query(&mut self.store, params),
+            #[cfg(feature = "native")]
+            Instance::NativeMetric(m) => Ok(m.query(self.store.data_mut(), params.to_vec())),
+            _ => return Err(self.wrong_role(Role::Metric)),
         };
-        let result = m.call_query(&mut self.store, params);
         self.outcome("query", result)
     }
 }

@@ -35,13 +35,29 @@
 //! - [`batch`]: the typed view of an incoming batch and the builder of a stage's output;
 //! - [`state`]: durable keyed state, cached in the guest;
 //! - [`log`]: log lines attributed to the plugin by the host;
+//! - [`native`] (not in wasm builds): the plugin as a native library, for
+//!   measuring what WebAssembly costs;
 //! - `rt` (hidden): the glue the export macros expand to.
 
 pub mod batch;
 pub mod log;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod native;
 #[doc(hidden)]
 pub mod rt;
 pub mod state;
+
+/// The host's imports: the WIT bindings in a component; in a native build,
+/// the host of the call in progress.
+mod host {
+    #[cfg(target_arch = "wasm32")]
+    pub(crate) use crate::bindings::weft::plugin::{
+        log::log,
+        state::{delete, get, scan, set},
+    };
+    #[cfg(not(target_arch = "wasm32"))]
+    pub(crate) use crate::native::{delete, get, log, scan, set};
+}
 
 pub use batch::{Batch, EventMut, EventRef, Output};
 pub use serde_json;
@@ -180,8 +196,9 @@ macro_rules! export_stage {
     };
 }
 
-/// What both export macros expand to: the world's bindings, the instance
-/// slot, and the functions every role has.
+/// What both export macros expand to: in a component, the world's bindings,
+/// the instance slot, and the functions every role has; in a native build,
+/// `native_plugin()`.
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __export {
@@ -189,7 +206,14 @@ macro_rules! __export {
         #[doc(hidden)]
         type __WeftPlugin = $ty;
 
+        /// This plugin built natively (see `weft_plugin::native`).
+        #[cfg(not(target_arch = "wasm32"))]
+        pub fn native_plugin() -> $crate::native::Instance {
+            $crate::native::$world::<__WeftPlugin>()
+        }
+
         #[doc(hidden)]
+        #[cfg(target_arch = "wasm32")]
         #[allow(clippy::too_many_arguments)]
         mod __weft_export {
             $crate::__generate!($world);

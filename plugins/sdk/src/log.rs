@@ -1,7 +1,7 @@
 //! Log lines, attributed to the plugin instance by the host (which decides
 //! what reaches its log).
 
-use crate::bindings::weft::plugin::log::{Level, log};
+use crate::{bindings::weft::plugin::log::Level, host::log};
 
 pub fn trace(message: &str) {
     log(Level::Trace, message);

@@ -15,15 +15,25 @@ use std::{cell::RefCell, rc::Rc};
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Serialize, de::DeserializeOwned};
 
-use crate::bindings::weft::plugin::state as host;
+use crate::host;
 
 /// Something holding dirty entries to hand to the host.
-trait Flush {
+pub(crate) trait Flush {
     fn flush(&self);
 }
 
+/// The containers of a plugin instance.
+pub(crate) type Containers = Vec<Rc<dyn Flush>>;
+
 thread_local! {
-    static CONTAINERS: RefCell<Vec<Rc<dyn Flush>>> = const { RefCell::new(Vec::new()) };
+    static CONTAINERS: RefCell<Containers> = const { RefCell::new(Vec::new()) };
+}
+
+/// Exchanges this thread's containers with `other` (a native instance's,
+/// around each call: see [`crate::native`]).
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) fn swap_containers(other: &mut Containers) {
+    CONTAINERS.with(|c| std::mem::swap(&mut *c.borrow_mut(), other));
 }
 
 /// Writes every container's changes through the host's `state` interface.
