@@ -86,11 +86,26 @@ struct MapInner<V> {
     /// `None` caches "absent in the host" so a miss is asked once.
     cache: FxHashMap<String, Option<V>>,
     dirty: FxHashSet<String>,
+    /// Keys the host was asked for since the last checkpoint and did not
+    /// have: deleting one of them again is no write at all (a session opened
+    /// and closed between two checkpoints).
+    fresh: FxHashSet<String>,
     /// Whether the cache holds every entry (after a full read from the host).
     complete: bool,
 }
 
 impl<V: DeserializeOwned> MapInner<V> {
+    /// The host's value for `key`; remembers an absent one as fresh.
+    fn fetch(&mut self, key: &str) -> Option<V> {
+        match host::get(&prefixed(&self.name, key)) {
+            Some(bytes) => decode(&bytes, key),
+            None => {
+                self.fresh.insert(key.to_owned());
+                None
+            }
+        }
+    }
+
     /// Reads every entry from the host into the cache, in pages; cached
     /// entries (possibly newer) are kept.
     fn load_all(&mut self) {
@@ -129,6 +144,7 @@ impl<V: Serialize + DeserializeOwned + 'static> Map<V> {
             name: name.to_owned(),
             cache: FxHashMap::default(),
             dirty: FxHashSet::default(),
+            fresh: FxHashSet::default(),
             complete: false,
         }));
         register(inner.clone());
@@ -141,7 +157,7 @@ impl<V: Serialize + DeserializeOwned + 'static> Map<V> {
         let mut inner = self.inner.borrow_mut();
         let inner = &mut *inner;
         if !inner.cache.contains_key(key) {
-            let stored = host::get(&prefixed(&inner.name, key)).and_then(|b| decode(&b, key));
+            let stored = inner.fetch(key);
             inner.cache.insert(key.to_owned(), stored);
         }
         mark(&mut inner.dirty, key);
@@ -158,8 +174,7 @@ impl<V: Serialize + DeserializeOwned + 'static> Map<V> {
         if let Some(v) = inner.cache.get(key) {
             return v.clone();
         }
-        let stored: Option<V> =
-            host::get(&prefixed(&inner.name, key)).and_then(|b| decode(&b, key));
+        let stored = inner.fetch(key);
         inner.cache.insert(key.to_owned(), stored.clone());
         stored
     }
@@ -226,13 +241,17 @@ impl<V: Serialize + DeserializeOwned + 'static> Flush for RefCell<MapInner<V>> {
             match inner.cache.get(&key) {
                 Some(Some(v)) => store(&full, v),
                 Some(None) => {
-                    host::delete(&full);
+                    if !inner.fresh.contains(&key) {
+                        host::delete(&full);
+                    }
                     // Absent entries need not stay cached once the host knows.
                     inner.cache.remove(&key);
                 }
                 None => {}
             }
         }
+        // Written keys are in the host now; the others may stay unknown.
+        inner.fresh.clear();
     }
 }
 
