@@ -12,7 +12,7 @@
 
 use std::{cell::RefCell, rc::Rc};
 
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashMap;
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::host;
@@ -75,33 +75,54 @@ fn store<V: Serialize>(key: &[u8], value: &V) {
     }
 }
 
-fn mark(dirty: &mut FxHashSet<String>, key: &str) {
-    if !dirty.contains(key) {
-        dirty.insert(key.to_owned());
-    }
+/// One cached entry of a [`Map`].
+struct Slot<V> {
+    /// `None`: absent (in the host, or deleted since the last checkpoint).
+    value: Option<V>,
+    /// Changed since the last checkpoint.
+    dirty: bool,
+    /// Known absent in the host: deleting it is no write at all (a session
+    /// opened and closed between two checkpoints).
+    fresh: bool,
 }
 
 struct MapInner<V> {
     name: String,
-    /// `None` caches "absent in the host" so a miss is asked once.
-    cache: FxHashMap<String, Option<V>>,
-    dirty: FxHashSet<String>,
-    /// Keys the host was asked for since the last checkpoint and did not
-    /// have: deleting one of them again is no write at all (a session opened
-    /// and closed between two checkpoints).
-    fresh: FxHashSet<String>,
+    /// Absent entries are cached too, so a miss is asked of the host once.
+    cache: FxHashMap<String, Slot<V>>,
     /// Whether the cache holds every entry (after a full read from the host).
     complete: bool,
 }
 
 impl<V: DeserializeOwned> MapInner<V> {
-    /// The host's value for `key`; remembers an absent one as fresh.
-    fn fetch(&mut self, key: &str) -> Option<V> {
-        match host::get(&prefixed(&self.name, key)) {
-            Some(bytes) => decode(&bytes, key),
+    /// The cached entry for `key`, read from the host on first use.
+    fn slot(&mut self, key: &str) -> &mut Slot<V> {
+        if !self.cache.contains_key(key) {
+            let stored = host::get(&prefixed(&self.name, key));
+            let slot = Slot {
+                fresh: stored.is_none(),
+                value: stored.and_then(|b| decode(&b, key)),
+                dirty: false,
+            };
+            self.cache.insert(key.to_owned(), slot);
+        }
+        self.cache.get_mut(key).expect("inserted above")
+    }
+
+    /// Sets the entry for `key` without asking the host what it held.
+    fn put(&mut self, key: &str, value: Option<V>) {
+        match self.cache.get_mut(key) {
+            Some(slot) => {
+                slot.value = value;
+                slot.dirty = true;
+            }
             None => {
-                self.fresh.insert(key.to_owned());
-                None
+                let slot = Slot {
+                    value,
+                    dirty: true,
+                    fresh: false,
+                };
+                self.cache.insert(key.to_owned(), slot);
             }
         }
     }
@@ -119,8 +140,12 @@ impl<V: DeserializeOwned> MapInner<V> {
                     continue;
                 };
                 if !self.cache.contains_key(key) {
-                    let value = decode(&entry.value, key);
-                    self.cache.insert(key.to_owned(), value);
+                    let slot = Slot {
+                        value: decode(&entry.value, key),
+                        dirty: false,
+                        fresh: false,
+                    };
+                    self.cache.insert(key.to_owned(), slot);
                 }
             }
             match page.last() {
@@ -143,8 +168,6 @@ impl<V: Serialize + DeserializeOwned + 'static> Map<V> {
         let inner = Rc::new(RefCell::new(MapInner {
             name: name.to_owned(),
             cache: FxHashMap::default(),
-            dirty: FxHashSet::default(),
-            fresh: FxHashSet::default(),
             complete: false,
         }));
         register(inner.clone());
@@ -155,14 +178,9 @@ impl<V: Serialize + DeserializeOwned + 'static> Map<V> {
     /// `None` deletes the entry. Changes are durable at the next checkpoint.
     pub fn with<R>(&self, key: &str, f: impl FnOnce(&mut Option<V>) -> R) -> R {
         let mut inner = self.inner.borrow_mut();
-        let inner = &mut *inner;
-        if !inner.cache.contains_key(key) {
-            let stored = inner.fetch(key);
-            inner.cache.insert(key.to_owned(), stored);
-        }
-        mark(&mut inner.dirty, key);
-        let slot = inner.cache.get_mut(key).expect("inserted above");
-        f(slot)
+        let slot = inner.slot(key);
+        slot.dirty = true;
+        f(&mut slot.value)
     }
 
     /// A copy of the value for `key`.
@@ -170,25 +188,15 @@ impl<V: Serialize + DeserializeOwned + 'static> Map<V> {
     where
         V: Clone,
     {
-        let mut inner = self.inner.borrow_mut();
-        if let Some(v) = inner.cache.get(key) {
-            return v.clone();
-        }
-        let stored = inner.fetch(key);
-        inner.cache.insert(key.to_owned(), stored.clone());
-        stored
+        self.inner.borrow_mut().slot(key).value.clone()
     }
 
     pub fn insert(&self, key: &str, value: V) {
-        let mut inner = self.inner.borrow_mut();
-        inner.cache.insert(key.to_owned(), Some(value));
-        mark(&mut inner.dirty, key);
+        self.inner.borrow_mut().put(key, Some(value));
     }
 
     pub fn remove(&self, key: &str) {
-        let mut inner = self.inner.borrow_mut();
-        inner.cache.insert(key.to_owned(), None);
-        mark(&mut inner.dirty, key);
+        self.inner.borrow_mut().put(key, None);
     }
 
     /// Every entry, in key order (for queries). The first call reads every
@@ -204,7 +212,7 @@ impl<V: Serialize + DeserializeOwned + 'static> Map<V> {
         let mut all: Vec<(String, V)> = inner
             .cache
             .iter()
-            .filter_map(|(k, v)| Some((k.clone(), v.clone()?)))
+            .filter_map(|(k, s)| Some((k.clone(), s.value.clone()?)))
             .collect();
         all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         all
@@ -216,14 +224,13 @@ impl<V: Serialize + DeserializeOwned + 'static> Map<V> {
     /// visited too.
     pub fn retain(&self, mut keep: impl FnMut(&str, &V) -> bool) {
         let mut inner = self.inner.borrow_mut();
-        let inner = &mut *inner;
         if !inner.complete {
             inner.load_all();
         }
-        for (k, v) in inner.cache.iter_mut() {
-            if v.as_ref().is_some_and(|v| !keep(k, v)) {
-                *v = None;
-                mark(&mut inner.dirty, k);
+        for (k, slot) in inner.cache.iter_mut() {
+            if slot.value.as_ref().is_some_and(|v| !keep(k, v)) {
+                slot.value = None;
+                slot.dirty = true;
             }
         }
     }
@@ -233,25 +240,27 @@ impl<V: Serialize + DeserializeOwned + 'static> Flush for RefCell<MapInner<V>> {
     fn flush(&self) {
         let mut inner = self.borrow_mut();
         let inner = &mut *inner;
-        let mut dirty: Vec<String> = std::mem::take(&mut inner.dirty).into_iter().collect();
+        let mut dirty: Vec<(&String, &Slot<V>)> =
+            inner.cache.iter().filter(|(_, s)| s.dirty).collect();
         // Key order makes the host's writes deterministic.
-        dirty.sort_unstable();
-        for key in dirty {
-            let full = prefixed(&inner.name, &key);
-            match inner.cache.get(&key) {
-                Some(Some(v)) => store(&full, v),
-                Some(None) => {
-                    if !inner.fresh.contains(&key) {
-                        host::delete(&full);
-                    }
-                    // Absent entries need not stay cached once the host knows.
-                    inner.cache.remove(&key);
-                }
-                None => {}
+        dirty.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        for (key, slot) in dirty {
+            let full = prefixed(&inner.name, key);
+            match &slot.value {
+                Some(v) => store(&full, v),
+                None if slot.fresh => {}
+                None => host::delete(&full),
             }
         }
-        // Written keys are in the host now; the others may stay unknown.
-        inner.fresh.clear();
+        // Absent entries need not stay cached once the host knows.
+        inner.cache.retain(|_, slot| {
+            if !slot.dirty {
+                return true;
+            }
+            slot.dirty = false;
+            slot.fresh = false;
+            slot.value.is_some()
+        });
     }
 }
 
