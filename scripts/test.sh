@@ -20,7 +20,8 @@
 # tansu broker (~21 min to build the first time on 2 cores); Chromium and
 # playwright-core for the dashboard test; the plugin toolchains (clang, lld,
 # wasi-libc from Debian, wit-bindgen-cli and wasm-tools from crates.io, ~8 min
-# the first time; componentize-py from PyPI).
+# the first time; componentize-py from PyPI); the benchmark harness's peers
+# (Quix Streams and Bytewax from PyPI, unless WEFT_TEST_BENCH_SMOKE=0).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -222,6 +223,17 @@ else
     export PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
 fi
 componentize-py --version
+
+# --- the benchmark harness's peers (item 7): Quix Streams and Bytewax ----------
+if [[ "${WEFT_TEST_BENCH_SMOKE:-1}" != 0 ]]; then
+  phase "benchmark peers: Quix Streams and Bytewax (PyPI, tests/peers/requirements.txt)"
+  if python3 -c 'import quixstreams, bytewax' 2>/dev/null; then
+    echo "installed: quixstreams, bytewax"
+  else
+    echo "installing: pip install -r tests/peers/requirements.txt"
+    python3 -m pip install --quiet -r tests/peers/requirements.txt
+  fi
+fi
 
 # --- 2. lint (fails fast, before the long broker build) ----------------------
 if [[ "${WEFT_TEST_LINT:-1}" != 0 ]]; then

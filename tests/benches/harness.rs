@@ -25,6 +25,11 @@
 //!    test broker (`WEFT_TEST_BROKERS`, default 127.0.0.1:9092; skipped with
 //!    a message when none answers) against a raw rdkafka consumer draining the
 //!    same topic (target ≥ 0.7);
+//! 7. **peers**: Quix Streams and Bytewax (`tests/peers/`, Python) computing
+//!    the same metrics (events per name, session count and duration with the
+//!    30-minute gap) from the same clean 4-partition topic, each checked
+//!    against a reference first: weft's rate over theirs (targets ≥ 20 and
+//!    ≥ 30; skipped with a message without a broker or the Python packages);
 //! 8. **memory**: the peak resident memory of a process running the default
 //!    pipeline over 1M users' page views within 17 minutes (1M open
 //!    sessions; a child process of its own), and sled's size on disk after
@@ -42,6 +47,11 @@
 //!   (QuickJS, SpiderMonkey) and C, built from source, each fed the whole
 //!   sessionized stream in batches of 1024 through `ingest` with a checkpoint
 //!   at the end: ns per event against the Rust build, and component sizes.
+
+// The allocator `weft` ships with (host/cli/src/main.rs): figures are of
+// the product as run.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::{
     borrow::Cow,
@@ -61,6 +71,7 @@ use weft_state::Store;
 use weft_tests::{
     clickstream::generate,
     languages::build_examples,
+    peers::{self, Answer, Peer},
     reference::{GAP_MS, with_sessions},
 };
 
@@ -692,6 +703,140 @@ fn main() {
         }
     }
 
+    if wanted(&["7"]) {
+        // 7. Peers: Quix Streams and Bytewax on the same clean topic, the same metrics.
+        let brokers = weft_tests::broker::brokers();
+        let reachable = brokers
+            .split(',')
+            .filter_map(|b| std::net::ToSocketAddrs::to_socket_addrs(b).ok())
+            .flatten()
+            .any(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(1)).is_ok());
+        let peer_targets = [(Peer::QuixStreams, 20.0), (Peer::Bytewax, 30.0)];
+        let versions: Result<Vec<String>, String> = peer_targets
+            .iter()
+            .map(|(peer, _)| peer.version())
+            .collect();
+        match versions {
+            _ if !reachable => eprintln!(
+                "7. peers: SKIPPED, no broker at {brokers} (set WEFT_TEST_BROKERS, or run scripts/test.sh, which starts one)"
+            ),
+            Err(why) => eprintln!("7. peers: SKIPPED, {why}"),
+            Ok(versions) => {
+                let users = if smoke { 300 } else { 6_000 };
+                let events = weft_tests::clickstream::events(7, users);
+                let clean = events.len();
+                eprintln!("7. peers ({clean} clean events of {users} users, {brokers})…");
+                let topic = weft_tests::broker::create_topic_with(4, &peers::TOPIC_CONFIG);
+                weft_tests::broker::produce(&topic, &peers::clean_deliveries(&events));
+                let want = peers::reference(&events);
+                let kafka_settings = Settings {
+                    idle_ms: 100,
+                    ..Settings::default()
+                };
+                let weft_source = || {
+                    SourceSpec::Kafka(KafkaConfig {
+                        brokers: brokers.clone(),
+                        topic: topic.clone(),
+                        group: format!("{topic}-weft-{:x}", rand::random::<u64>()),
+                        options: Default::default(),
+                    })
+                };
+
+                // Agreement before timing: weft's answer, then each peer's
+                // (these runs also warm caches: they are not counted).
+                let data = tempfile::tempdir_in(tmp.path()).expect("a data dir");
+                let store = Store::open(&data.path().join("state")).expect("a store");
+                let source = weft_source::open(&weft_source()).expect("the source");
+                let mut pipeline = Pipeline::open(
+                    kafka_settings.clone(),
+                    source,
+                    default.clone(),
+                    store,
+                    &runtime,
+                )
+                .expect("a pipeline");
+                let shared = pipeline.shared();
+                let deadline = Instant::now() + Duration::from_secs(600);
+                loop {
+                    pipeline.step().expect("a pipeline step");
+                    let status = shared.status();
+                    let counters = &status.events;
+                    if counters.received as usize == clean && status.buffered == 0 {
+                        assert_eq!(
+                            counters.accepted as usize, clean,
+                            "weft rejected clean messages: {counters:?}"
+                        );
+                        break;
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "weft has not processed the {clean} messages after 10 minutes: {counters:?}"
+                    );
+                }
+                let query = |name: &str| -> Value {
+                    let slot = shared.plugin(name).expect("a default plugin");
+                    let answer = weft_pipeline::lock(&slot.plugin)
+                        .query(&[])
+                        .expect("a query");
+                    serde_json::from_str(&answer).expect("a JSON answer")
+                };
+                Answer::from_weft(&query("core"), &query("event_counts")).check("weft", &want);
+                drop((pipeline, shared, data));
+                for (peer, _) in peer_targets {
+                    peer.run(&brokers, &topic, clean)
+                        .answer
+                        .check(peer.name(), &want);
+                }
+
+                // Timed runs, alternating so drift on a shared machine hits all alike.
+                let mut weft = Vec::new();
+                let mut rates = vec![Vec::new(); peer_targets.len()];
+                for _ in 0..config.runs {
+                    weft.push(source_rate(
+                        tmp.path(),
+                        &weft_source(),
+                        &default,
+                        &kafka_settings,
+                        &runtime,
+                        clean,
+                    ));
+                    for ((peer, _), rates) in peer_targets.iter().zip(&mut rates) {
+                        let run = peer.run(&brokers, &topic, clean);
+                        run.answer.check(peer.name(), &want);
+                        rates.push(clean as f64 / run.seconds);
+                    }
+                }
+                let weft_rate = median(&weft);
+                figures.push(Figure {
+                    item: "7",
+                    name: format!(
+                        "default pipeline from a topic of {clean} clean events ({users} users)"
+                    ),
+                    unit: "msg/s",
+                    runs: weft,
+                    ratio: None,
+                });
+                // The ratio is weft's rate over the peer's, so "≥ 20" reads
+                // as the target says: weft at least 20 × the peer.
+                for (((peer, target), version), rates) in
+                    peer_targets.iter().zip(versions).zip(rates)
+                {
+                    figures.push(Figure {
+                        item: "7",
+                        name: format!(
+                            "{} {version}, same topic, same metrics (weft ÷ {})",
+                            peer.name(),
+                            peer.name()
+                        ),
+                        unit: "msg/s",
+                        ratio: Some((weft_rate / median(&rates), Some(*target))),
+                        runs: rates,
+                    });
+                }
+            }
+        }
+    }
+
     if wanted(&["8"]) {
         // 8. Memory: open sessions held by the default pipeline, and sled's size.
         eprintln!("8. memory…");
@@ -732,6 +877,8 @@ fn main() {
         // 11. Scaling with work: distinct users, then metric plugins.
         eprintln!("11. scaling…");
         let events = if smoke { 5_000 } else { 300_000 };
+        // Six configurations, the slowest (16 × `core`) a minute a run: three runs each.
+        let runs = config.runs.min(3);
         let user_counts = if smoke {
             [100, 1_000, 10_000]
         } else {
@@ -744,7 +891,7 @@ fn main() {
         for users in user_counts {
             let file = tmp.path().join(format!("scaling-{users}.jsonl"));
             write_events(&file, events, 10, scattered(users));
-            let runs = warm_runs(config.runs, || {
+            let runs = warm_runs(runs, || {
                 pipeline_rate(tmp.path(), &file, &default, &settings, &runtime, events)
             });
             by_users.push((users, runs));
@@ -768,7 +915,7 @@ fn main() {
                 weft::bundled::get("sessionizer").expect("bundled"),
             )];
             plugins.extend((0..metrics).map(|k| spec(&format!("core_{k}"), core)));
-            let runs = warm_runs(config.runs, || {
+            let runs = warm_runs(runs, || {
                 pipeline_rate(
                     tmp.path(),
                     &scaling_file,

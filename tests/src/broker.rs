@@ -40,12 +40,20 @@ pub fn kafka_args<'a>(
 
 /// A new topic with a random name and `partitions` partitions.
 pub fn create_topic(partitions: i32) -> String {
+    create_topic_with(partitions, &[])
+}
+
+/// Like [`create_topic`], with topic settings (`retention.ms`, ...).
+pub fn create_topic_with(partitions: i32, config: &[(&str, &str)]) -> String {
     let name = format!("weft-test-{:016x}", rand::random::<u64>());
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .create()
         .expect("an admin client");
-    let topic = NewTopic::new(&name, partitions, TopicReplication::Fixed(1));
+    let topic = config.iter().fold(
+        NewTopic::new(&name, partitions, TopicReplication::Fixed(1)),
+        |topic, &(key, value)| topic.set(key, value),
+    );
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let runtime = block_on(admin.create_topics([&topic], &opts));
     match runtime {

@@ -449,12 +449,17 @@ impl Pipeline {
                 self.last_message = Instant::now();
             }
             // The watermark moves after every message, so whether an event is
-            // late does not depend on where a poll began.
+            // late does not depend on where a poll began. A partition whose
+            // last messages are in this poll is caught up only once they are
+            // all admitted (below), not while others' messages come first.
             let partitions = self.source.partitions();
+            let mut caught_up = self.source.caught_up().clone();
+            for message in &polled {
+                caught_up.remove(&message.partition);
+            }
             for message in polled.drain(..) {
                 self.admit(message);
-                self.reorder
-                    .advance(&partitions, self.source.caught_up(), false);
+                self.reorder.advance(&partitions, &caught_up, false);
             }
             self.polled = polled;
             if !self.source_running {
