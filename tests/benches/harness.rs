@@ -3,13 +3,13 @@
 //! and each target a ratio against a baseline measured in the same run.
 //!
 //! ```sh
-//! cargo bench -p weft-tests --bench harness            # full: about 3 minutes
+//! cargo bench -p weft-tests --bench harness            # full: about 35 minutes
 //! cargo bench -p weft-tests --bench harness -- --smoke # CI: seconds, figures meaningless
 //! cargo bench -p weft-tests --bench harness -- --only 9 # one item
 //! ```
 //!
 //! Writes `target/weft-bench/results.md` and `results.json` and prints the
-//! table. Measurements so far:
+//! table. The measurements:
 //!
 //! 1. **decode limit**: `weft-normalize` (JSON parse, field candidates, time
 //!    formats, user-agent enrichment, leftover properties) against the
@@ -17,6 +17,9 @@
 //! 2. **end to end**: the default pipeline (sessionizer → core,
 //!    event_counts, funnel as WebAssembly components, checkpoints on) from a
 //!    file, in process, against the plain decode rate (target ≥ 0.4);
+//! 3. **WASM tax**: the default pipeline with the same plugins compiled
+//!    natively (`weft_plugin::native`, `Runtime::with_native`) against the
+//!    components (target WASM / native ≥ 0.8);
 //! 4. **batching**: the pipeline with a no-op stage and a no-op metric, by
 //!    batch size;
 //! 5. **guards**: the default pipeline with the CPU guard (epoch

@@ -98,7 +98,11 @@ impl<V: DeserializeOwned> MapInner<V> {
     /// The cached entry for `key`, read from the host on first use.
     fn slot(&mut self, key: &str) -> &mut Slot<V> {
         if !self.cache.contains_key(key) {
-            let stored = host::get(&prefixed(&self.name, key));
+            // A complete cache knows every entry: a miss is an absent one.
+            let stored = match self.complete {
+                true => None,
+                false => host::get(&prefixed(&self.name, key)),
+            };
             let slot = Slot {
                 fresh: stored.is_none(),
                 value: stored.and_then(|b| decode(&b, key)),
@@ -165,10 +169,13 @@ pub struct Map<V: Serialize + DeserializeOwned + 'static> {
 impl<V: Serialize + DeserializeOwned + 'static> Map<V> {
     /// The map named `name`; two containers of one plugin need distinct names.
     pub fn new(name: &str) -> Self {
+        // A map the host holds nothing of (a new instance) starts complete:
+        // its misses never need asking.
+        let empty = host::scan(&prefixed(name, ""), None, 1).is_empty();
         let inner = Rc::new(RefCell::new(MapInner {
             name: name.to_owned(),
             cache: FxHashMap::default(),
-            complete: false,
+            complete: empty,
         }));
         register(inner.clone());
         Map { inner }
