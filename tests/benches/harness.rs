@@ -261,6 +261,15 @@ fn drain_rate(brokers: &str, topic: &str, messages: usize) -> f64 {
     per_second(messages, started)
 }
 
+/// Whether any of `brokers` (`host:port,…`) accepts a TCP connection.
+fn answers_tcp(brokers: &str) -> bool {
+    brokers
+        .split(',')
+        .filter_map(|b| std::net::ToSocketAddrs::to_socket_addrs(b).ok())
+        .flatten()
+        .any(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(1)).is_ok())
+}
+
 /// What item 8 measures.
 struct Memory {
     /// The process's peak resident memory during the run.
@@ -653,11 +662,7 @@ fn main() {
     if wanted(&["6"]) {
         // 6. From Kafka: weft against a raw consumer draining the same topic.
         let brokers = weft_tests::broker::brokers();
-        let reachable = brokers
-            .split(',')
-            .filter_map(|b| std::net::ToSocketAddrs::to_socket_addrs(b).ok())
-            .flatten()
-            .any(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(1)).is_ok());
+        let reachable = answers_tcp(&brokers);
         if reachable {
             eprintln!("6. from Kafka ({brokers})…");
             let topic = weft_tests::broker::create_topic(4);
@@ -709,11 +714,7 @@ fn main() {
     if wanted(&["7"]) {
         // 7. Peers: Quix Streams and Bytewax on the same clean topic, the same metrics.
         let brokers = weft_tests::broker::brokers();
-        let reachable = brokers
-            .split(',')
-            .filter_map(|b| std::net::ToSocketAddrs::to_socket_addrs(b).ok())
-            .flatten()
-            .any(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(1)).is_ok());
+        let reachable = answers_tcp(&brokers);
         let peer_targets = [(Peer::QuixStreams, 20.0), (Peer::Bytewax, 30.0)];
         let versions: Result<Vec<String>, String> = peer_targets
             .iter()
