@@ -58,13 +58,14 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::{
     borrow::Cow,
+    ffi::OsStr,
     fmt::Write as _,
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json, value::RawValue};
 use weft_normalize::{FieldMapping, Normalizer};
 use weft_pipeline::{Pipeline, PluginSpec, Settings, lifecycle::Origin};
@@ -79,10 +80,11 @@ use weft_tests::{
 };
 
 /// One figure of the results table.
+#[derive(Serialize, Deserialize)]
 struct Figure {
-    item: &'static str,
+    item: String,
     name: String,
-    unit: &'static str,
+    unit: String,
     /// One value per run.
     runs: Vec<f64>,
     /// The figure's ratio against its baseline, and the target, if any.
@@ -270,6 +272,42 @@ fn answers_tcp(brokers: &str) -> bool {
         .any(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(1)).is_ok())
 }
 
+/// Item 11's runs of one configuration, in a process of its own (this
+/// program with `--scaling`): see [`scaling_child`].
+fn scaling_runs(file: &Path, events: usize, metrics: usize, runs: usize) -> Vec<f64> {
+    let [events, metrics, runs] = [events, metrics, runs].map(|n| n.to_string());
+    let args = [
+        OsStr::new("--scaling"),
+        file.as_ref(),
+        events.as_ref(),
+        metrics.as_ref(),
+        runs.as_ref(),
+    ];
+    serde_json::from_value(child(&args)).expect("the rates")
+}
+
+/// The child of [`scaling_runs`]: over `file` (`events` messages), one
+/// uncounted run and then `runs` timed runs of the default pipeline
+/// (`metrics` 0) or of the sessionizer and `metrics` × `core`; prints the
+/// rates as JSON.
+fn scaling_child(file: &Path, events: usize, metrics: usize, runs: usize) {
+    let dir = file.parent().expect("the events' directory");
+    let runtime = Runtime::new(Some(dir.join("modules"))).expect("a runtime");
+    let plugins = if metrics == 0 {
+        default_plugins()
+    } else {
+        let core = weft::bundled::get("core").expect("bundled");
+        std::iter::once(bundled("sessionizer"))
+            .chain((0..metrics).map(|k| spec(&format!("core_{k}"), core)))
+            .collect()
+    };
+    let settings = Settings::default();
+    let rates = warm_runs(runs, || {
+        pipeline_rate(dir, file, &plugins, &settings, &runtime, events)
+    });
+    println!("{}", json!(rates));
+}
+
 /// What item 8 measures.
 struct Memory {
     /// The process's peak resident memory during the run.
@@ -293,19 +331,8 @@ fn peak_rss_mb() -> f64 {
 /// Runs in a child process of its own (this program again, with
 /// `--open-sessions`), so the peak resident memory is the pipeline's alone.
 fn open_sessions(dir: &Path, users: usize) -> Memory {
-    let exe = std::env::current_exe().expect("the harness's path");
-    let out = std::process::Command::new(exe)
-        .arg("--open-sessions")
-        .arg(users.to_string())
-        .arg(dir)
-        .output()
-        .expect("run the memory child");
-    assert!(
-        out.status.success(),
-        "the memory child failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let answer: Value = serde_json::from_slice(&out.stdout).expect("the child's JSON");
+    let users = users.to_string();
+    let answer = child(&[OsStr::new("--open-sessions"), users.as_ref(), dir.as_ref()]);
     let mb = |k: &str| answer[k].as_f64().expect("a number");
     Memory {
         rss_mb: mb("rss_mb"),
@@ -320,10 +347,7 @@ fn open_sessions_child(users: usize, dir: &Path) {
     let file = dir.join(format!("open-sessions-{users}.jsonl"));
     write_events(&file, users, 1, |i| i);
     let runtime = Runtime::new(Some(dir.join("modules"))).expect("a runtime");
-    let plugins: Vec<PluginSpec> = ["sessionizer", "core", "event_counts", "funnel"]
-        .iter()
-        .map(|n| spec(n, weft::bundled::get(n).expect("bundled")))
-        .collect();
+    let plugins = default_plugins();
     let data = tempfile::tempdir_in(dir).expect("a data dir");
     let store = Store::open(&data.path().join("state")).expect("a store");
     let source = weft_source::open(&SourceSpec::File(file.clone())).expect("the file");
@@ -457,6 +481,20 @@ fn query_latency(
     }
 }
 
+/// The default pipeline: the sessionizer, then `core`, `event_counts` and
+/// `funnel`.
+fn default_plugins() -> Vec<PluginSpec> {
+    ["sessionizer", "core", "event_counts", "funnel"]
+        .iter()
+        .map(|&n| bundled(n))
+        .collect()
+}
+
+/// The bundled plugin `name` as `name`.
+fn bundled(name: &str) -> PluginSpec {
+    spec(name, weft::bundled::get(name).expect("bundled"))
+}
+
 fn spec(name: &str, wasm: &[u8]) -> PluginSpec {
     PluginSpec {
         name: name.into(),
@@ -479,7 +517,21 @@ fn main() {
         let users = args[i + 1].parse().expect("a user count");
         return open_sessions_child(users, Path::new(&args[i + 2]));
     }
+    if let Some(i) = args.iter().position(|a| a == "--scaling") {
+        let arg = |k: usize| args[i + k].as_str();
+        let number = |k: usize| arg(k).parse().expect("a number");
+        return scaling_child(Path::new(arg(1)), number(2), number(3), number(4));
+    }
     let smoke = args.iter().any(|a| a == "--smoke");
+    // `--only ITEM` runs one item (items 1 and 2 run together: 2's baseline is 1).
+    let Some(only) = args
+        .iter()
+        .position(|a| a == "--only")
+        .map(|i| args.get(i + 1).expect("--only ITEM").as_str())
+    else {
+        return run_in_children(smoke);
+    };
+    let wanted = |items: &[&str]| items.contains(&only);
     let config = if smoke {
         Config {
             users: 300,
@@ -499,17 +551,15 @@ fn main() {
     let lines: Vec<&[u8]> = stream.deliveries.iter().map(|d| &d.payload[..]).collect();
     let mut figures = Vec::new();
     let runtime = Runtime::new(Some(tmp.path().join("modules"))).expect("a runtime");
-    let default: Vec<PluginSpec> = ["sessionizer", "core", "event_counts", "funnel"]
-        .iter()
-        .map(|n| spec(n, weft::bundled::get(n).expect("bundled")))
-        .collect();
+    let default = default_plugins();
+    // Each item runs in a fresh process: compile the default plugins into its
+    // module cache first, so that no timed run includes compiling them.
+    for plugin in &default {
+        runtime
+            .load(&plugin.name, &plugin.wasm)
+            .expect("a bundled plugin compiles");
+    }
     let settings = Settings::default();
-    // `--only ITEM` runs one item (items 1 and 2 run together: 2's baseline is 1).
-    let only = args
-        .iter()
-        .position(|a| a == "--only")
-        .map(|i| args.get(i + 1).expect("--only ITEM").as_str());
-    let wanted = |items: &[&str]| only.is_none_or(|o| items.contains(&o));
 
     if wanted(&["1", "2"]) {
         // 1. The decode limit.
@@ -530,17 +580,17 @@ fn main() {
             per_second(lines.len(), started)
         });
         let plain = Figure {
-            item: "1",
+            item: "1".into(),
             name: "plain decode (serde_json into a struct of borrowed fields)".into(),
-            unit: "msg/s",
+            unit: "msg/s".into(),
             runs: plain,
             ratio: None,
         };
         let plain_rate = plain.median();
         let normalize = Figure {
-            item: "1",
+            item: "1".into(),
             name: "normalize (weft-normalize)".into(),
-            unit: "msg/s",
+            unit: "msg/s".into(),
             ratio: Some((median(&normalize) / plain_rate, None)),
             runs: normalize,
         };
@@ -552,9 +602,9 @@ fn main() {
             pipeline_rate(tmp.path(), &file, &default, &settings, &runtime, messages)
         });
         figures.push(Figure {
-            item: "2",
+            item: "2".into(),
             name: "default pipeline, file → 4 components, checkpoints on".into(),
-            unit: "msg/s",
+            unit: "msg/s".into(),
             ratio: Some((median(&e2e) / plain_rate, Some(0.4))),
             runs: e2e,
         });
@@ -599,16 +649,16 @@ fn main() {
             ));
         }
         let natively = Figure {
-            item: "3",
+            item: "3".into(),
             name: "default pipeline, the same plugins compiled natively".into(),
-            unit: "msg/s",
+            unit: "msg/s".into(),
             runs: natively,
             ratio: None,
         };
         figures.push(Figure {
-            item: "3",
+            item: "3".into(),
             name: "default pipeline, plugins as WebAssembly components".into(),
-            unit: "msg/s",
+            unit: "msg/s".into(),
             ratio: Some((median(&wasm) / natively.median(), Some(0.8))),
             runs: wasm,
         });
@@ -643,16 +693,16 @@ fn main() {
             ));
         }
         let off = Figure {
-            item: "5",
+            item: "5".into(),
             name: "default pipeline, CPU guard off".into(),
-            unit: "msg/s",
+            unit: "msg/s".into(),
             runs: off,
             ratio: None,
         };
         figures.push(Figure {
-            item: "5",
+            item: "5".into(),
             name: "default pipeline, CPU guard on (epoch interruption, 5 ms ticks)".into(),
-            unit: "msg/s",
+            unit: "msg/s".into(),
             ratio: Some((median(&on) / off.median(), Some(0.9))),
             runs: on,
         });
@@ -690,16 +740,16 @@ fn main() {
                 ));
             }
             let raw = Figure {
-                item: "6",
+                item: "6".into(),
                 name: "raw rdkafka consumer draining the topic (4 partitions)".into(),
-                unit: "msg/s",
+                unit: "msg/s".into(),
                 runs: raw,
                 ratio: None,
             };
             figures.push(Figure {
-                item: "6",
+                item: "6".into(),
                 name: "default pipeline from the same topic".into(),
-                unit: "msg/s",
+                unit: "msg/s".into(),
                 ratio: Some((median(&weft) / raw.median(), Some(0.7))),
                 runs: weft,
             });
@@ -812,11 +862,11 @@ fn main() {
                 }
                 let weft_rate = median(&weft);
                 figures.push(Figure {
-                    item: "7",
+                    item: "7".into(),
                     name: format!(
                         "default pipeline from a topic of {clean} clean events ({users} users)"
                     ),
-                    unit: "msg/s",
+                    unit: "msg/s".into(),
                     runs: weft,
                     ratio: None,
                 });
@@ -826,13 +876,13 @@ fn main() {
                     peer_targets.iter().zip(versions).zip(rates)
                 {
                     figures.push(Figure {
-                        item: "7",
+                        item: "7".into(),
                         name: format!(
                             "{} {version}, same topic, same metrics (weft ÷ {})",
                             peer.name(),
                             peer.name()
                         ),
-                        unit: "msg/s",
+                        unit: "msg/s".into(),
                         ratio: Some((weft_rate / median(&rates), Some(*target))),
                         runs: rates,
                     });
@@ -847,7 +897,7 @@ fn main() {
         let users = if smoke { 10_000 } else { 1_000_000 };
         let memory = open_sessions(tmp.path(), users);
         figures.push(Figure {
-        item: "8",
+        item: "8".into(),
         name: format!(
             "resident memory with {users} open sessions, default pipeline (target ≤ 300 MB: {})",
             if memory.rss_mb <= 300.0 {
@@ -856,12 +906,12 @@ fn main() {
                 "NOT met"
             }
         ),
-        unit: "MB",
+        unit: "MB".into(),
         runs: vec![memory.rss_mb],
         ratio: None,
     });
         figures.push(Figure {
-        item: "8",
+        item: "8".into(),
         name: format!(
             "sled on disk after the checkpoint, vs the logical state ({:.0} MB) (target ≤ 3×: {})",
             memory.logical_mb,
@@ -871,7 +921,7 @@ fn main() {
                 "NOT met"
             }
         ),
-        unit: "MB",
+        unit: "MB".into(),
         ratio: Some((memory.disk_mb / memory.logical_mb, None)),
         runs: vec![memory.disk_mb],
     });
@@ -895,51 +945,33 @@ fn main() {
         for users in user_counts {
             let file = tmp.path().join(format!("scaling-{users}.jsonl"));
             write_events(&file, events, 10, scattered(users));
-            let runs = warm_runs(runs, || {
-                pipeline_rate(tmp.path(), &file, &default, &settings, &runtime, events)
-            });
-            by_users.push((users, runs));
+            by_users.push((users, scaling_runs(&file, events, 0, runs)));
         }
         let first = median(&by_users[0].1);
         for (users, runs) in by_users {
             figures.push(Figure {
-                item: "11",
+                item: "11".into(),
                 name: format!("default pipeline, {events} events over {users} distinct users"),
-                unit: "msg/s",
+                unit: "msg/s".into(),
                 ratio: Some((median(&runs) / first, None)),
                 runs,
             });
         }
         let scaling_file = tmp.path().join(format!("scaling-{}.jsonl", user_counts[1]));
-        let core = weft::bundled::get("core").expect("bundled");
         let mut by_plugins = Vec::new();
         for metrics in [1, 4, 16] {
-            let mut plugins = vec![spec(
-                "sessionizer",
-                weft::bundled::get("sessionizer").expect("bundled"),
-            )];
-            plugins.extend((0..metrics).map(|k| spec(&format!("core_{k}"), core)));
-            let runs = warm_runs(runs, || {
-                pipeline_rate(
-                    tmp.path(),
-                    &scaling_file,
-                    &plugins,
-                    &settings,
-                    &runtime,
-                    events,
-                )
-            });
+            let runs = scaling_runs(&scaling_file, events, metrics, runs);
             by_plugins.push((metrics, runs));
         }
         let first = median(&by_plugins[0].1);
         for (metrics, runs) in by_plugins {
             figures.push(Figure {
-                item: "11",
+                item: "11".into(),
                 name: format!(
                     "sessionizer + {metrics} × core, {events} events over {} users",
                     user_counts[1]
                 ),
-                unit: "msg/s",
+                unit: "msg/s".into(),
                 ratio: Some((median(&runs) / first, None)),
                 runs,
             });
@@ -954,28 +986,28 @@ fn main() {
             .collect();
         let pick = |f: fn(&Latencies) -> f64| -> Vec<f64> { runs.iter().map(f).collect() };
         let idle = Figure {
-            item: "9",
+            item: "9".into(),
             name: "`GET /api/plugins/core/query` p99, pipeline idle (after the file)".into(),
-            unit: "ms",
+            unit: "ms".into(),
             runs: pick(|l| l.idle_p99),
             ratio: None,
         };
         let busy_p99 = pick(|l| l.busy_p99);
         let met = median(&busy_p99) <= 20.0;
         figures.push(Figure {
-            item: "9",
+            item: "9".into(),
             name: "`GET /api/plugins/core/query` p50, under full ingest".into(),
-            unit: "ms",
+            unit: "ms".into(),
             ratio: Some((median(&pick(|l| l.busy_p50)) / idle.median(), None)),
             runs: pick(|l| l.busy_p50),
         });
         figures.push(Figure {
-            item: "9",
+            item: "9".into(),
             name: format!(
                 "`GET /api/plugins/core/query` p99, under full ingest (target ≤ 20 ms: {})",
                 if met { "met" } else { "NOT met" }
             ),
-            unit: "ms",
+            unit: "ms".into(),
             ratio: Some((median(&busy_p99) / idle.median(), None)),
             runs: busy_p99,
         });
@@ -1006,9 +1038,9 @@ fn main() {
             .fold(0.0, f64::max);
         for (batch_size, runs) in by_size {
             figures.push(Figure {
-                item: "4",
+                item: "4".into(),
                 name: format!("no-op stage + metric, batch_size {batch_size}"),
-                unit: "msg/s",
+                unit: "msg/s".into(),
                 ratio: Some((median(&runs) / best, None)),
                 runs,
             });
@@ -1027,16 +1059,16 @@ fn main() {
             first_event(tmp.path(), &warm_cache, &file, &default)
         });
         let cold = Figure {
-            item: "10",
+            item: "10".into(),
             name: "start to first processed event, cold module cache".into(),
-            unit: "ms",
+            unit: "ms".into(),
             runs: cold,
             ratio: None,
         };
         figures.push(Figure {
-            item: "10",
+            item: "10".into(),
             name: "start to first processed event, warm module cache".into(),
-            unit: "ms",
+            unit: "ms".into(),
             ratio: Some((median(&warm) / cold.median(), None)),
             runs: warm,
         });
@@ -1090,23 +1122,80 @@ fn main() {
             // The Rust build (the first) is the baseline of both figures.
             let (base_ns, base_size) = *rust.get_or_insert((ns, size));
             figures.push(Figure {
-                item: "languages",
+                item: "languages".into(),
                 name: format!("{instance}: ingest per event, batches of 1024"),
-                unit: "ns/event",
+                unit: "ns/event".into(),
                 ratio: Some((ns / base_ns, None)),
                 runs,
             });
             figures.push(Figure {
-                item: "languages",
+                item: "languages".into(),
                 name: format!("{instance}: component size"),
-                unit: "KB",
+                unit: "KB".into(),
                 runs: vec![size],
                 ratio: Some((size / base_size, None)),
             });
         }
     }
 
+    if args.iter().any(|a| a == "--figures-json") {
+        println!("{}", json!({ "messages": messages, "figures": figures }));
+    } else {
+        report(&figures, messages, smoke);
+    }
+}
+
+/// Every item, in the order the full run takes them (`1` is items 1 and 2).
+const ITEMS: [&str; 11] = [
+    "1",
+    "3",
+    "5",
+    "6",
+    "7",
+    "8",
+    "11",
+    "9",
+    "4",
+    "10",
+    "languages",
+];
+
+/// The full run: each item in a process of its own (this program with
+/// `--only ITEM`), as `weft` runs one pipeline per process. In one process,
+/// the memory the allocator keeps from dozens of pipelines opened and
+/// dropped grew past this machine's 24 GB.
+fn run_in_children(smoke: bool) {
+    let (mut figures, mut messages) = (Vec::new(), 0);
+    for item in ITEMS {
+        let mut args = vec!["--only", item, "--figures-json"];
+        if smoke {
+            args.push("--smoke");
+        }
+        let mut answer = child(&args);
+        messages = answer["messages"].as_u64().expect("a message count") as usize;
+        let item_figures: Vec<Figure> =
+            serde_json::from_value(answer["figures"].take()).expect("the child's figures");
+        figures.extend(item_figures);
+    }
     report(&figures, messages, smoke);
+}
+
+/// Runs this program again with `args`, its progress going to our stderr,
+/// and returns the JSON it prints.
+fn child<S: AsRef<OsStr>>(args: &[S]) -> Value {
+    let exe = std::env::current_exe().expect("the harness's path");
+    let out = std::process::Command::new(exe)
+        .args(args)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .expect("run a child harness");
+    assert!(
+        out.status.success(),
+        "the child harness ({:?}) failed: {}",
+        args.iter().map(AsRef::as_ref).collect::<Vec<_>>(),
+        out.status
+    );
+    serde_json::from_slice(&out.stdout).expect("the child's JSON")
 }
 
 /// Milliseconds from nothing (a new runtime over `cache`, a new store, the
