@@ -224,7 +224,20 @@ fn run_to_end(
         pipeline.step().expect("a pipeline step");
         let status = shared.status();
         if status.events.received as usize == messages && status.buffered == 0 {
-            return (per_second(messages, started), pipeline, data);
+            let rate = per_second(messages, started);
+            // A rate means nothing if a plugin failed calls along the way.
+            for slot in shared.plugins().iter() {
+                let stats = weft_pipeline::lock(&slot.stats);
+                assert!(
+                    stats.errors == 0 && stats.dead_letters == 0,
+                    "{} failed {} calls ({} batches to its dead letters); the last: {:?}",
+                    slot.name,
+                    stats.errors,
+                    stats.dead_letters,
+                    stats.last_error
+                );
+            }
+            return (rate, pipeline, data);
         }
         assert!(
             status.source_running || status.buffered > 0,

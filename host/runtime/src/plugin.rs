@@ -31,17 +31,20 @@ use crate::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
-    /// CPU time one call may take, in milliseconds.
+    /// CPU time one call may take, in milliseconds. A `checkpoint`, which
+    /// writes what every call since the last one changed, may take this much
+    /// per call since the last checkpoint.
     pub cpu_ms: u64,
     /// Linear memory the instance may grow to, in MiB.
     pub memory_mib: u64,
 }
 
 impl Limits {
-    /// The CPU budget in epoch ticks, plus one: the epoch may advance right
-    /// after a call is armed.
-    fn deadline_ticks(&self) -> u64 {
+    /// `budgets` CPU budgets in epoch ticks, plus one: the epoch may advance
+    /// right after a call is armed.
+    fn deadline_ticks(&self, budgets: u64) -> u64 {
         self.cpu_ms
+            .saturating_mul(budgets)
             .div_ceil(crate::engine::EPOCH_TICK.as_millis() as u64)
             .max(1)
             + 1
@@ -204,7 +207,7 @@ fn instantiate(
     let mut store = Store::new(&runtime.engine, ctx);
     store.limiter(|ctx| &mut ctx.limits);
     // Instantiation runs the component's start code: give it a budget too.
-    store.set_epoch_deadline(limits.deadline_ticks());
+    store.set_epoch_deadline(limits.deadline_ticks(1));
     let instantiate = |source| Error::Instantiate {
         plugin: name.into(),
         source,
@@ -242,6 +245,11 @@ pub struct Plugin {
     instance: Instance,
     /// Set by a trap: the instance must not be entered again.
     poisoned: bool,
+    /// Calls (`process`, `ingest`, `tick`) since the last checkpoint: the
+    /// next checkpoint's CPU budget is this many budgets.
+    calls_since_checkpoint: u64,
+    /// The CPU budget of the call in progress, ms.
+    armed_ms: u64,
 }
 
 impl Plugin {
@@ -281,12 +289,14 @@ impl Plugin {
             store,
             instance,
             poisoned: false,
+            calls_since_checkpoint: 0,
+            armed_ms: limits.cpu_ms,
         })
     }
 
     /// Calls the plugin's `init` with its config.
     pub fn init(&mut self) -> Result<(), Error> {
-        self.arm();
+        self.arm(1);
         let result = match &mut self.instance {
             Instance::Metric(m) => m.call_init(&mut self.store, &self.config),
             Instance::Stage(s) => s.call_init(&mut self.store, &self.config),
@@ -309,6 +319,7 @@ impl Plugin {
         self.store = store;
         self.instance = instance;
         self.poisoned = false;
+        self.calls_since_checkpoint = 0;
         self.init()
     }
 
@@ -317,20 +328,32 @@ impl Plugin {
         self.poisoned
     }
 
-    /// Refuses calls into a poisoned instance; arms the next call.
-    fn ready(&mut self) -> Result<(), Error> {
+    /// Refuses calls into a poisoned instance; arms the next call with
+    /// `budgets` CPU budgets.
+    fn ready(&mut self, budgets: u64) -> Result<(), Error> {
         if self.poisoned {
             return Err(Error::Poisoned {
                 plugin: self.name.clone(),
             });
         }
-        self.arm();
+        self.arm(budgets);
         Ok(())
     }
 
-    /// Gives the next call its CPU budget.
-    fn arm(&mut self) {
-        self.store.set_epoch_deadline(self.limits.deadline_ticks());
+    /// Gives the next call `budgets` CPU budgets (at least one).
+    fn arm(&mut self, budgets: u64) {
+        let budgets = budgets.max(1);
+        self.armed_ms = self.limits.cpu_ms.saturating_mul(budgets);
+        self.store
+            .set_epoch_deadline(self.limits.deadline_ticks(budgets));
+    }
+
+    /// Arms a call that changes state: one budget, and one more for the
+    /// next checkpoint.
+    fn ready_to_change(&mut self) -> Result<(), Error> {
+        self.ready(1)?;
+        self.calls_since_checkpoint += 1;
+        Ok(())
     }
 
     pub fn name(&self) -> &str {
@@ -372,7 +395,7 @@ impl Plugin {
                     return Err(Error::Budget {
                         plugin,
                         function,
-                        limit_ms: self.limits.cpu_ms,
+                        limit_ms: self.armed_ms,
                     });
                 }
                 if format!("{trap:#}").contains("forcing trap when growing memory") {
@@ -407,7 +430,7 @@ impl Plugin {
 
     /// Runs a stage over `batch`.
     pub fn process(&mut self, batch: &Batch) -> Result<StageOutput, Error> {
-        self.ready()?;
+        self.ready_to_change()?;
         let result = match &mut self.instance {
             Instance::Stage(s) => s.call_process(&mut self.store, batch),
             #[cfg(feature = "native")]
@@ -421,7 +444,7 @@ impl Plugin {
 
     /// Feeds `batch` to a metric.
     pub fn ingest(&mut self, batch: &Batch) -> Result<(), Error> {
-        self.ready()?;
+        self.ready_to_change()?;
         let result = match &mut self.instance {
             Instance::Metric(m) => m.call_ingest(&mut self.store, batch),
             #[cfg(feature = "native")]
@@ -434,7 +457,7 @@ impl Plugin {
     }
 
     pub fn tick(&mut self, watermark: i64) -> Result<(), Error> {
-        self.ready()?;
+        self.ready_to_change()?;
         let result = match &mut self.instance {
             Instance::Metric(m) => m.call_tick(&mut self.store, watermark),
             Instance::Stage(s) => s.call_tick(&mut self.store, watermark),
@@ -447,9 +470,12 @@ impl Plugin {
     }
 
     /// Asks the plugin to hand over its state changes and returns every
-    /// write pending since the last checkpoint.
+    /// write pending since the last checkpoint. Its CPU budget is one per
+    /// call since the last checkpoint: writing what many batches changed
+    /// takes longer than any one of them.
     pub fn checkpoint(&mut self) -> Result<Vec<Write>, Error> {
-        self.ready()?;
+        let calls = std::mem::take(&mut self.calls_since_checkpoint);
+        self.ready(calls)?;
         let result = match &mut self.instance {
             Instance::Metric(m) => m.call_checkpoint(&mut self.store),
             Instance::Stage(s) => s.call_checkpoint(&mut self.store),
@@ -464,7 +490,7 @@ impl Plugin {
 
     /// Asks a metric a query; returns its JSON text.
     pub fn query(&mut self, params: &[(String, String)]) -> Result<String, Error> {
-        self.ready()?;
+        self.ready(1)?;
         let result = match &mut self.instance {
             Instance::Metric(m) => m.call_query(&mut self.store, params),
             #[cfg(feature = "native")]
