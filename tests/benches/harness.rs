@@ -3,7 +3,7 @@
 //! and each target a ratio against a baseline measured in the same run.
 //!
 //! ```sh
-//! cargo bench -p weft-tests --bench harness            # full: about 35 minutes
+//! cargo bench -p weft-tests --bench harness            # full: about 25 minutes
 //! cargo bench -p weft-tests --bench harness -- --smoke # CI: seconds, figures meaningless
 //! cargo bench -p weft-tests --bench harness -- --only 9 # one item
 //! ```
