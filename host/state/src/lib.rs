@@ -60,15 +60,27 @@ const DEDUP: &[u8] = b"d\0";
 const REJECTED: &[u8] = b"r\0";
 const META: &[u8] = b"m\0meta";
 const INTENT: &[u8] = b"m\0intent";
+const DEAD: &[u8] = b"x\0";
+const MODULE: &[u8] = b"w\0";
+const INSTANCE: &[u8] = b"i\0";
 
 /// The most writes one sled batch carries (see the module's docs).
 const CHUNK: usize = 1_000;
 
 /// Writes by full key: a value to set, or `None` to remove the key.
 type Writes = Vec<(Vec<u8>, Option<Vec<u8>>)>;
-const DEAD: &[u8] = b"x\0";
-const MODULE: &[u8] = b"w\0";
-const INSTANCE: &[u8] = b"i\0";
+
+/// A sled batch of `writes`.
+fn batch_of(writes: impl IntoIterator<Item = (Vec<u8>, Option<Vec<u8>>)>) -> sled::Batch {
+    let mut batch = sled::Batch::default();
+    for (k, v) in writes {
+        match v {
+            Some(v) => batch.insert(k, v),
+            None => batch.remove(k),
+        }
+    }
+    batch
+}
 
 /// A message that failed validation, kept with its raw bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,16 +164,10 @@ impl Store {
     /// Applies a committed intent's writes in batches of [`CHUNK`], then
     /// removes the intent.
     fn apply_intent(&self, writes: Writes) -> Result<(), StateError> {
-        for chunk in writes.chunks(CHUNK) {
-            let mut batch = sled::Batch::default();
-            for (k, v) in chunk {
-                match v {
-                    Some(v) => batch.insert(k.as_slice(), v.as_slice()),
-                    None => batch.remove(k.as_slice()),
-                }
-            }
+        let mut writes = writes.into_iter().peekable();
+        while writes.peek().is_some() {
             self.tree
-                .apply_batch(batch)
+                .apply_batch(batch_of(writes.by_ref().take(CHUNK)))
                 .map_err(io("apply checkpoint"))?;
         }
         self.tree.remove(INTENT).map_err(io("remove intent"))?;
@@ -204,21 +210,17 @@ impl Store {
             let k = key(&[DEAD, plugin.as_bytes(), b"\0", &seq.to_be_bytes()]);
             writes.push((k, None));
         }
-        let mut batch = sled::Batch::default();
-        batch.insert(META, cp.meta);
         if writes.len() < CHUNK {
-            for (k, v) in writes {
-                match v {
-                    Some(v) => batch.insert(k, v),
-                    None => batch.remove(k),
-                }
-            }
+            let mut batch = batch_of(writes);
+            batch.insert(META, cp.meta);
             self.tree
                 .apply_batch(batch)
                 .map_err(io("apply checkpoint"))?;
             self.db.flush().map_err(io("flush checkpoint"))?;
             return Ok(());
         }
+        let mut batch = sled::Batch::default();
+        batch.insert(META, cp.meta);
         batch.insert(INTENT, encode("checkpoint intent", &writes)?);
         self.tree
             .apply_batch(batch)
@@ -452,6 +454,19 @@ mod tests {
         }
     }
 
+    /// Opens the store at `dir` again once sled has let go of it: a dropped
+    /// `Db` releases its file lock from a background thread, a moment later.
+    fn reopen(dir: &Path) -> Store {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match Store::open(dir) {
+                Ok(store) => return store,
+                Err(e) if std::time::Instant::now() > deadline => panic!("reopen: {e}"),
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
+            }
+        }
+    }
+
     /// `n` writes of plugin state: key `k{i}` (zero-padded), value `round`
     /// and `i`; every third removed instead when `removes`.
     fn many(n: usize, round: u8, removes: bool) -> Vec<Write> {
@@ -481,7 +496,7 @@ mod tests {
             }
             assert_eq!(store.tree.get(INTENT).unwrap(), None, "the intent is gone");
         }
-        let store = Store::open(dir.path()).unwrap();
+        let store = reopen(dir.path());
         assert_eq!(store.meta().unwrap(), Some(vec![2]));
         let want: Vec<(Vec<u8>, Vec<u8>)> = many(n, 2, true)
             .into_iter()
@@ -515,7 +530,7 @@ mod tests {
             store.tree.apply_batch(batch).unwrap();
             store.flush().unwrap();
         }
-        let store = Store::open(dir.path()).unwrap();
+        let store = reopen(dir.path());
         assert_eq!(store.meta().unwrap(), Some(vec![2]));
         assert_eq!(store.tree.get(INTENT).unwrap(), None);
         let a = store.plugin_state("a");
@@ -563,7 +578,7 @@ mod tests {
                 })
                 .unwrap();
         }
-        let store = Store::open(dir.path()).unwrap();
+        let store = reopen(dir.path());
         assert_eq!(store.meta().unwrap(), Some(b"meta-2".to_vec()));
         assert_eq!(
             store.dedup_records().unwrap(),
