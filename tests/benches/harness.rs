@@ -465,6 +465,7 @@ fn query_latency(
             upload_limit: weft_http::DEFAULT_UPLOAD_LIMIT,
         },
         plugin_dir: None,
+        server: weft_http::Server::default(),
     };
     let server = tokio.spawn(weft_http::serve(listener, shared.clone(), options, async {
         let _ = stopped.await;

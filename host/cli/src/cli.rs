@@ -15,6 +15,7 @@ use std::{
         atomic::{AtomicBool, Ordering},
     },
     thread,
+    time::Duration,
 };
 
 use crate::{bundled, config};
@@ -119,16 +120,21 @@ fn run(args: config::RunArgs) -> Result<()> {
 
     let stop = Arc::new(AtomicBool::new(false));
     let (ended_tx, ended_rx) = tokio::sync::oneshot::channel::<()>();
-    let worker = {
+    let (result_tx, result_rx) = std::sync::mpsc::channel();
+    {
         let stop = stop.clone();
         thread::Builder::new()
             .name("pipeline".into())
             .spawn(move || {
                 let result = pipeline.run(&stop);
+                if let Err(e) = &result {
+                    // Said at once: the rest of the shutdown may take a moment.
+                    tracing::error!(error = %format!("{e:#}"), "The pipeline stopped.");
+                }
                 let _ = ended_tx.send(());
-                result
-            })?
-    };
+                let _ = result_tx.send(result);
+            })?;
+    }
     let http_stop = stop.clone();
     let served = tokio.block_on(async move {
         let shutdown = async move {
@@ -144,19 +150,44 @@ fn run(args: config::RunArgs) -> Result<()> {
             weft_http::Options {
                 admin: config.admin,
                 plugin_dir: config.plugin_dir,
+                server: config.http,
             },
             shutdown,
         )
         .await
     });
     stop.store(true, Ordering::Relaxed);
-    let pipeline_result = worker
-        .join()
-        .map_err(|_| anyhow::anyhow!("the pipeline thread panicked"))?;
-    served.context("the HTTP server failed")?;
-    pipeline_result?;
-    Ok(())
+    if let Err(e) = served {
+        tracing::error!(error = %e, "The HTTP server failed.");
+    }
+    // The pipeline finishes its step and writes a last checkpoint. A plugin
+    // call still running after STOP_GRACE is interrupted (the last checkpoint
+    // then stands); a pipeline stuck even so (a disk that takes no writes) is
+    // left behind.
+    let result = result_rx.recv_timeout(STOP_GRACE).or_else(|_| {
+        tracing::warn!(
+            "The pipeline did not stop within {STOP_GRACE:?}; interrupting plugin calls."
+        );
+        runtime.interrupt_calls();
+        result_rx.recv_timeout(INTERRUPT_GRACE)
+    });
+    match result {
+        Ok(Ok(())) => Ok(()),
+        // Already logged; exit at once, without the destructors that would
+        // flush the store again (which may be what failed).
+        Ok(Err(_)) => std::process::exit(1),
+        Err(_) => {
+            tracing::error!("The pipeline did not stop; exiting without a final checkpoint.");
+            std::process::exit(1)
+        }
+    }
 }
+
+/// How long a stopping pipeline may take to finish its step and checkpoint
+/// before plugin calls are interrupted...
+const STOP_GRACE: Duration = Duration::from_secs(10);
+/// ...and how long after that before weft exits regardless.
+const INTERRUPT_GRACE: Duration = Duration::from_secs(5);
 
 /// Resolves on Ctrl-C or SIGTERM.
 async fn terminated() {

@@ -43,9 +43,12 @@ pub struct RunArgs {
     /// Bearer token of the admin API (uploads, unloads, rollbacks); without one the admin API is refused
     #[arg(long, env = "WEFT_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
-    /// A weft.toml with the same keys plus `[pipeline]`, `[demo]`, `[kafka_options]` and `[[plugins]]`
+    /// A weft.toml with the same keys plus `[pipeline]`, `[http]`, `[demo]`, `[kafka_options]` and `[[plugins]]`
     #[arg(long, env = "WEFT_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Read the source from its beginning instead of resuming where the data directory's last checkpoint stopped (needed when the input is not the one the data directory was used with; plugin state and counters are kept)
+    #[arg(long)]
+    pub reset_source: bool,
 }
 
 /// The `weft.toml` file.
@@ -66,6 +69,7 @@ struct FileConfig {
     kafka_options: BTreeMap<String, String>,
     demo: DemoConfig,
     pipeline: Settings,
+    http: weft_http::Server,
     plugins: Option<Vec<PluginEntry>>,
 }
 
@@ -97,6 +101,7 @@ pub struct RunConfig {
     /// The watched plugin directory, if any.
     pub plugin_dir: Option<PathBuf>,
     pub admin: weft_http::Admin,
+    pub http: weft_http::Server,
 }
 
 /// The default pipeline: the sessionizer, then the three bundled metrics.
@@ -209,7 +214,11 @@ pub fn resolve(args: RunArgs, bundled: &[(&str, &[u8])]) -> Result<RunConfig> {
             .listen
             .or(file.listen)
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
-        pipeline: file.pipeline,
+        pipeline: Settings {
+            reset_source: args.reset_source,
+            ..file.pipeline
+        },
+        http: file.http,
         plugins,
         plugin_dir,
         admin: weft_http::Admin {

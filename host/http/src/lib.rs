@@ -22,14 +22,23 @@
 //! - `DELETE /api/plugins/{name}`: unload;
 //! - `POST /api/plugins/{name}/rollback?to=DIGEST`: swap back (by default to
 //!   the version the running one replaced);
+//! - `POST /api/plugins/{name}/reload?config=&cpu_ms=&memory_mib=`: restart
+//!   the running version from its checkpoint (the way out of quarantine);
 //! - `POST /api/plugins/{name}/replay-dead-letters`.
+//!
+//! The server ([`serve`]) closes connections that send no request head
+//! within the header timeout (also idle keep-alive ones), holds at most
+//! `max_connections` at once, answers only to loopback host names on a
+//! loopback listener unless `allowed_hosts` says otherwise (so a page on
+//! another site cannot read it through DNS rebinding), and sends a strict
+//! Content-Security-Policy with every answer.
 //!
 //! Errors are JSON `{"error": "…"}`: unknown plugin 404, bad parameters 400,
 //! a component that does not load 422, a conflicting change 409.
 
 pub mod dashboards;
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
@@ -44,11 +53,16 @@ use axum::{
     routing::{get, post, put},
 };
 use serde::{Deserialize, Serialize};
+use hyper_util::{
+    rt::{TokioIo, TokioTimer},
+    server::graceful::GracefulShutdown,
+    service::TowerToHyperService,
+};
 use subtle::ConstantTimeEq;
 use weft_pipeline::{
     Shared,
     isolation::DeadLetter,
-    lifecycle::{Applied, LifecycleError, Manifest, Origin},
+    lifecycle::{Applied, Changes, LifecycleError, Manifest, Origin},
     lock,
 };
 use weft_runtime::{Limits, Role};
@@ -86,7 +100,9 @@ impl From<LifecycleError> for ApiError {
     fn from(e: LifecycleError) -> Self {
         let status = match &e {
             LifecycleError::NotFound(_) => StatusCode::NOT_FOUND,
-            LifecycleError::BadName(_) => StatusCode::BAD_REQUEST,
+            LifecycleError::BadName(_) | LifecycleError::BadLimits { .. } => {
+                StatusCode::BAD_REQUEST
+            }
             LifecycleError::Invalid(_) | LifecycleError::RoleMismatch { .. } => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
@@ -119,15 +135,47 @@ pub struct Options {
     pub admin: Admin,
     /// The plugin directory, where plugins may ship dashboard declarations.
     pub plugin_dir: Option<std::path::PathBuf>,
+    pub server: Server,
 }
 
-/// The API's router over a running pipeline.
-pub fn app(shared: Arc<Shared>, options: Options) -> Router {
+/// The HTTP server's own limits (`[http]` in weft.toml).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Server {
+    /// A connection that sends no complete request head for this long is
+    /// closed: a slow client, and an idle keep-alive connection alike.
+    pub header_timeout_ms: u64,
+    /// The most connections served at once; more wait to be accepted.
+    pub max_connections: usize,
+    /// Host names (without the port) the API answers to. Empty: any name
+    /// on a non-loopback listener, only loopback names (`localhost`,
+    /// `127.0.0.1`, `[::1]`) on a loopback one.
+    pub allowed_hosts: Vec<String>,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            header_timeout_ms: 10_000,
+            max_connections: 512,
+            allowed_hosts: Vec::new(),
+        }
+    }
+}
+
+/// The API's router over a running pipeline, answering requests addressed
+/// to a listener at `local`.
+pub fn app(shared: Arc<Shared>, options: Options, local: SocketAddr) -> Router {
     let admin = options.admin;
+    let hosts = Arc::new(Hosts {
+        allowed: options.server.allowed_hosts,
+        loopback: local.ip().is_loopback(),
+    });
     let upload_limit = admin.upload_limit;
     let admin_routes = Router::new()
         .route("/api/plugins/{name}", put(deploy).delete(unload))
         .route("/api/plugins/{name}/rollback", post(rollback))
+        .route("/api/plugins/{name}/reload", post(reload))
         .route(
             "/api/plugins/{name}/replay-dead-letters",
             post(replay_dead_letters),
@@ -162,22 +210,136 @@ pub fn app(shared: Arc<Shared>, options: Options) -> Router {
                 "no such endpoint; see GET / for the API",
             )
         })
+        .layer(middleware::from_fn(secure_headers))
+        .layer(middleware::from_fn_with_state(hosts, check_host))
         .with_state(shared)
 }
 
-/// Serves `app` on `listener` until `shutdown` resolves.
+/// The host names a request may address.
+struct Hosts {
+    /// Configured names; empty: see `loopback`.
+    allowed: Vec<String>,
+    /// Whether the listener is on a loopback address: then only loopback
+    /// names are answered unless names are configured.
+    loopback: bool,
+}
+
+impl Hosts {
+    fn allows(&self, host: &str) -> bool {
+        // `host[:port]`, `[v6][:port]`.
+        let name = match host.strip_prefix('[') {
+            Some(rest) => rest.split(']').next().unwrap_or(""),
+            None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+        };
+        if !self.allowed.is_empty() {
+            return self
+                .allowed
+                .iter()
+                .any(|a| a == "*" || a.eq_ignore_ascii_case(name));
+        }
+        !self.loopback
+            || name.eq_ignore_ascii_case("localhost")
+            || name.to_ascii_lowercase().ends_with(".localhost")
+            || name
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    }
+}
+
+/// Refuses requests addressed to a host name this weft does not answer to:
+/// a page elsewhere that rebinds its own name to 127.0.0.1 must not read the
+/// API from a browser.
+async fn check_host(State(hosts): State<Arc<Hosts>>, request: Request, next: Next) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .map(|h| h.to_str().unwrap_or("\u{fffd}").to_owned());
+    match host {
+        Some(host) if !hosts.allows(&host) => ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "this weft does not answer to the host name in `Host: {host}`; list the names it is reached by in allowed_hosts ([http] in weft.toml)"
+            ),
+        )
+        .into_response(),
+        _ => next.run(request).await,
+    }
+}
+
+/// The page loads only its own scripts, styles and data, and no other site
+/// may frame it.
+const CSP: &str = "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+async fn secure_headers(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (header::CONTENT_SECURITY_POLICY, CSP),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "no-referrer"),
+    ] {
+        headers.insert(name, header::HeaderValue::from_static(value));
+    }
+    response
+}
+
+/// How long requests in progress get to finish once the server stops; a
+/// dashboard's event stream never ends by itself.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Serves `app` on `listener` until `shutdown` resolves, then lets requests
+/// in progress finish for at most [`SHUTDOWN_GRACE`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     shared: Arc<Shared>,
     options: Options,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        app(shared, options).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    let local = listener.local_addr()?;
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(options.server.header_timeout_ms));
+    let slots = Arc::new(tokio::sync::Semaphore::new(
+        options.server.max_connections.max(1),
+    ));
+    let service = TowerToHyperService::new(app(shared, options, local));
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => permit.map_err(std::io::Error::other)?,
+            () = &mut shutdown => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, say: wait for some to be freed.
+                    tracing::warn!(error = %e, "Accepting a connection failed.");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let connection = graceful.watch(http1.serve_connection(TokioIo::new(stream), service.clone()));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "HTTP connection ended with an error.");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::debug!("Closed the HTTP connections still open after the grace period.");
+    }
+    Ok(())
 }
 
 /// The API's index: every endpoint with links.
@@ -198,6 +360,7 @@ const ASSETS: &[(&str, &str, &str)] = &[
         "text/css; charset=utf-8",
         include_str!("../../../dashboards/web/app.css"),
     ),
+    ("api.css", "text/css; charset=utf-8", include_str!("api.css")),
     (
         "chart.umd.min.js",
         "text/javascript; charset=utf-8",
@@ -312,6 +475,8 @@ struct PluginView {
     restarts: u64,
     dead_letters: u64,
     quarantined: Option<String>,
+    query_errors: u64,
+    last_query_error: Option<String>,
 }
 
 async fn plugins(State(shared): State<Arc<Shared>>) -> Json<Vec<PluginView>> {
@@ -352,6 +517,8 @@ fn plugin_views(shared: &Shared) -> Vec<PluginView> {
                 restarts: stats.restarts,
                 dead_letters: stats.dead_letters,
                 quarantined: stats.quarantined,
+                query_errors: stats.query_errors,
+                last_query_error: stats.last_query_error,
             }
         })
         .collect()
@@ -374,7 +541,7 @@ async fn query(
             ),
         ));
     }
-    let answer = tokio::task::spawn_blocking(move || lock(&slot.plugin).query(&params))
+    let answer = tokio::task::spawn_blocking(move || shared.query(&slot, &params))
         .await
         .map_err(|e| {
             ApiError::new(
@@ -387,6 +554,14 @@ async fn query(
         // The plugin declined the parameters: the caller's mistake.
         Err(weft_runtime::Error::Failed { message, .. }) => {
             Err(ApiError::new(StatusCode::BAD_REQUEST, message))
+        }
+        // Asked more than the plugin's limits allow: the instance is
+        // restarted, and the next query is answered.
+        Err(e @ (weft_runtime::Error::Budget { .. } | weft_runtime::Error::Memory { .. })) => Err(
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("{e}; ask for less")),
+        ),
+        Err(e @ weft_runtime::Error::Interrupted { .. }) => {
+            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))
         }
         Err(e) => Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -408,8 +583,17 @@ struct RejectedView {
     detail: String,
     partition: i32,
     offset: i64,
-    /// The message as received (invalid UTF-8 shown with replacement characters).
+    /// The message as received (invalid UTF-8 shown with replacement
+    /// characters), or its first bytes when it was longer than
+    /// `rejected_raw_limit`.
     raw: String,
+    /// The whole message's length in bytes.
+    raw_len: u64,
+    /// Whether `raw` is only a prefix; `raw_sha256` is then the whole
+    /// message's digest.
+    truncated: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    raw_sha256: Option<String>,
 }
 
 async fn rejected(
@@ -431,6 +615,9 @@ async fn rejected(
             partition: r.partition,
             offset: r.offset,
             raw: String::from_utf8_lossy(&r.raw).into_owned(),
+            raw_len: r.raw_len,
+            truncated: r.raw_sha256.is_some(),
+            raw_sha256: r.raw_sha256,
         })
         .collect();
     Ok(Json(serde_json::json!({ "rejected": views, "next": next })))
@@ -510,10 +697,13 @@ async fn authorize(
         )
         .into_response();
     };
+    // The scheme's name is case-insensitive (RFC 7235).
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim_start());
     match given {
         Some(given) if bool::from(given.as_bytes().ct_eq(token.as_bytes())) => {
             // An announced upload over the limit is refused before a byte of it
@@ -563,17 +753,22 @@ struct UploadParams {
 }
 
 impl UploadParams {
-    fn manifest(self) -> ApiResult<Manifest> {
-        let config = self
-            .config
-            .map(|text| serde_json::from_str::<serde_json::Value>(&text))
+    /// `config`, parsed.
+    fn config(&self) -> ApiResult<Option<serde_json::Value>> {
+        self.config
+            .as_deref()
+            .map(serde_json::from_str::<serde_json::Value>)
             .transpose()
             .map_err(|e| {
                 ApiError::new(
                     StatusCode::BAD_REQUEST,
                     format!("`config` is not JSON: {e}"),
                 )
-            })?;
+            })
+    }
+
+    fn manifest(self) -> ApiResult<Manifest> {
+        let config = self.config()?;
         let defaults = Limits::default();
         Ok(Manifest {
             role: self.role,
@@ -652,6 +847,27 @@ async fn rollback(
     let Query(params) =
         params.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
     lifecycle(move || shared.rollback(&name, params.to.as_deref())).await
+}
+
+async fn reload(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    params: Result<Query<UploadParams>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Applied>> {
+    let Query(params) =
+        params.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    if params.role.is_some() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "a reload keeps the running version, and so its role",
+        ));
+    }
+    let changes = Changes {
+        config: params.config()?,
+        cpu_ms: params.cpu_ms,
+        memory_mib: params.memory_mib,
+    };
+    lifecycle(move || shared.reload(&name, changes)).await
 }
 
 async fn replay_dead_letters(

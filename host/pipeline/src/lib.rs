@@ -28,7 +28,7 @@ pub mod telemetry;
 use std::{
     collections::BTreeMap,
     sync::{
-        Arc, Mutex, MutexGuard, RwLock,
+        Arc, Condvar, Mutex, MutexGuard, RwLock,
         atomic::{AtomicBool, Ordering},
         mpsc,
     },
@@ -38,12 +38,12 @@ use std::{
 use serde::{Deserialize, Serialize};
 use weft_normalize::{FieldMapping, Normalizer};
 use weft_runtime::{Batch, BatchBuilder, Limits, Plugin, Role, Runtime, StageOutput};
-use weft_source::{Message, Offsets, Source};
+use weft_source::{Identity, Message, Offsets, Source};
 use weft_state::{Checkpoint, Rejected, Store};
 
 use crate::{
     dedup::Dedup,
-    isolation::{DeadLetter, Journaled},
+    isolation::{DeadLetter, Journaled, Record},
     lifecycle::{Origin, Request},
     reorder::{Held, Reorder, ReorderState},
     telemetry::Telemetry,
@@ -67,6 +67,10 @@ pub enum PipelineError {
     Lifecycle(#[from] lifecycle::LifecycleError),
     #[error("cannot start a thread: {0}")]
     Thread(std::io::Error),
+    #[error(
+        "stopped in the middle of a plugin call; the last checkpoint stands, and what was read after it is read again at the next start"
+    )]
+    Interrupted,
 }
 
 /// Pipeline settings (the `[pipeline]` section of `weft.toml`).
@@ -89,10 +93,30 @@ pub struct Settings {
     pub checkpoint_interval_ms: u64,
     /// ...and after at most this many messages.
     pub checkpoint_events: u64,
-    /// Failed batches in a row after which a plugin is quarantined.
+    /// Failed calls in a row after which a plugin is quarantined.
     pub quarantine_after: u32,
+    /// A plugin is also quarantined once half or more of its last this many
+    /// calls failed (at most 64), so one failing every other call does not
+    /// restart forever.
+    pub quarantine_window: u32,
+    /// How far ahead of the time it was received (the wall clock) an event
+    /// may be dated; one further ahead is rejected as `future`, so a client
+    /// with a wrong clock cannot move the watermark past every real event.
+    pub max_future_ms: i64,
+    /// The most CPU time per call a plugin's limits may ask for, wherever
+    /// they are set (`[[plugins]]`, a directory manifest, an upload).
+    pub max_cpu_ms: u64,
+    /// ...and the most memory.
+    pub max_memory_mib: u64,
+    /// How many bytes of a rejected message are kept (with its full length
+    /// and digest); the rest is dropped.
+    pub rejected_raw_limit: usize,
     /// Where to find fields of an input shape not recognised out of the box.
     pub mapping: FieldMapping,
+    /// Read the source from its beginning, forgetting the position the last
+    /// checkpoint recorded (`weft run --reset-source`; not a file key).
+    #[serde(skip)]
+    pub reset_source: bool,
 }
 
 impl Default for Settings {
@@ -105,7 +129,23 @@ impl Default for Settings {
             checkpoint_interval_ms: 5_000,
             checkpoint_events: 500_000,
             quarantine_after: 3,
+            quarantine_window: 20,
+            max_future_ms: 300_000,
+            max_cpu_ms: 5_000,
+            max_memory_mib: 2_048,
+            rejected_raw_limit: 64 << 10,
             mapping: FieldMapping::default(),
+            reset_source: false,
+        }
+    }
+}
+
+impl Settings {
+    /// The most a plugin's limits may ask for.
+    pub fn max_limits(&self) -> Limits {
+        Limits {
+            cpu_ms: self.max_cpu_ms,
+            memory_mib: self.max_memory_mib,
         }
     }
 }
@@ -156,6 +196,54 @@ pub struct Status {
     pub source: serde_json::Value,
     /// False once a finite source (file, stdin) has been read to its end.
     pub source_running: bool,
+    /// Whether every part of the pipeline does its work, and what does not.
+    pub health: Health,
+}
+
+/// What keeps the pipeline from doing all of its work, if anything.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Health {
+    /// True while events are kept from some plugin (a quarantine).
+    pub degraded: bool,
+    pub problems: Vec<Problem>,
+}
+
+/// One thing wrong with the pipeline, said so that a user can act on it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    /// The plugin concerned, if one is.
+    pub plugin: Option<String>,
+    /// What is wrong.
+    pub what: String,
+    /// What it does to the events and the answers.
+    pub effect: String,
+    /// The way out.
+    pub fix: String,
+}
+
+impl Problem {
+    /// A quarantined plugin, its effect on the data and the way out.
+    fn quarantined(slot: &PluginSlot, stats: &PluginStats, reason: &str) -> Self {
+        let name = &slot.name;
+        let effect = match slot.role {
+            Role::Stage => format!(
+                "every batch is dead-lettered at this stage, so no metric receives events ({} batches in its dead letters)",
+                stats.dead_letters
+            ),
+            Role::Metric => format!(
+                "its batches go to its dead letters ({} so far) and its answers miss them",
+                stats.dead_letters
+            ),
+        };
+        Problem {
+            plugin: Some(name.clone()),
+            what: format!("plugin `{name}` is quarantined: {reason}"),
+            effect,
+            fix: format!(
+                "fix the cause (raise its limits in weft.toml and restart weft, or load a fixed version with PUT /api/plugins/{name}), or restart this version from its checkpoint with POST /api/plugins/{name}/reload (admin token; `cpu_ms`, `memory_mib` and `config` may change); then POST /api/plugins/{name}/replay-dead-letters"
+            ),
+        }
+    }
 }
 
 /// Per-plugin counters for `GET /api/plugins`.
@@ -184,6 +272,9 @@ pub struct PluginStats {
     pub dead_letter_seq: u64,
     /// Why the plugin is quarantined, if it is.
     pub quarantined: Option<String>,
+    /// Queries that trapped or ran out of a limit (not those it declined).
+    pub query_errors: u64,
+    pub last_query_error: Option<String>,
 }
 
 /// One plugin instance, shared between the pipeline and the HTTP layer.
@@ -192,7 +283,26 @@ pub struct PluginSlot {
     pub role: Role,
     pub plugin: Mutex<Plugin>,
     pub stats: Mutex<PluginStats>,
+    /// Signalled when the pipeline has restarted the instance after a
+    /// failure, for a query waiting to be answered.
+    recovered: Condvar,
 }
+
+impl PluginSlot {
+    pub(crate) fn new(name: String, role: Role, plugin: Plugin, stats: PluginStats) -> Self {
+        PluginSlot {
+            name,
+            role,
+            plugin: Mutex::new(plugin),
+            stats: Mutex::new(stats),
+            recovered: Condvar::new(),
+        }
+    }
+}
+
+/// How long a query waits for the pipeline to restart an instance that an
+/// earlier failed query left unusable (the pipeline looks every 50 ms).
+const RECOVERY_WAIT: Duration = Duration::from_secs(5);
 
 /// What the HTTP layer sees of a running pipeline.
 pub struct Shared {
@@ -202,6 +312,8 @@ pub struct Shared {
     pub store: Store,
     pub telemetry: Telemetry,
     runtime: Runtime,
+    /// The most any plugin's limits may ask for.
+    max_limits: Limits,
     /// Lifecycle changes for the pipeline thread.
     requests: Mutex<mpsc::Sender<Request>>,
 }
@@ -220,6 +332,38 @@ impl Shared {
 
     pub fn status(&self) -> Status {
         lock(&self.status).clone()
+    }
+
+    /// Asks metric `slot` a query. A query that traps or runs out of a
+    /// limit leaves the instance unusable: it is counted, and the pipeline
+    /// restarts the instance from its checkpoint (replaying what it saw
+    /// since), which the next query waits for.
+    pub fn query(
+        &self,
+        slot: &PluginSlot,
+        params: &[(String, String)],
+    ) -> Result<String, weft_runtime::Error> {
+        let plugin = lock(&slot.plugin);
+        let (mut plugin, _) = slot
+            .recovered
+            .wait_timeout_while(plugin, RECOVERY_WAIT, |p| p.is_poisoned())
+            .unwrap_or_else(|p| p.into_inner());
+        let result = plugin.query(params);
+        drop(plugin);
+        match &result {
+            Ok(_) | Err(weft_runtime::Error::Failed { .. }) => {}
+            Err(e) => {
+                tracing::warn!(plugin = %slot.name, error = %e, "Query failed; the instance is restarted from its checkpoint.");
+                self.telemetry
+                    .query_errors
+                    .with_label_values(&[slot.name.as_str()])
+                    .inc();
+                let mut stats = lock(&slot.stats);
+                stats.query_errors += 1;
+                stats.last_query_error = Some(e.to_string());
+            }
+        }
+        result
     }
 }
 
@@ -240,6 +384,10 @@ struct Meta {
     /// Quarantined plugins and why.
     #[serde(default)]
     quarantined: BTreeMap<String, String>,
+    /// What the offsets are positions in; `None` in checkpoints written
+    /// before weft recorded it.
+    #[serde(default)]
+    source: Option<Identity>,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -267,8 +415,8 @@ pub struct Pipeline {
     stage_count: usize,
     /// Per slot: the successful calls since the last checkpoint.
     journals: Vec<Vec<Journaled>>,
-    /// Per slot: failed calls in a row.
-    consecutive: Vec<u32>,
+    /// Per slot: the outcomes of its recent calls.
+    records: Vec<Record>,
     /// Dead letters since the last checkpoint: (plugin, sequence, record).
     dead: Vec<(String, u64, DeadLetter)>,
     /// Dead letters replayed since the last checkpoint: (plugin, sequence).
@@ -287,6 +435,9 @@ pub struct Pipeline {
     last_checkpoint: Instant,
     /// Messages read since the last checkpoint.
     unsaved: u64,
+    /// A plugin call was interrupted because the host is stopping: this
+    /// step's work must not be checkpointed.
+    interrupted: bool,
 }
 
 impl Pipeline {
@@ -299,22 +450,34 @@ impl Pipeline {
         store: Store,
         runtime: &Runtime,
     ) -> Result<Self, PipelineError> {
-        let meta: Meta = match store.meta()? {
+        let mut meta: Meta = match store.meta()? {
             Some(bytes) => serde_json::from_slice(&bytes).map_err(PipelineError::Meta)?,
             None => Meta::default(),
         };
+        if settings.reset_source && !meta.offsets.is_empty() {
+            tracing::warn!(offsets = ?meta.offsets, "--reset-source: reading the source from its beginning; plugin state, counters and the watermark are kept (events older than the watermark are rejected as late).");
+            meta.offsets.clear();
+            meta.source = None;
+        }
         let dedup = Dedup::new(
             store.dedup_records()?,
             meta.reorder
                 .watermark
                 .map(|w| w.saturating_sub(settings.dedup_horizon_ms)),
         );
-        source.resume(&meta.offsets)?;
+        source.resume(&meta.offsets, meta.source.as_ref())?;
 
         let mut slots = Vec::new();
+        if let Some(bad) = plugins.iter().find(|p| !lifecycle::valid_name(&p.name)) {
+            return Err(lifecycle::LifecycleError::BadName(bad.name.clone()).into());
+        }
         for spec in lifecycle::resolve(&store, plugins)? {
             if slots.iter().any(|s: &Arc<PluginSlot>| s.name == spec.name) {
                 return Err(PipelineError::DuplicatePlugin(spec.name));
+            }
+            if let Err(detail) = spec.limits.within(&settings.max_limits()) {
+                let name = spec.name;
+                return Err(lifecycle::LifecycleError::BadLimits { name, detail }.into());
             }
             let module = runtime.load(&spec.name, &spec.wasm)?;
             if let Some(declared) = spec.role.filter(|&r| r != module.role()) {
@@ -343,12 +506,12 @@ impl Pipeline {
                 quarantined: meta.quarantined.get(&spec.name).cloned(),
                 ..PluginStats::default()
             };
-            slots.push(Arc::new(PluginSlot {
-                name: spec.name,
-                role: module.role(),
-                plugin: Mutex::new(plugin),
-                stats: Mutex::new(stats),
-            }));
+            slots.push(Arc::new(PluginSlot::new(
+                spec.name,
+                module.role(),
+                plugin,
+                stats,
+            )));
         }
         // Stages run first; the sort is stable, so each role keeps its order.
         slots.sort_by_key(|s| s.role != Role::Stage);
@@ -367,6 +530,15 @@ impl Pipeline {
                 .inc_by(*n);
         }
         let reorder = Reorder::new(settings.lateness_ms, meta.reorder);
+        if let Some(w) = reorder
+            .watermark()
+            .filter(|&w| w > (now_ms() as i64).saturating_add(settings.max_future_ms))
+        {
+            tracing::error!(
+                watermark = w,
+                "The checkpointed watermark is ahead of the wall clock (an event dated in the future moved it, before weft bounded event times): every event older is rejected as late. Start with a new data directory to reprocess."
+            );
+        }
         let status = Status {
             events: meta.counters.clone(),
             watermark: reorder.watermark(),
@@ -374,12 +546,13 @@ impl Pipeline {
             last_checkpoint: None,
             source: source.describe(),
             source_running: true,
+            health: Health::default(),
         };
         if meta.counters.received > 0 {
             tracing::info!(received = meta.counters.received, offsets = ?meta.offsets, "Resumed from the last checkpoint.");
         }
         let journals = slots.iter().map(|_| Vec::new()).collect();
-        let consecutive = vec![0; slots.len()];
+        let records = vec![Record::default(); slots.len()];
         let (requests_tx, requests) = mpsc::channel();
         let shared = Arc::new(Shared {
             plugins: RwLock::new(slots.clone()),
@@ -387,6 +560,7 @@ impl Pipeline {
             store,
             telemetry,
             runtime: runtime.clone(),
+            max_limits: settings.max_limits(),
             requests: Mutex::new(requests_tx),
         });
         Ok(Pipeline {
@@ -402,7 +576,7 @@ impl Pipeline {
             slots,
             stage_count,
             journals,
-            consecutive,
+            records,
             dead: Vec::new(),
             replayed: Vec::new(),
             dead_letter_seq: meta.dead_letters,
@@ -416,6 +590,7 @@ impl Pipeline {
             last_message: Instant::now(),
             last_checkpoint: Instant::now(),
             unsaved: 0,
+            interrupted: false,
         })
     }
 
@@ -438,6 +613,13 @@ impl Pipeline {
     pub fn step(&mut self) -> Result<(), PipelineError> {
         let poll_timeout = Duration::from_millis(50);
         self.pending.extend(self.requests.try_iter());
+        // A failed query leaves its instance unusable: restart it now, so the
+        // next query is answered even when no events come.
+        for i in 0..self.slots.len() {
+            if lock(&self.slots[i].stats).quarantined.is_none() {
+                self.recover_if_poisoned(i);
+            }
+        }
         let watermark_before = self.reorder.watermark();
         if self.source_running {
             self.polled.clear();
@@ -457,8 +639,11 @@ impl Pipeline {
             for message in &polled {
                 caught_up.remove(&message.partition);
             }
+            // The wall clock when these were received bounds how far ahead
+            // of it an event may be dated.
+            let received = now_ms() as i64;
             for message in polled.drain(..) {
-                self.admit(message);
+                self.admit(message, received);
                 self.reorder.advance(&partitions, &caught_up, false);
             }
             self.polled = polled;
@@ -497,6 +682,9 @@ impl Pipeline {
                 .expire(watermark.saturating_sub(self.settings.dedup_horizon_ms));
         }
 
+        if self.interrupted {
+            return Err(PipelineError::Interrupted);
+        }
         let due = self.last_checkpoint.elapsed()
             >= Duration::from_millis(self.settings.checkpoint_interval_ms)
             || self.unsaved >= self.settings.checkpoint_events;
@@ -514,8 +702,9 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Normalizes, validates and dedups one message, then buffers it.
-    fn admit(&mut self, message: Message) {
+    /// Normalizes, validates and dedups one message received at wall-clock
+    /// time `received` (epoch ms), then buffers it.
+    fn admit(&mut self, message: Message, received: i64) {
         let Message {
             payload,
             partition,
@@ -545,6 +734,14 @@ impl Pipeline {
                 );
             }
         };
+        let ahead = event.time.saturating_sub(received);
+        if ahead > self.settings.max_future_ms {
+            let detail = format!(
+                "event time {} is {ahead} ms ahead of the time it was received ({received}); at most {} ms ahead is accepted (max_future_ms)",
+                event.time, self.settings.max_future_ms
+            );
+            return self.reject("future", detail, partition, offset, payload);
+        }
         if !event.id.is_empty() && self.dedup.is_known(&event.id) {
             self.counters.duplicates += 1;
             telemetry.duplicate.inc();
@@ -581,13 +778,14 @@ impl Pipeline {
         telemetry.rejected_any.inc();
         telemetry.rejected.with_label_values(&[reason]).inc();
         tracing::trace!(reason, partition, offset, %detail, "Message rejected.");
-        let record = Rejected {
-            reason: reason.to_owned(),
+        let record = Rejected::keeping(
+            reason,
             detail,
             partition,
             offset,
             raw,
-        };
+            self.settings.rejected_raw_limit,
+        );
         self.rejected.push((self.counters.rejected, record));
     }
 
@@ -653,12 +851,8 @@ impl Pipeline {
             }
             return None;
         }
-        // A trap in a query (from the HTTP side) leaves the instance unusable:
-        // recover it first; this call is not to blame.
-        if lock(&slot.plugin).is_poisoned()
-            && let Err(e) = self.recover(i)
-        {
-            self.quarantine(i, format!("cannot recover after a trap: {e}"));
+        // A query (from the HTTP side) may have left the instance unusable.
+        if !self.recover_if_poisoned(i) {
             return self.call(i, call);
         }
         let started = Instant::now();
@@ -688,15 +882,38 @@ impl Pipeline {
                     Call::Batch(b) => Journaled::Batch(b.clone()),
                     Call::Tick(w) => Journaled::Tick(w),
                 });
-                if batch.is_some() {
-                    self.consecutive[i] = 0;
-                }
+                self.records[i].success(batch.is_some());
                 lock(&slot.stats).failing = false;
                 Some(out)
+            }
+            Err(weft_runtime::Error::Interrupted { .. }) => {
+                // The host is stopping: not the plugin's fault, and nothing
+                // of this step may be checkpointed.
+                self.interrupted = true;
+                None
             }
             Err(error) => {
                 self.fail(i, batch, error);
                 None
+            }
+        }
+    }
+
+    /// Restarts plugin `i` if a failed query left it unusable; false if it
+    /// could not be and is quarantined now.
+    fn recover_if_poisoned(&mut self, i: usize) -> bool {
+        if !lock(&self.slots[i].plugin).is_poisoned() {
+            return true;
+        }
+        match self.recover(i) {
+            Ok(()) => true,
+            Err(weft_runtime::Error::Interrupted { .. }) => {
+                self.interrupted = true;
+                true
+            }
+            Err(e) => {
+                self.quarantine(i, format!("cannot recover after a failed query: {e}"));
+                false
             }
         }
     }
@@ -708,15 +925,18 @@ impl Pipeline {
         if let Some(b) = batch {
             self.dead_letter(i, b, error.to_string());
         }
-        self.consecutive[i] += 1;
-        if let Err(e) = self.recover(i) {
-            self.quarantine(i, format!("cannot restart after a failure: {e}"));
-        } else if self.consecutive[i] >= self.settings.quarantine_after {
-            let reason = format!(
-                "{} failed calls in a row; the last: {error}",
-                self.consecutive[i]
-            );
-            self.quarantine(i, reason);
+        self.records[i].failure();
+        match self.recover(i) {
+            Ok(()) => {}
+            Err(weft_runtime::Error::Interrupted { .. }) => self.interrupted = true,
+            Err(e) => return self.quarantine(i, format!("cannot restart after a failure: {e}")),
+        }
+        let verdict = self.records[i].verdict(
+            self.settings.quarantine_after,
+            self.settings.quarantine_window,
+        );
+        if let Some(why) = verdict {
+            self.quarantine(i, format!("{why}; the last: {error}"));
         }
     }
 
@@ -732,7 +952,10 @@ impl Pipeline {
 
     fn quarantine(&mut self, i: usize, reason: String) {
         let slot = &self.slots[i];
-        tracing::error!(plugin = %slot.name, %reason, "Plugin quarantined; its batches go to its dead letters until it is reloaded.");
+        match slot.role {
+            Role::Stage => tracing::error!(plugin = %slot.name, %reason, "Stage quarantined: every batch is dead-lettered here and NO METRIC RECEIVES EVENTS until it is reloaded (see `health` in /api/status for the way out)."),
+            Role::Metric => tracing::error!(plugin = %slot.name, %reason, "Plugin quarantined: its batches go to its dead letters until it is reloaded (see `health` in /api/status for the way out)."),
+        }
         lock(&slot.stats).quarantined = Some(reason);
     }
 
@@ -776,12 +999,18 @@ impl Pipeline {
             // A failed checkpoint call loses what the instance held: restart,
             // replay what it saw since the last checkpoint, and ask again.
             let writes = plugin.checkpoint().or_else(|e| {
+                if matches!(e, weft_runtime::Error::Interrupted { .. }) {
+                    return Err(e);
+                }
                 failed(&self.shared.telemetry, slot, &e);
                 restart_and_replay(slot, plugin, &self.journals[i])?;
                 plugin.checkpoint()
             });
             match writes {
                 Ok(writes) => plugin_writes.push((slot.name.clone(), writes)),
+                Err(weft_runtime::Error::Interrupted { .. }) => {
+                    return Err(PipelineError::Interrupted);
+                }
                 Err(e) => {
                     // What it handled since the last checkpoint cannot be kept:
                     // those batches go to its dead letters, and the instance
@@ -809,6 +1038,7 @@ impl Pipeline {
             counters: self.counters.clone(),
             reorder: self.reorder.state(),
             dead_letters: dead_letter_seq,
+            source: Some(self.source.identity()),
             quarantined: slots
                 .iter()
                 .filter_map(|s| {
@@ -866,6 +1096,17 @@ impl Pipeline {
     fn publish_status(&mut self) {
         let source = self.source.describe();
         let telemetry = &self.shared.telemetry;
+        let mut health = Health::default();
+        for slot in &self.slots {
+            let stats = lock(&slot.stats);
+            let quarantined = telemetry.quarantined.with_label_values(&[slot.name.as_str()]);
+            quarantined.set(i64::from(stats.quarantined.is_some()));
+            if let Some(reason) = &stats.quarantined {
+                health.problems.push(Problem::quarantined(slot, &stats, reason));
+            }
+        }
+        health.degraded = !health.problems.is_empty();
+        telemetry.degraded.set(i64::from(health.degraded));
         if let Some(lag) = source.get("lag").and_then(|l| l.as_i64()) {
             telemetry.source_lag.set(lag);
         }
@@ -876,6 +1117,7 @@ impl Pipeline {
         status.buffered = self.reorder.len();
         status.source = source;
         status.source_running = self.source_running;
+        status.health = health;
     }
 }
 
@@ -886,14 +1128,19 @@ fn restart_and_replay(
     journal: &[Journaled],
 ) -> Result<(), weft_runtime::Error> {
     plugin.restart()?;
-    for entry in journal {
-        match entry {
-            Journaled::Batch(b) if slot.role == Role::Stage => plugin.process(b).map(drop)?,
-            Journaled::Batch(b) => plugin.ingest(b)?,
-            Journaled::Tick(w) => plugin.tick(*w)?,
+    // These calls succeeded before: a busier host must not fail them now.
+    plugin.unmetered(|plugin| {
+        for entry in journal {
+            match entry {
+                Journaled::Batch(b) if slot.role == Role::Stage => plugin.process(b).map(drop)?,
+                Journaled::Batch(b) => plugin.ingest(b)?,
+                Journaled::Tick(w) => plugin.tick(*w)?,
+            }
         }
-    }
+        Ok(())
+    })?;
     lock(&slot.stats).restarts += 1;
+    slot.recovered.notify_all();
     tracing::info!(plugin = %slot.name, replayed = journal.len(), "Plugin restarted.");
     Ok(())
 }

@@ -19,7 +19,7 @@
 //! or the plugin directory) changed since.
 
 use std::{
-    sync::{Arc, Mutex, mpsc},
+    sync::{Arc, mpsc},
     time::{Duration, Instant},
 };
 
@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use weft_runtime::{Limits, Module, Plugin, Role};
 use weft_state::{StateError, Store};
 
-use crate::{PluginSlot, PluginSpec, PluginStats, Shared, lock, now_ms};
+use crate::{PluginSlot, PluginSpec, PluginStats, Shared, isolation::Record, lock, now_ms};
 
 /// Where a version came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +41,8 @@ pub enum Origin {
     Api,
     /// `POST /api/plugins/{name}/rollback`.
     Rollback,
+    /// `POST /api/plugins/{name}/reload`: the running version again.
+    Reload,
 }
 
 /// What a manifest (beside a component in the plugin directory, or the
@@ -53,6 +55,14 @@ pub struct Manifest {
     /// The instance's config, handed to `init` as JSON.
     pub config: Option<serde_json::Value>,
     pub limits: Limits,
+}
+
+/// What a reload changes of the running version; `None` keeps it.
+#[derive(Debug, Default)]
+pub struct Changes {
+    pub config: Option<serde_json::Value>,
+    pub cpu_ms: Option<u64>,
+    pub memory_mib: Option<u64>,
 }
 
 /// One loaded version of an instance.
@@ -72,13 +82,40 @@ pub struct Version {
 /// How many versions of an instance its record keeps.
 const HISTORY: usize = 100;
 
+/// What the configuration (weft.toml or the plugin directory) said about an
+/// instance when it was last seen.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Base {
+    pub digest: String,
+    pub config: serde_json::Value,
+    pub limits: Limits,
+}
+
+impl Base {
+    pub(crate) fn of(spec: &PluginSpec) -> Self {
+        Base {
+            digest: weft_runtime::digest(&spec.wasm),
+            config: spec.config.clone(),
+            limits: spec.limits,
+        }
+    }
+}
+
+/// A record's [`Base`]; records written before it had config and limits
+/// hold only the digest.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+enum StoredBase {
+    Full(Base),
+    Digest(String),
+}
+
 /// What runs under an instance name, kept in the store.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct InstanceRecord {
-    /// The digest of the configured module (weft.toml or the plugin
-    /// directory) when it was last seen; `None` for instances born through
-    /// the API.
-    base: Option<String>,
+    /// What the configuration said when it was last seen; `None` for
+    /// instances born through the API.
+    base: Option<StoredBase>,
     /// Unloaded (`DELETE`): not brought back by a restart.
     removed: bool,
     /// Oldest first; the last one is current unless `removed`.
@@ -115,6 +152,27 @@ impl InstanceRecord {
         self.versions.last().filter(|_| !self.removed)
     }
 
+    /// Whether the configuration still says what it said last time.
+    fn configured_as(&self, now: &Base) -> bool {
+        match &self.base {
+            Some(StoredBase::Full(base)) => base == now,
+            // Only the digest was kept: the config and limits it came with are
+            // those of the last version loaded from the configuration.
+            Some(StoredBase::Digest(digest)) => {
+                *digest == now.digest
+                    && self
+                        .versions
+                        .iter()
+                        .rev()
+                        .find(|v| matches!(v.origin, Origin::Config | Origin::Directory))
+                        .is_some_and(|v| {
+                            v.digest == now.digest && v.config == now.config && v.limits == now.limits
+                        })
+            }
+            None => false,
+        }
+    }
+
     /// Records `version` as current, the previous one replaced by it.
     fn push(&mut self, version: Version) {
         if let Some(last) = self.versions.last_mut().filter(|_| !self.removed) {
@@ -139,8 +197,12 @@ impl InstanceRecord {
 pub enum LifecycleError {
     #[error("no plugin named `{0}`")]
     NotFound(String),
-    #[error("`{0}` is not a valid plugin name: use 1 to 64 letters, digits, `_` or `-`")]
+    #[error(
+        "`{0}` is not a valid plugin name: use 1 to 64 lowercase letters, digits and `_`, starting with a letter"
+    )]
     BadName(String),
+    #[error("plugin `{name}`: {detail}")]
+    BadLimits { name: String, detail: String },
     /// The component does not compile, fit a world, instantiate or `init`.
     #[error(transparent)]
     Invalid(#[from] weft_runtime::Error),
@@ -196,8 +258,8 @@ pub(crate) struct Prepared {
     pub config: serde_json::Value,
     pub limits: Limits,
     pub origin: Origin,
-    /// The configured digest it stems from (directory, config), if any.
-    pub base: Option<String>,
+    /// The configuration it stems from (directory, config), if any.
+    pub base: Option<Base>,
 }
 
 pub(crate) enum Change {
@@ -217,12 +279,17 @@ pub(crate) struct Request {
 /// the next checkpoint, so this only trips when the pipeline is stuck.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Instance names double as file names and URL segments.
-fn valid_name(name: &str) -> bool {
+/// Whether `name` may name a plugin instance: 1 to 64 lowercase ASCII
+/// letters, digits and `_`, starting with a letter. Names double as state
+/// namespaces, file names, URL segments, Prometheus labels and identifiers
+/// in every plugin language, so this one rule holds everywhere (`weft plugin
+/// new`, `[[plugins]]`, the plugin directory, the admin API).
+pub fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
         && name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
 impl Shared {
@@ -236,7 +303,11 @@ impl Shared {
         manifest: Manifest,
         origin: Origin,
     ) -> Result<Applied, LifecycleError> {
-        let base = (origin == Origin::Directory).then(|| weft_runtime::digest(wasm));
+        let base = (origin == Origin::Directory).then(|| Base {
+            digest: weft_runtime::digest(wasm),
+            config: manifest.config.clone().unwrap_or_else(empty_config),
+            limits: manifest.limits,
+        });
         let result = self
             .prepare(name, wasm, manifest, origin, base)
             .and_then(|prepared| self.request(name, Change::Deploy(Box::new(prepared))));
@@ -279,26 +350,60 @@ impl Shared {
                 .find(|v| v.replaced_by.as_deref() == Some(current.digest.as_str()))
                 .ok_or_else(|| {
                     LifecycleError::Conflict(format!(
-                        "plugin `{name}` has no earlier version to roll back to"
+                        "plugin `{name}` has no earlier version to roll back to; POST /api/plugins/{name}/reload restarts the running one"
                     ))
                 })?,
         };
-        let wasm = self.store.module(&target.digest)?.ok_or_else(|| {
-            LifecycleError::Conflict(format!(
-                "version {} of `{name}` is no longer stored",
-                target.digest
-            ))
-        })?;
         let manifest = Manifest {
             role: None,
             config: Some(target.config.clone()),
             limits: target.limits,
         };
-        let result = self
-            .prepare(name, &wasm, manifest, Origin::Rollback, record.base.clone())
-            .and_then(|prepared| self.request(name, Change::Deploy(Box::new(prepared))));
+        let result = self.redeploy(name, &record, &target.digest, manifest, Origin::Rollback);
         self.report(name, "rollback", &result);
         result
+    }
+
+    /// Loads the running version of `name` again, from its last checkpoint,
+    /// with `config` and `limits` changed where given: the way out of
+    /// quarantine for a plugin whose component is fine (a bundled one that
+    /// ran out of its budget, say).
+    pub fn reload(&self, name: &str, changes: Changes) -> Result<Applied, LifecycleError> {
+        let record = InstanceRecord::load(&self.store, name)?
+            .filter(|r| r.current().is_some())
+            .ok_or_else(|| LifecycleError::NotFound(name.to_owned()))?;
+        let current = &record.versions[record.versions.len() - 1];
+        let manifest = Manifest {
+            role: None,
+            config: Some(changes.config.unwrap_or_else(|| current.config.clone())),
+            limits: Limits {
+                cpu_ms: changes.cpu_ms.unwrap_or(current.limits.cpu_ms),
+                memory_mib: changes.memory_mib.unwrap_or(current.limits.memory_mib),
+            },
+        };
+        let result = self.redeploy(name, &record, &current.digest, manifest, Origin::Reload);
+        self.report(name, "reload", &result);
+        result
+    }
+
+    /// Deploys the stored version `digest` of `name` with `manifest`.
+    fn redeploy(
+        &self,
+        name: &str,
+        record: &InstanceRecord,
+        digest: &str,
+        manifest: Manifest,
+        origin: Origin,
+    ) -> Result<Applied, LifecycleError> {
+        let wasm = self.store.module(digest)?.ok_or_else(|| {
+            LifecycleError::Conflict(format!("version {digest} of `{name}` is no longer stored"))
+        })?;
+        let base = match &record.base {
+            Some(StoredBase::Full(base)) => Some(base.clone()),
+            _ => None,
+        };
+        self.prepare(name, &wasm, manifest, origin, base)
+            .and_then(|prepared| self.request(name, Change::Deploy(Box::new(prepared))))
     }
 
     /// Runs plugin `name`'s dead letters through it again (and, for a
@@ -310,7 +415,7 @@ impl Shared {
             .ok_or_else(|| LifecycleError::NotFound(name.to_owned()))?;
         if let Some(reason) = lock(&slot.stats).quarantined.clone() {
             return Err(LifecycleError::Conflict(format!(
-                "plugin `{name}` is quarantined ({reason}); load a fixed version first"
+                "plugin `{name}` is quarantined ({reason}); load a fixed version first (PUT), or POST /api/plugins/{name}/reload to restart this one"
             )));
         }
         self.request(name, Change::ReplayDeadLetters)
@@ -330,11 +435,18 @@ impl Shared {
         wasm: &[u8],
         manifest: Manifest,
         origin: Origin,
-        base: Option<String>,
+        base: Option<Base>,
     ) -> Result<Prepared, LifecycleError> {
         if !valid_name(name) {
             return Err(LifecycleError::BadName(name.to_owned()));
         }
+        manifest
+            .limits
+            .within(&self.max_limits)
+            .map_err(|detail| LifecycleError::BadLimits {
+                name: name.to_owned(),
+                detail,
+            })?;
         let module = self.runtime.load(name, wasm)?;
         let actual = module.role();
         if let Some(declared) = manifest.role.filter(|&r| r != actual) {
@@ -351,9 +463,7 @@ impl Shared {
                 new: actual,
             });
         }
-        let config = manifest
-            .config
-            .unwrap_or_else(|| serde_json::Value::Object(Default::default()));
+        let config = manifest.config.unwrap_or_else(empty_config);
         // The trial instance sees the durable state; its writes are dropped.
         let instantiate = || {
             Plugin::instantiate(
@@ -398,10 +508,7 @@ impl Shared {
         match result {
             Ok(applied) => {
                 tracing::info!(plugin = name, action, digest = ?applied.digest, pause_ms = ?applied.pause_ms, "Plugin {action} done.");
-                self.telemetry
-                    .plugin_reloads
-                    .with_label_values(&[name, "ok"])
-                    .inc();
+                self.telemetry.reloaded(name, "ok");
             }
             Err(e) => self.report_failure(name, action, &e.to_string()),
         }
@@ -419,16 +526,14 @@ impl Shared {
         if let Some(slot) = self.plugin(name) {
             lock(&slot.stats).reload_error = Some(error.to_owned());
         }
-        self.telemetry
-            .plugin_reloads
-            .with_label_values(&[name, "failed"])
-            .inc();
+        self.telemetry.reloaded(name, "failed");
     }
 }
 
 /// What the pipeline starts with: each configured instance, or the version
-/// that ran under its name before the restart if its configured module is
-/// unchanged since, plus the instances loaded through the API.
+/// that ran under its name before the restart if its configuration (module,
+/// config and limits) is unchanged since, plus the instances loaded through
+/// the API.
 pub(crate) fn resolve(
     store: &Store,
     specs: Vec<PluginSpec>,
@@ -436,20 +541,37 @@ pub(crate) fn resolve(
     let mut out = Vec::new();
     let mut configured = Vec::new();
     for spec in specs {
-        let digest = weft_runtime::digest(&spec.wasm);
+        let base = Base::of(&spec);
         let mut record = InstanceRecord::load(store, &spec.name)?.unwrap_or_default();
         configured.push(spec.name.clone());
-        if record.base.as_deref() == Some(digest.as_str()) {
+        if record.configured_as(&base) {
             // Configured as before: whatever ran last runs again.
             if let Some(current) = record.current() {
+                if current.digest != base.digest
+                    || current.config != base.config
+                    || current.limits != base.limits
+                {
+                    tracing::info!(
+                        plugin = %spec.name,
+                        digest = %current.digest,
+                        origin = ?current.origin,
+                        "Running the version loaded last (not the configured one, which is unchanged since): change the configuration, or roll back, to run the configured one."
+                    );
+                }
                 out.push(stored(store, &spec.name, current, spec.origin)?);
             }
             continue;
         }
-        store.put_module(&digest, &spec.wasm)?;
-        record.base = Some(digest.clone());
+        if let Some(current) = record.current().filter(|v| v.origin != spec.origin) {
+            tracing::info!(
+                plugin = %spec.name,
+                replaced = %current.digest,
+                "The configuration changed since the last start: it wins over the version loaded through the API."
+            );
+        }
+        store.put_module(&base.digest, &spec.wasm)?;
         record.push(Version {
-            digest,
+            digest: base.digest.clone(),
             loaded_at: now_ms(),
             origin: spec.origin,
             config: spec.config.clone(),
@@ -457,6 +579,7 @@ pub(crate) fn resolve(
             replaced_at: None,
             replaced_by: None,
         });
+        record.base = Some(StoredBase::Full(base));
         record.save(store, &spec.name)?;
         out.push(spec);
     }
@@ -513,7 +636,7 @@ pub(crate) struct Aftermath {
 enum RecordChange {
     Push {
         version: Version,
-        base: Option<String>,
+        base: Option<Base>,
     },
     Remove,
     Nothing,
@@ -544,8 +667,8 @@ fn record(store: &Store, name: &str, change: RecordChange) -> Result<(), Lifecyc
     let mut record = InstanceRecord::load(store, name)?.unwrap_or_default();
     match change {
         RecordChange::Push { version, base } => {
-            if base.is_some() {
-                record.base = base;
+            if let Some(base) = base {
+                record.base = Some(StoredBase::Full(base));
             }
             record.push(version);
         }
@@ -634,23 +757,19 @@ impl crate::Pipeline {
                 stats.failing = false;
                 stats.reload_error = None;
                 stats.loaded_at = now_ms();
-                self.consecutive[i] = 0;
+                self.records[i] = Record::default();
                 self.journals[i].clear();
                 (Some(old), Some(replaced))
             }
             None => {
-                let slot = Arc::new(PluginSlot {
-                    name: name.to_owned(),
-                    role,
-                    plugin: Mutex::new(instance),
-                    stats: Mutex::new(PluginStats {
-                        digest: digest.clone(),
-                        loaded_at: now_ms(),
-                        dead_letters,
-                        dead_letter_seq: self.dead_letter_seq.get(name).copied().unwrap_or(0),
-                        ..PluginStats::default()
-                    }),
-                });
+                let stats = PluginStats {
+                    digest: digest.clone(),
+                    loaded_at: now_ms(),
+                    dead_letters,
+                    dead_letter_seq: self.dead_letter_seq.get(name).copied().unwrap_or(0),
+                    ..PluginStats::default()
+                };
+                let slot = Arc::new(PluginSlot::new(name.to_owned(), role, instance, stats));
                 // Stages run in the order they came, before every metric.
                 let at = match role {
                     Role::Stage => self.stage_count,
@@ -659,7 +778,7 @@ impl crate::Pipeline {
                 self.stage_count += usize::from(role == Role::Stage);
                 self.slots.insert(at, slot);
                 self.journals.insert(at, Vec::new());
-                self.consecutive.insert(at, 0);
+                self.records.insert(at, Record::default());
                 self.publish_slots();
                 (None, None)
             }
@@ -702,7 +821,7 @@ impl crate::Pipeline {
             .ok_or_else(|| LifecycleError::NotFound(name.to_owned()))?;
         let slot = self.slots.remove(i);
         self.journals.remove(i);
-        self.consecutive.remove(i);
+        self.records.remove(i);
         if slot.role == Role::Stage {
             self.stage_count -= 1;
         }
@@ -764,4 +883,9 @@ impl crate::Pipeline {
             ..Applied::default()
         })
     }
+}
+
+/// The config of an instance given none: an empty JSON object.
+pub(crate) fn empty_config() -> serde_json::Value {
+    serde_json::Value::Object(Default::default())
 }

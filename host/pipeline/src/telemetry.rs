@@ -2,7 +2,8 @@
 //! HTTP layer exposes at `/metrics`.
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 pub struct Telemetry {
@@ -25,6 +26,12 @@ pub struct Telemetry {
     pub plugin_reloads: IntCounterVec,
     /// How long the pipeline waits while a plugin version is swapped in.
     pub swap_pause: Histogram,
+    /// Queries a plugin failed (a trap or a limit; not a declined query).
+    pub query_errors: IntCounterVec,
+    /// 1 for each quarantined plugin.
+    pub quarantined: IntGaugeVec,
+    /// 1 while the pipeline is degraded (see `Status::health`).
+    pub degraded: IntGauge,
 }
 
 impl Telemetry {
@@ -78,6 +85,24 @@ impl Telemetry {
             )
             .buckets(prometheus::exponential_buckets(0.000_01, 2.0, 18)?),
         )?;
+        let query_errors = IntCounterVec::new(
+            Opts::new(
+                "plugin_query_errors_total",
+                "Queries a plugin failed on (a trap or a limit); the instance is restarted.",
+            ),
+            &["plugin"],
+        )?;
+        let quarantined = IntGaugeVec::new(
+            Opts::new("plugin_quarantined", "1 while the plugin is quarantined."),
+            &["plugin"],
+        )?;
+        let degraded = IntGauge::new(
+            "degraded",
+            "1 while part of the pipeline is out of action (see /api/status health).",
+        )?;
+        registry.register(Box::new(query_errors.clone()))?;
+        registry.register(Box::new(quarantined.clone()))?;
+        registry.register(Box::new(degraded.clone()))?;
         registry.register(Box::new(events.clone()))?;
         registry.register(Box::new(plugin_reloads.clone()))?;
         registry.register(Box::new(swap_pause.clone()))?;
@@ -104,7 +129,20 @@ impl Telemetry {
             checkpoint,
             plugin_reloads,
             swap_pause,
+            query_errors,
+            quarantined,
+            degraded,
         })
+    }
+
+    /// Counts a lifecycle action on `plugin` by `outcome`. Names that are no
+    /// valid plugin name (a request for one is refused) are not labels.
+    pub fn reloaded(&self, plugin: &str, outcome: &str) {
+        if crate::lifecycle::valid_name(plugin) {
+            self.plugin_reloads
+                .with_label_values(&[plugin, outcome])
+                .inc();
+        }
     }
 
     /// The registry's text exposition.

@@ -13,7 +13,10 @@
 use std::{
     hash::{Hash, Hasher},
     path::PathBuf,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -29,7 +32,8 @@ use crate::{
     plugin::{PluginCtx, Role},
 };
 
-/// How often the engine's epoch advances: the granularity of CPU budgets.
+/// How often the engine's epoch advances: how often a running call's CPU
+/// time is looked at (see [`crate::budget`]).
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(5);
 
 /// Advances the engine's epoch every [`EPOCH_TICK`] for as long as the engine
@@ -80,6 +84,9 @@ pub struct Runtime {
     pub(crate) engine: Engine,
     pub(crate) linker: Arc<Linker<PluginCtx>>,
     cache_dir: Option<PathBuf>,
+    /// Set once the host stops: calls in progress are interrupted, new ones
+    /// refused.
+    pub(crate) stop: Arc<AtomicBool>,
     /// Native builds standing in for components, by the component's digest.
     #[cfg(feature = "native")]
     natives: Arc<std::collections::HashMap<String, crate::native::Build>>,
@@ -89,6 +96,13 @@ impl Runtime {
     /// A runtime; compiled modules are cached in `cache_dir` when given.
     pub fn new(cache_dir: Option<PathBuf>) -> Result<Self, wasmtime::Error> {
         Runtime::with_cpu_budgets(cache_dir, true)
+    }
+
+    /// Interrupts every plugin call in progress, within about 100 ms, and
+    /// refuses new ones (they fail with [`Error::Interrupted`]): for a
+    /// shutdown that must not wait for a plugin's whole budget.
+    pub fn interrupt_calls(&self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 
     /// A runtime whose plugins' calls are interrupted at their CPU budget
@@ -113,6 +127,7 @@ impl Runtime {
             engine,
             linker: Arc::new(linker),
             cache_dir,
+            stop: Arc::default(),
             #[cfg(feature = "native")]
             natives: Default::default(),
         })

@@ -6,6 +6,8 @@
 //! - [`engine`]: the wasmtime engine, the linker (the WIT imports plus a WASI
 //!   that grants nothing) and the compiled-module cache;
 //! - [`plugin`]: one plugin instance — its store, its role, its calls;
+//! - `budget`: CPU budgets in the calling thread's CPU time, and
+//!   interrupting calls when the host stops;
 //! - [`state`]: the host side of the `state` import: pending writes over a
 //!   durable store, drained at checkpoints;
 //! - [`batch`]: building batches (one string table per batch) and applying a
@@ -15,6 +17,7 @@
 
 pub mod batch;
 pub mod bindings;
+mod budget;
 pub mod engine;
 #[cfg(feature = "native")]
 pub mod native;
@@ -58,12 +61,17 @@ pub enum Error {
         function: &'static str,
         message: String,
     },
-    #[error("plugin `{plugin}`: `{function}` exceeded its CPU budget of {limit_ms} ms")]
+    #[error(
+        "plugin `{plugin}`: `{function}` exceeded its CPU budget of {limit_ms} ms (it used {used_ms} ms of CPU time)"
+    )]
     Budget {
         plugin: String,
         function: &'static str,
         limit_ms: u64,
+        used_ms: u64,
     },
+    #[error("plugin `{plugin}`: its call was interrupted because the host is stopping")]
+    Interrupted { plugin: String },
     #[error("plugin `{plugin}`: `{function}` exceeded its memory limit of {limit_mib} MiB")]
     Memory {
         plugin: String,

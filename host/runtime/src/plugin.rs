@@ -4,8 +4,9 @@
 //! with the plugin's name and the function; a trap also carries whatever the
 //! guest wrote to stderr (a Rust panic message, a Python traceback).
 //!
-//! Every call runs under the plugin's [`Limits`]: a CPU budget (epoch
-//! interruption) and a memory limit. A trap leaves the instance unusable
+//! Every call runs under the plugin's [`Limits`]: a CPU budget (its thread's
+//! CPU time, checked on epoch interruption: see [`crate::budget`]) and a
+//! memory limit. A trap leaves the instance unusable
 //! ([`Plugin::is_poisoned`]); [`Plugin::restart`] makes a fresh instance of
 //! the same module over the same state, keeping the writes not yet
 //! checkpointed.
@@ -19,6 +20,7 @@ use wasmtime_wasi::{
 
 use crate::{
     Error,
+    budget::{Cause, Meter},
     bindings::{
         Batch, Entry, Level, LogHost, MetricWorld, StageOutput, StageWorld, StateHost, TypesHost,
     },
@@ -40,14 +42,25 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// `budgets` CPU budgets in epoch ticks, plus one: the epoch may advance
-    /// right after a call is armed.
-    fn deadline_ticks(&self, budgets: u64) -> u64 {
-        self.cpu_ms
-            .saturating_mul(budgets)
-            .div_ceil(crate::engine::EPOCH_TICK.as_millis() as u64)
-            .max(1)
-            + 1
+    /// The CPU budget of one call.
+    pub(crate) fn cpu(&self) -> Duration {
+        Duration::from_millis(self.cpu_ms)
+    }
+
+    /// Checks these limits against the host's maxima (`max`), naming the
+    /// one exceeded.
+    pub fn within(&self, max: &Limits) -> Result<(), String> {
+        for (what, asked, most) in [
+            ("cpu_ms", self.cpu_ms, max.cpu_ms),
+            ("memory_mib", self.memory_mib, max.memory_mib),
+        ] {
+            if asked == 0 || asked > most {
+                return Err(format!(
+                    "{what} = {asked} is outside 1..={most} (the host's maximum: [pipeline] max_limits in weft.toml)"
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -98,6 +111,7 @@ pub struct PluginCtx {
     table: ResourceTable,
     stderr: MemoryOutputPipe,
     limits: StoreLimits,
+    meter: Meter,
 }
 
 impl WasiView for PluginCtx {
@@ -203,11 +217,14 @@ fn instantiate(
             .memory_size(memory)
             .trap_on_grow_failure(true)
             .build(),
+        meter: Meter::new(runtime.stop.clone()),
     };
     let mut store = Store::new(&runtime.engine, ctx);
     store.limiter(|ctx| &mut ctx.limits);
+    store.epoch_deadline_callback(|mut ctx| Ok(ctx.data_mut().meter.on_deadline()));
     // Instantiation runs the component's start code: give it a budget too.
-    store.set_epoch_deadline(limits.deadline_ticks(1));
+    let deadline = store.data_mut().meter.arm(Some(limits.cpu()));
+    store.set_epoch_deadline(deadline);
     let instantiate = |source| Error::Instantiate {
         plugin: name.into(),
         source,
@@ -250,6 +267,8 @@ pub struct Plugin {
     calls_since_checkpoint: u64,
     /// The CPU budget of the call in progress, ms.
     armed_ms: u64,
+    /// Whether calls run under their CPU budget (see [`Plugin::unmetered`]).
+    metered: bool,
 }
 
 impl Plugin {
@@ -291,6 +310,7 @@ impl Plugin {
             poisoned: false,
             calls_since_checkpoint: 0,
             armed_ms: limits.cpu_ms,
+            metered: true,
         })
     }
 
@@ -328,11 +348,26 @@ impl Plugin {
         self.poisoned
     }
 
-    /// Refuses calls into a poisoned instance; arms the next call with
-    /// `budgets` CPU budgets.
+    /// Runs `calls` without CPU budgets: for replaying calls that succeeded
+    /// before (after a restart), which must not fail now because the host is
+    /// busier. Only a shutdown interrupts them; the memory limit holds.
+    pub fn unmetered<R>(&mut self, calls: impl FnOnce(&mut Plugin) -> R) -> R {
+        self.metered = false;
+        let result = calls(self);
+        self.metered = true;
+        result
+    }
+
+    /// Refuses calls into a poisoned instance, and every call once the host
+    /// is stopping; arms the next call with `budgets` CPU budgets.
     fn ready(&mut self, budgets: u64) -> Result<(), Error> {
         if self.poisoned {
             return Err(Error::Poisoned {
+                plugin: self.name.clone(),
+            });
+        }
+        if self.store.data().meter.stopping() {
+            return Err(Error::Interrupted {
                 plugin: self.name.clone(),
             });
         }
@@ -344,8 +379,11 @@ impl Plugin {
     fn arm(&mut self, budgets: u64) {
         let budgets = budgets.max(1);
         self.armed_ms = self.limits.cpu_ms.saturating_mul(budgets);
-        self.store
-            .set_epoch_deadline(self.limits.deadline_ticks(budgets));
+        let limit = self
+            .metered
+            .then(|| Duration::from_millis(self.armed_ms));
+        let deadline = self.store.data_mut().meter.arm(limit);
+        self.store.set_epoch_deadline(deadline);
     }
 
     /// Arms a call that changes state: one budget, and one more for the
@@ -392,10 +430,15 @@ impl Plugin {
                 self.poisoned = true;
                 let plugin = self.name.clone();
                 if trap.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) {
-                    return Err(Error::Budget {
-                        plugin,
-                        function,
-                        limit_ms: self.armed_ms,
+                    let meter = &self.store.data().meter;
+                    return Err(match meter.cause() {
+                        Cause::Stopping => Error::Interrupted { plugin },
+                        Cause::Budget => Error::Budget {
+                            plugin,
+                            function,
+                            limit_ms: self.armed_ms,
+                            used_ms: meter.used().as_millis() as u64,
+                        },
                     });
                 }
                 if format!("{trap:#}").contains("forcing trap when growing memory") {

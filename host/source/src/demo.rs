@@ -21,7 +21,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
-use crate::{DemoConfig, Message, Offsets, Source, SourceError};
+use crate::{DemoConfig, Identity, Message, Offsets, Source, SourceError};
 
 const SECOND_MS: f64 = 1_000.0;
 const MINUTE_MS: u64 = 60_000;
@@ -86,11 +86,18 @@ impl DemoSource {
 }
 
 impl Source for DemoSource {
-    fn resume(&mut self, offsets: &Offsets) -> Result<(), SourceError> {
+    fn resume(&mut self, offsets: &Offsets, last: Option<&Identity>) -> Result<(), SourceError> {
+        if let Some(other) = last.filter(|l| **l != Identity::Demo) {
+            return Err(other.changed(Identity::Demo));
+        }
         let first = offsets.get(&0).copied().unwrap_or(0).max(0);
         // Start a fresh simulation whose numbering continues where the last run stopped.
         self.generator = Generator::new(&self.config, first);
         Ok(())
+    }
+
+    fn identity(&self) -> Identity {
+        Identity::Demo
     }
 
     fn poll(
@@ -982,7 +989,7 @@ mod tests {
             ..DemoConfig::default()
         };
         let mut source = DemoSource::new(&config)?;
-        source.resume(&Offsets::from([(0, 1_234)]))?;
+        source.resume(&Offsets::from([(0, 1_234)]), None)?;
         let mut out = Vec::new();
         while out.len() < 50 {
             let wanted = 50 - out.len();
@@ -1003,7 +1010,7 @@ mod tests {
             rate: 2,
             ..DemoConfig::default()
         })?;
-        source.resume(&Offsets::new())?;
+        source.resume(&Offsets::new(), None)?;
         let mut out = Vec::new();
         // The first event is due at once; the next only after half a second.
         assert!(source.poll(&mut out, 10, Duration::from_millis(50))?);
@@ -1022,7 +1029,7 @@ mod tests {
             rate: 1_000,
             ..DemoConfig::default()
         })?;
-        source.resume(&Offsets::new())?;
+        source.resume(&Offsets::new(), None)?;
         let mut out = Vec::new();
         let started = Instant::now();
         while started.elapsed() < Duration::from_millis(300) {

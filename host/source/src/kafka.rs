@@ -20,7 +20,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Deserialize;
 
-use crate::{KafkaConfig, Message, Offsets, Source, SourceError};
+use crate::{Identity, KafkaConfig, Message, Offsets, Source, SourceError};
 
 /// Settings exactness relies on; extra options cannot change them.
 const FIXED_OPTIONS: [(&str, &str); 3] = [
@@ -153,10 +153,19 @@ impl KafkaSource {
 }
 
 impl Source for KafkaSource {
-    fn resume(&mut self, offsets: &Offsets) -> Result<(), SourceError> {
+    fn resume(&mut self, offsets: &Offsets, last: Option<&Identity>) -> Result<(), SourceError> {
+        if let Some(last) = last.filter(|l| **l != self.identity()) {
+            return Err(last.changed(self.identity()));
+        }
         self.next = offsets.clone();
         *lock(&self.consumer.context().positions) = offsets.clone();
         Ok(())
+    }
+
+    fn identity(&self) -> Identity {
+        Identity::Kafka {
+            topic: self.config.topic.clone(),
+        }
     }
 
     fn poll(

@@ -32,7 +32,12 @@ pub type Offsets = BTreeMap<i32, i64>;
 /// A stream of raw messages, polled synchronously by the single pipeline thread.
 pub trait Source: Send {
     /// Start after everything before `offsets` (from the last checkpoint); called once before the first poll.
-    fn resume(&mut self, offsets: &Offsets) -> Result<(), SourceError>;
+    /// `last` is the [`Identity`] the checkpoint recorded: resuming by position is only right on the
+    /// same input, so a source that is not the one recorded refuses ([`SourceError::Changed`]).
+    fn resume(&mut self, offsets: &Offsets, last: Option<&Identity>) -> Result<(), SourceError>;
+
+    /// What this input is, for the next checkpoint to record (see [`Source::resume`]).
+    fn identity(&self) -> Identity;
 
     /// Append up to `max` messages to `out`, waiting at most `timeout` if none is ready.
     /// Returns false once the source has ended for good (file/stdin at EOF); a Kafka or demo source never ends.
@@ -66,6 +71,58 @@ pub trait Source: Send {
 
     /// A JSON description for the status API: {"kind": "kafka"|"file"|"stdin"|"demo", ... e.g. "topic","group","brokers","path","lag" (messages behind the end, when known)}.
     fn describe(&self) -> serde_json::Value;
+}
+
+/// What a source reads, recorded in checkpoints: a data directory resumes by position only on
+/// the input it was used with.
+///
+/// A file or stdin is known by its first bytes (up to 4 KiB of what was read, hashed), a file
+/// also by its path; a Kafka source by its topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Identity {
+    Kafka {
+        topic: String,
+    },
+    File {
+        path: String,
+        prefix_len: u64,
+        prefix_sha256: String,
+    },
+    Stdin {
+        prefix_len: u64,
+        prefix_sha256: String,
+    },
+    Demo,
+}
+
+impl std::fmt::Display for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Identity::Kafka { topic } => write!(f, "Kafka topic {topic:?}"),
+            Identity::File { path, prefix_len, prefix_sha256 } => write!(
+                f,
+                "the file {path} (whose first {prefix_len} bytes have SHA-256 {})",
+                &prefix_sha256[..prefix_sha256.len().min(12)]
+            ),
+            Identity::Stdin { prefix_len, prefix_sha256 } => write!(
+                f,
+                "stdin input whose first {prefix_len} bytes have SHA-256 {}",
+                &prefix_sha256[..prefix_sha256.len().min(12)]
+            ),
+            Identity::Demo => f.write_str("the demo generator"),
+        }
+    }
+}
+
+impl Identity {
+    /// The error for resuming on `now` a position recorded on `self`.
+    pub fn changed(&self, now: impl std::fmt::Display) -> SourceError {
+        SourceError::Changed {
+            was: self.to_string(),
+            now: now.to_string(),
+        }
+    }
 }
 
 /// Which source to read, as chosen on the command line or in the config file.
@@ -172,6 +229,10 @@ pub enum SourceError {
     },
     #[error("cannot start the stdin source reader thread")]
     StdinThread(#[source] std::io::Error),
+    #[error(
+        "the data directory was last used with {was}, but this input is {now}: resuming by position would skip or repeat events. Use a new --data-dir, or pass --reset-source to read this input from its beginning (plugin state and counters are kept)"
+    )]
+    Changed { was: String, now: String },
     #[error("invalid demo source settings: {reason}")]
     DemoConfig { reason: &'static str },
     #[error("invalid Kafka source settings for topic {topic:?}: {reason}")]

@@ -2,27 +2,38 @@
 //!
 //! Reading stdin blocks, so a background thread reads it into a bounded channel and
 //! `poll` waits on the channel, which lets it honour its timeout.
+//!
+//! Resuming means: the first N lines of this input are taken as processed already (N from
+//! the data directory's last checkpoint). The input's first bytes must be those the
+//! checkpoint recorded (as for a file); the reader checks them before it hands over a line,
+//! and a different input stops the source with [`SourceError::Changed`].
 
 use std::collections::BTreeSet;
 use std::io::{BufReader, Read};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
 use std::time::Duration;
 
-use crate::file::{Lines, READ_BUFFER};
-use crate::{Message, Offsets, Source, SourceError};
+use crate::file::{Lines, Prefix, READ_BUFFER, fingerprint};
+use crate::{Identity, Message, Offsets, Source, SourceError};
 
 /// Lines read ahead of the pipeline; the reader thread blocks when this many wait.
 const CHANNEL_LINES: usize = 4096;
 
-/// What the reader thread sends: a line, or the error that stopped it. It ends the
-/// stream by hanging up.
-type Line = Result<Message, SourceError>;
+/// What the reader thread sends: a line and the bytes read up to its end, or the error
+/// that stopped it. It ends the stream by hanging up.
+type Line = Result<(Message, u64), SourceError>;
 
 pub(crate) struct StdinSource {
     /// Standard input, until the reader thread takes it.
     input: Option<Box<dyn Read + Send>>,
     /// Lines before this one are skipped; known once `resume` has been called.
     skip_before: i64,
+    /// What the first bytes must be, recorded by the last checkpoint.
+    expect: Option<Identity>,
+    /// The input's first bytes, as far as the reader has read them.
+    prefix: Prefix,
+    /// Bytes read up to the end of the last line delivered.
+    delivered: u64,
     /// Started by the first poll, after `resume` said where to start.
     receiver: Option<Receiver<Line>>,
     /// A line taken off the channel to learn whether more were waiting.
@@ -43,6 +54,9 @@ impl StdinSource {
         Self {
             input: Some(Box::new(input)),
             skip_before: 0,
+            expect: None,
+            prefix: Prefix::default(),
+            delivered: 0,
             receiver: None,
             peeked: None,
             caught_up: BTreeSet::new(),
@@ -59,13 +73,20 @@ impl StdinSource {
             .unwrap_or_else(|| Box::new(std::io::empty()));
         let mut lines = Lines::new(BufReader::with_capacity(READ_BUFFER, input));
         lines.skip_before(self.skip_before);
+        self.prefix = lines.prefix();
+        let mut expect = self.expect.take();
         std::thread::Builder::new()
             .name("weft-stdin".to_owned())
             .spawn(move || {
                 loop {
                     let read = match lines.next_message() {
-                        Ok(Some(message)) => Ok(message),
-                        Ok(None) => break,
+                        Ok(next) => match verify(&mut expect, &lines, next.is_none()) {
+                            Err(changed) => Err(changed),
+                            Ok(()) => match next {
+                                Some(message) => Ok((message, lines.consumed())),
+                                None => break,
+                            },
+                        },
                         Err(source) => Err(SourceError::StdinRead {
                             line: lines.line(),
                             source,
@@ -84,10 +105,58 @@ impl StdinSource {
     }
 }
 
+/// Checks the input's first bytes against those the checkpoint recorded, once enough are
+/// read (or the input `ended`). The recorded bytes all belong to lines before the resume
+/// point, so this happens before any line is handed over.
+fn verify<R: std::io::BufRead>(
+    expect: &mut Option<Identity>,
+    lines: &Lines<R>,
+    ended: bool,
+) -> Result<(), SourceError> {
+    let Some(last) = expect.take() else {
+        return Ok(());
+    };
+    let Identity::Stdin { prefix_len, prefix_sha256 } = &last else {
+        return Err(last.changed("stdin"));
+    };
+    if lines.consumed() < *prefix_len && !ended {
+        *expect = Some(last);
+        return Ok(());
+    }
+    let (len, sha256) = fingerprint(&lines.prefix(), *prefix_len);
+    if len == *prefix_len && sha256 == *prefix_sha256 {
+        return Ok(());
+    }
+    Err(last.changed(Identity::Stdin {
+        prefix_len: len,
+        prefix_sha256: sha256,
+    }))
+}
+
 impl Source for StdinSource {
-    fn resume(&mut self, offsets: &Offsets) -> Result<(), SourceError> {
+    fn resume(&mut self, offsets: &Offsets, last: Option<&Identity>) -> Result<(), SourceError> {
         self.skip_before = offsets.get(&0).copied().unwrap_or(0);
+        match last {
+            None => {}
+            Some(Identity::Stdin { .. }) => self.expect = last.cloned(),
+            Some(other) => return Err(other.changed("stdin")),
+        }
+        if self.skip_before > 0 {
+            tracing::warn!(
+                lines = self.skip_before,
+                "Resuming stdin: its first {} lines are taken as processed already (this data directory's last checkpoint); a different input is refused once its first bytes are read.",
+                self.skip_before
+            );
+        }
         Ok(())
+    }
+
+    fn identity(&self) -> Identity {
+        let (prefix_len, prefix_sha256) = fingerprint(&self.prefix, self.delivered);
+        Identity::Stdin {
+            prefix_len,
+            prefix_sha256,
+        }
     }
 
     fn poll(
@@ -112,7 +181,10 @@ impl Source for StdinSource {
         let start = out.len();
         // A line left over from the previous call goes first.
         match self.peeked.take() {
-            Some(Ok(message)) => out.push(message),
+            Some(Ok((message, consumed))) => {
+                out.push(message);
+                self.delivered = consumed;
+            }
             Some(Err(error)) => return Err(error),
             None => {}
         }
@@ -136,7 +208,10 @@ impl Source for StdinSource {
                     self.peeked = Some(read);
                     break;
                 }
-                Ok(Ok(message)) => out.push(message),
+                Ok(Ok((message, consumed))) => {
+                    out.push(message);
+                    self.delivered = consumed;
+                }
                 Ok(Err(error)) if out.len() == start => return Err(error),
                 Ok(Err(error)) => {
                     self.peeked = Some(Err(error));
@@ -205,7 +280,7 @@ mod tests {
     #[test]
     fn reads_lines_until_the_end() -> Result<(), SourceError> {
         let mut source = StdinSource::reading(Cursor::new(b"{}\n\n{\"b\":1}\r\n[]".to_vec()));
-        source.resume(&Offsets::from([(0, 1)]))?;
+        source.resume(&Offsets::from([(0, 1)]), None)?;
         let mut out = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(10);
         while source.poll(&mut out, 1, Duration::from_millis(100))? {
@@ -222,7 +297,7 @@ mod tests {
     fn waits_at_most_the_timeout_and_reports_caught_up() -> Result<(), SourceError> {
         let input = Stalling(Cursor::new(b"1\n2\n3\n".to_vec()));
         let mut source = StdinSource::reading(input);
-        source.resume(&Offsets::new())?;
+        source.resume(&Offsets::new(), None)?;
         let mut out = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(10);
         while out.len() < 3 {
@@ -242,6 +317,47 @@ mod tests {
         assert_eq!(out.len(), 3);
         assert!(source.caught_up().contains(&0));
         assert_eq!(source.describe()["kind"], "stdin");
+        Ok(())
+    }
+
+    /// Reads `input` from line `from` on, after a checkpoint that recorded `last`.
+    fn read(input: &[u8], from: i64, last: Option<&Identity>) -> Result<(Vec<i64>, Identity), SourceError> {
+        let mut source = StdinSource::reading(Cursor::new(input.to_vec()));
+        source.resume(&Offsets::from([(0, from)]), last)?;
+        let mut out = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while source.poll(&mut out, 3, Duration::from_millis(100))? {
+            assert!(Instant::now() < deadline, "the stdin source never ended");
+        }
+        Ok((out.iter().map(|m| m.offset).collect(), source.identity()))
+    }
+
+    #[test]
+    fn resumes_only_on_the_same_input() -> Result<(), SourceError> {
+        let first: String = (0..20).map(|i| format!("{{\"n\":{i}}}\n")).collect();
+        let (offsets, recorded) = read(first.as_bytes(), 0, None)?;
+        assert_eq!(offsets, (0..20).collect::<Vec<_>>());
+        // The same input, grown: the first 20 lines are skipped, the rest read.
+        let grown = format!("{first}{{\"n\":20}}\n");
+        assert_eq!(read(grown.as_bytes(), 20, Some(&recorded))?.0, vec![20]);
+        // Another input: nothing of it is delivered, and the error says why.
+        let other: String = (0..20).map(|i| format!("{{\"m\":{i}}}\n")).collect();
+        let error = read(other.as_bytes(), 20, Some(&recorded)).err();
+        assert!(matches!(error, Some(SourceError::Changed { .. })), "{error:?}");
+        // A shorter one, too.
+        let error = read(b"{\"n\":0}\n", 20, Some(&recorded)).err();
+        assert!(matches!(error, Some(SourceError::Changed { .. })), "{error:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn the_identity_covers_only_delivered_lines() -> Result<(), SourceError> {
+        let long: String = (0..2000).map(|i| format!("{{\"n\":{i}}}\n")).collect();
+        let (_, all) = read(long.as_bytes(), 0, None)?;
+        let Identity::Stdin { prefix_len, .. } = all else {
+            panic!("{all:?}");
+        };
+        assert_eq!(prefix_len, crate::file::PREFIX_LEN as u64);
         Ok(())
     }
 }

@@ -79,7 +79,7 @@ fn tombstones_are_delivered_empty() -> TestResult {
         group: "tombstones".to_owned(),
         options: BTreeMap::new(),
     }))?;
-    source.resume(&Offsets::new())?;
+    source.resume(&Offsets::new(), None)?;
     let messages = read_until(source.as_mut(), "both messages", |out, caught_up| {
         out.len() >= 2 && caught_up.contains(&0)
     })?;
@@ -112,7 +112,7 @@ fn scenario(
         options: BTreeMap::from([("session.timeout.ms".to_owned(), "6000".to_owned())]),
     };
     let mut source = weft_source::open(&SourceSpec::Kafka(config.clone()))?;
-    source.resume(&Offsets::new())?;
+    source.resume(&Offsets::new(), None)?;
     let all_partitions: BTreeSet<i32> = (0..PARTITIONS).collect();
     let messages = read_until(
         source.as_mut(),
@@ -172,7 +172,7 @@ fn scenario(
         expected.extend((resume[&partition]..count).map(|offset| (partition, offset)));
     }
     let mut source = weft_source::open(&SourceSpec::Kafka(config))?;
-    source.resume(&resume)?;
+    source.resume(&resume, None)?;
     let resumed = read_until(
         source.as_mut(),
         "the messages after the checkpoint (if the broker is tansu with memory:// storage: \

@@ -82,7 +82,8 @@ fn batch_of(writes: impl IntoIterator<Item = (Vec<u8>, Option<Vec<u8>>)>) -> sle
     batch
 }
 
-/// A message that failed validation, kept with its raw bytes.
+/// A message that failed validation, kept with (a bounded prefix of) its
+/// raw bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rejected {
     /// Reason code, e.g. `not_json`, `missing_user`, `late`.
@@ -90,7 +91,67 @@ pub struct Rejected {
     pub detail: String,
     pub partition: i32,
     pub offset: i64,
+    /// The message, or its first bytes when it was longer than the limit.
     pub raw: Vec<u8>,
+    /// The message's whole length in bytes.
+    pub raw_len: u64,
+    /// Hex SHA-256 of the whole message, when `raw` is only its prefix.
+    pub raw_sha256: Option<String>,
+}
+
+impl Rejected {
+    /// A record of `raw` that keeps at most `limit` of its bytes, and the
+    /// length and digest of the whole when it keeps fewer.
+    pub fn keeping(
+        reason: &str,
+        detail: String,
+        partition: i32,
+        offset: i64,
+        mut raw: Vec<u8>,
+        limit: usize,
+    ) -> Self {
+        let raw_len = raw.len() as u64;
+        let raw_sha256 = (raw.len() > limit).then(|| {
+            let digest = weft_runtime::digest(&raw);
+            raw.truncate(limit);
+            raw.shrink_to_fit();
+            digest
+        });
+        Rejected {
+            reason: reason.to_owned(),
+            detail,
+            partition,
+            offset,
+            raw,
+            raw_len,
+            raw_sha256,
+        }
+    }
+
+    /// Decodes a stored record, also one written before records had
+    /// `raw_len` and `raw_sha256`.
+    fn decode(bytes: &[u8]) -> Result<Self, postcard::Error> {
+        #[derive(Deserialize)]
+        struct Before {
+            reason: String,
+            detail: String,
+            partition: i32,
+            offset: i64,
+            raw: Vec<u8>,
+        }
+        postcard::from_bytes(bytes).or_else(|e| {
+            let b: Before = postcard::from_bytes(bytes).map_err(|_| e)?;
+            Ok(Rejected {
+                raw_len: b.raw.len() as u64,
+                reason: b.reason,
+                detail: b.detail,
+                partition: b.partition,
+                offset: b.offset,
+                raw: b.raw,
+                raw_sha256: None,
+            })
+        })
+    }
 }
 
 /// Event ids accepted for dedup, with their event times.
@@ -278,7 +339,7 @@ impl Store {
                     what: "rejected key",
                     detail: format!("{k:?}"),
                 })?;
-            let r = postcard::from_bytes(&v).map_err(|e| StateError::Corrupt {
+            let r = Rejected::decode(&v).map_err(|e| StateError::Corrupt {
                 what: "rejected record",
                 detail: e.to_string(),
             })?;
@@ -445,13 +506,40 @@ mod tests {
     use weft_runtime::state::PendingState;
 
     fn rejected(offset: i64) -> Rejected {
-        Rejected {
-            reason: "not_json".into(),
-            detail: "d".into(),
-            partition: 0,
-            offset,
-            raw: vec![0xff, b'{'],
+        Rejected::keeping("not_json", "d".into(), 0, offset, vec![0xff, b'{'], 64)
+    }
+
+    #[test]
+    fn a_long_rejected_message_keeps_a_prefix_its_length_and_digest() {
+        let raw: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let r = Rejected::keeping("not_json", "d".into(), 0, 7, raw.clone(), 1000);
+        assert_eq!(r.raw, raw[..1000]);
+        assert_eq!(r.raw_len, 100_000);
+        assert_eq!(r.raw_sha256, Some(weft_runtime::digest(&raw)));
+        let short = Rejected::keeping("not_json", "d".into(), 0, 7, raw[..1000].to_vec(), 1000);
+        assert_eq!((short.raw.len(), short.raw_len, short.raw_sha256), (1000, 1000, None));
+    }
+
+    #[test]
+    fn rejected_records_of_the_earlier_layout_still_decode() {
+        #[derive(Serialize)]
+        struct Before<'a> {
+            reason: &'a str,
+            detail: &'a str,
+            partition: i32,
+            offset: i64,
+            raw: &'a [u8],
         }
+        let bytes = postcard::to_allocvec(&Before {
+            reason: "late",
+            detail: "d",
+            partition: 2,
+            offset: 9,
+            raw: b"{}",
+        })
+        .unwrap();
+        let r = Rejected::decode(&bytes).unwrap();
+        assert_eq!(r, Rejected::keeping("late", "d".into(), 2, 9, b"{}".to_vec(), 64));
     }
 
     /// Opens the store at `dir` again once sled has let go of it: a dropped

@@ -316,14 +316,21 @@ impl Metric for Core {
             let step = (step / self.resolution).max(1) * self.resolution;
             let first = self.bucket_starts.read(|s| s.first().copied()).unwrap_or(0);
             let (from, to) = (from.unwrap_or(first), to.unwrap_or(newest + 1));
+            let start = from.div_euclid(step) * step;
+            let points = (i128::from(to) - i128::from(start)).max(0) / i128::from(step);
+            if points > MAX_POINTS {
+                return Err(Error(format!(
+                    "`bucket` over this range gives {points} points, more than {MAX_POINTS}: use a larger bucket or a shorter range"
+                )));
+            }
             let mut series = Vec::new();
-            let mut t = from.div_euclid(step) * step;
+            let mut t = start;
             while t < to {
-                let agg = self.range(t.max(from), (t + step).min(to));
+                let agg = self.range(t.max(from), t.saturating_add(step).min(to));
                 let mut point = agg.report(agg.users.len() as u64);
                 point["t"] = t.into();
                 series.push(point);
-                t += step;
+                t = t.saturating_add(step);
             }
             return Ok(serde_json::json!({ "bucket_ms": step, "series": series }));
         }
@@ -339,6 +346,10 @@ impl Metric for Core {
         }
     }
 }
+
+/// The most points one `bucket` query answers: the work (and the memory)
+/// one query may ask for is bounded before it is done.
+const MAX_POINTS: i128 = 10_000;
 
 /// `90s`, `5m`, `1h`, `1d`, or plain milliseconds.
 fn parse_duration(text: &str) -> Result<i64> {
