@@ -767,6 +767,7 @@ fn main() {
                     topic: topic.clone(),
                     group: format!("{topic}-weft-{:x}", rand::random::<u64>()),
                     options: Default::default(),
+                    instance_id: None,
                 });
                 weft.push(source_rate(
                     tmp.path(),
@@ -831,6 +832,7 @@ fn main() {
                         topic: topic.clone(),
                         group: format!("{topic}-weft-{:x}", rand::random::<u64>()),
                         options: Default::default(),
+                        instance_id: None,
                     })
                 };
 

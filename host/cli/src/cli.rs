@@ -78,7 +78,7 @@ fn run_cli() -> Result<()> {
 }
 
 fn run(args: config::RunArgs) -> Result<()> {
-    let config = config::resolve(args, bundled::BUNDLED)?;
+    let mut config = config::resolve(args, bundled::BUNDLED)?;
     std::fs::create_dir_all(&config.data_dir).with_context(|| {
         format!(
             "cannot create the data directory {}",
@@ -86,6 +86,14 @@ fn run(args: config::RunArgs) -> Result<()> {
         )
     })?;
     let store = Store::open(&config.data_dir.join("state"))?;
+    // sled flushes when its last handle is dropped, and on a failing disk
+    // that flush can block for ever, so that a start that fails (or a
+    // pipeline that stops) would never say why or exit. Every checkpoint is
+    // flushed when written; this handle is never dropped.
+    std::mem::forget(store.clone());
+    if let weft_source::SourceSpec::Kafka(kafka) = &mut config.source {
+        kafka.instance_id = Some(store.member_id()?);
+    }
     let runtime = Runtime::new(Some(config.data_dir.join("modules")))
         .map_err(|e| anyhow::anyhow!("{e:#}"))?;
     let source = weft_source::open(&config.source).context("cannot open the source")?;
@@ -126,7 +134,11 @@ fn run(args: config::RunArgs) -> Result<()> {
         thread::Builder::new()
             .name("pipeline".into())
             .spawn(move || {
-                let result = pipeline.run(&stop);
+                // A panic (a library's, on a damaged file) ends the pipeline
+                // like an error: said, then the process exits.
+                let result =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pipeline.run(&stop)))
+                        .unwrap_or_else(|_| Err(weft_pipeline::PipelineError::Panicked));
                 if let Err(e) = &result {
                     // Said at once: the rest of the shutdown may take a moment.
                     tracing::error!(error = %format!("{e:#}"), "The pipeline stopped.");

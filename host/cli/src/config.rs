@@ -133,6 +133,7 @@ pub fn resolve(args: RunArgs, bundled: &[(&str, &[u8])]) -> Result<RunConfig> {
                 topic: args.topic.or(file.topic).unwrap_or(defaults.topic),
                 group: args.group.or(file.group).unwrap_or(defaults.group),
                 options: file.kafka_options,
+                instance_id: None,
             };
         }
         SourceSpec::Demo(d) => *d = file.demo,

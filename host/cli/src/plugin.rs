@@ -4,7 +4,9 @@
 //!   (see [`crate::scaffold`]);
 //! - `test` runs a metric on sample events in-process, through the same
 //!   normalizer, sessionizer, runtime, state and checkpoints as `weft run`,
-//!   and prints its answer (or compares it with an expected one);
+//!   and prints its answer (or compares it with an expected one); compiled
+//!   components are cached in the user's cache directory
+//!   (`~/.cache/weft/modules`);
 //! - `check` tells whether a component fits a role's world and, if not,
 //!   exactly which import or export is missing or mistyped.
 
@@ -70,28 +72,26 @@ pub struct TestArgs {
     pub memory_mib: u64,
 }
 
-/// An instance name from a file name: `page-stats.wasm` → `page-stats`.
+/// An instance name from a file name, made valid: `Page-Stats.wasm` →
+/// `page_stats`.
 fn instance_name(wasm: &Path) -> String {
     let stem = wasm
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let name: String = stem
+    let mut name: String = stem
         .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '_'
-            }
+        .map(|c| match c {
+            'a'..='z' | '0'..='9' => c,
+            'A'..='Z' => c.to_ascii_lowercase(),
+            _ => '_',
         })
-        .take(64)
         .collect();
-    if name.is_empty() {
-        "plugin".into()
-    } else {
-        name
+    if !name.starts_with(|c: char| c.is_ascii_lowercase()) {
+        name.insert_str(0, "plugin_");
     }
+    name.truncate(64);
+    name
 }
 
 fn test(args: &TestArgs) -> Result<()> {
@@ -117,7 +117,9 @@ fn test(args: &TestArgs) -> Result<()> {
         bail!("no events file at {}", args.events.display());
     }
 
-    let runtime = Runtime::new(None).map_err(|e| anyhow!("{e:#}"))?;
+    // Compiled once per component, as `weft run` does in its data directory.
+    let cache = dirs::cache_dir().map(|d| d.join("weft").join("modules"));
+    let runtime = Runtime::new(cache).map_err(|e| anyhow!("{e:#}"))?;
     let module = runtime.load(&name, &wasm)?;
     if module.role() != Role::Metric {
         bail!(

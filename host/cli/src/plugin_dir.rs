@@ -3,10 +3,12 @@
 //!
 //! Read once at start, then watched (notify, debounced): adding or replacing
 //! a component or its manifest loads or swaps that instance, removing the
-//! component unloads it. The debounce waits until a file has been quiet for
-//! [`QUIET`], so a compiler's or editor's partial writes are not loaded; a
-//! file that is still incomplete fails validation and leaves the running
-//! version in place until the write completes.
+//! component unloads it. Only changes count: reading a file (which weft
+//! itself does to load it) is no event, and a file whose content, config and
+//! limits are those last seen loads nothing, so a quarantined instance stays
+//! quarantined until its file changes. A change is handled [`QUIET`] after it
+//! happened; a file still incomplete then fails validation and leaves the
+//! running version in place until the write completes.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -16,14 +18,19 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use notify_debouncer_mini::{DebounceEventResult, Debouncer, new_debouncer, notify};
+use notify_debouncer_full::{
+    DebounceEventResult, Debouncer, RecommendedCache, new_debouncer,
+    notify::{
+        self, EventKind,
+        event::{AccessKind, AccessMode},
+    },
+};
 use weft_pipeline::{
     PluginSpec, Shared,
     lifecycle::{Manifest, Origin},
-    lock,
 };
 
-/// How long a file must be quiet before it is (re)loaded.
+/// How long after a change a file is (re)loaded.
 pub const QUIET: Duration = Duration::from_millis(300);
 
 /// The manifest of instance `name`, or the defaults without one.
@@ -76,13 +83,25 @@ pub fn scan(dir: &Path) -> Result<Vec<PluginSpec>> {
     Ok(specs)
 }
 
+/// Whether an event changes a file (not only reads it).
+fn changes(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
 /// Watches `dir` and applies its changes to the running pipeline until the
 /// returned watcher is dropped.
-pub fn watch(dir: PathBuf, shared: Arc<Shared>) -> Result<Debouncer<notify::RecommendedWatcher>> {
+pub fn watch(
+    dir: PathBuf,
+    shared: Arc<Shared>,
+) -> Result<Debouncer<notify::RecommendedWatcher, RecommendedCache>> {
     let (tx, rx) = mpsc::channel::<DebounceEventResult>();
-    let mut debouncer = new_debouncer(QUIET, tx).context("cannot watch the plugin directory")?;
+    let mut debouncer =
+        new_debouncer(QUIET, None, tx).context("cannot watch the plugin directory")?;
     debouncer
-        .watcher()
         .watch(&dir, notify::RecursiveMode::NonRecursive)
         .with_context(|| format!("cannot watch {}", dir.display()))?;
     let mut known = Known::new();
@@ -97,19 +116,19 @@ pub fn watch(dir: PathBuf, shared: Arc<Shared>) -> Result<Debouncer<notify::Reco
             for result in rx {
                 let events = match result {
                     Ok(events) => events,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "Watching the plugin directory failed.");
+                    Err(errors) => {
+                        for e in errors {
+                            tracing::warn!(error = %e, "Watching the plugin directory failed.");
+                        }
                         continue;
                     }
                 };
                 let changed: BTreeSet<String> = events
                     .iter()
-                    .filter(|e| {
-                        e.path
-                            .extension()
-                            .is_some_and(|x| x == "wasm" || x == "toml")
-                    })
-                    .filter_map(|e| e.path.file_stem()?.to_str().map(str::to_owned))
+                    .filter(|e| changes(&e.kind))
+                    .flat_map(|e| e.paths.iter())
+                    .filter(|path| path.extension().is_some_and(|x| x == "wasm" || x == "toml"))
+                    .filter_map(|path| path.file_stem()?.to_str().map(str::to_owned))
                     .collect();
                 for name in changed {
                     sync(&dir, &name, &shared, &mut known);
@@ -168,13 +187,10 @@ fn sync(dir: &Path, name: &str, shared: &Shared, known: &mut Known) {
         .clone()
         .unwrap_or_else(|| serde_json::Value::Object(Default::default()));
     let seen = Seen::new(&wasm, config, manifest.limits);
-    // An event for a file whose content did not change (a touch, a second
-    // notification of one write) reloads nothing, unless the instance is
-    // quarantined or gone: then it is a request to load it again.
-    let running = shared
-        .plugin(name)
-        .is_some_and(|slot| lock(&slot.stats).quarantined.is_none());
-    if running && known.get(name) == Some(&seen) {
+    // A file whose content did not change (a touch, a second notification of
+    // one write) reloads nothing, also when its instance is quarantined; only
+    // an instance that is gone (unloaded through the API) loads again.
+    if shared.plugin(name).is_some() && known.get(name) == Some(&seen) {
         return;
     }
     known.insert(name.to_owned(), seen);

@@ -180,12 +180,7 @@ fn next_steps(lang: Lang, name: &str) -> String {
 /// instance names.
 fn plugin_name(raw: &str) -> Result<String> {
     let name = raw.replace('-', "_");
-    let valid = name.len() <= 64
-        && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-    if !valid {
+    if !weft_pipeline::lifecycle::valid_name(&name) {
         bail!(
             "`{raw}` is not a plugin name: use lowercase letters, digits and `_` (or `-`), \
              starting with a letter, at most 64"

@@ -52,12 +52,12 @@ use axum::{
     },
     routing::{get, post, put},
 };
-use serde::{Deserialize, Serialize};
 use hyper_util::{
     rt::{TokioIo, TokioTimer},
     server::graceful::GracefulShutdown,
     service::TowerToHyperService,
 };
+use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 use weft_pipeline::{
     Shared,
@@ -324,7 +324,8 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let connection = graceful.watch(http1.serve_connection(TokioIo::new(stream), service.clone()));
+        let connection =
+            graceful.watch(http1.serve_connection(TokioIo::new(stream), service.clone()));
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "HTTP connection ended with an error.");
@@ -360,7 +361,11 @@ const ASSETS: &[(&str, &str, &str)] = &[
         "text/css; charset=utf-8",
         include_str!("../../../dashboards/web/app.css"),
     ),
-    ("api.css", "text/css; charset=utf-8", include_str!("api.css")),
+    (
+        "api.css",
+        "text/css; charset=utf-8",
+        include_str!("api.css"),
+    ),
     (
         "chart.umd.min.js",
         "text/javascript; charset=utf-8",
@@ -557,12 +562,16 @@ async fn query(
         }
         // Asked more than the plugin's limits allow: the instance is
         // restarted, and the next query is answered.
-        Err(e @ (weft_runtime::Error::Budget { .. } | weft_runtime::Error::Memory { .. })) => Err(
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("{e}; ask for less")),
-        ),
-        Err(e @ weft_runtime::Error::Interrupted { .. }) => {
-            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))
+        Err(e @ (weft_runtime::Error::Budget { .. } | weft_runtime::Error::Memory { .. })) => {
+            Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("{e}; ask for less"),
+            ))
         }
+        Err(e @ weft_runtime::Error::Interrupted { .. }) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            e.to_string(),
+        )),
         Err(e) => Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             e.to_string(),

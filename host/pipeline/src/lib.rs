@@ -71,6 +71,8 @@ pub enum PipelineError {
         "stopped in the middle of a plugin call; the last checkpoint stands, and what was read after it is read again at the next start"
     )]
     Interrupted,
+    #[error("the pipeline panicked (see the message above); the last checkpoint stands")]
+    Panicked,
 }
 
 /// Pipeline settings (the `[pipeline]` section of `weft.toml`).
@@ -953,8 +955,12 @@ impl Pipeline {
     fn quarantine(&mut self, i: usize, reason: String) {
         let slot = &self.slots[i];
         match slot.role {
-            Role::Stage => tracing::error!(plugin = %slot.name, %reason, "Stage quarantined: every batch is dead-lettered here and NO METRIC RECEIVES EVENTS until it is reloaded (see `health` in /api/status for the way out)."),
-            Role::Metric => tracing::error!(plugin = %slot.name, %reason, "Plugin quarantined: its batches go to its dead letters until it is reloaded (see `health` in /api/status for the way out)."),
+            Role::Stage => {
+                tracing::error!(plugin = %slot.name, %reason, "Stage quarantined: every batch is dead-lettered here and NO METRIC RECEIVES EVENTS until it is reloaded (see `health` in /api/status for the way out).")
+            }
+            Role::Metric => {
+                tracing::error!(plugin = %slot.name, %reason, "Plugin quarantined: its batches go to its dead letters until it is reloaded (see `health` in /api/status for the way out).")
+            }
         }
         lock(&slot.stats).quarantined = Some(reason);
     }
@@ -1099,10 +1105,14 @@ impl Pipeline {
         let mut health = Health::default();
         for slot in &self.slots {
             let stats = lock(&slot.stats);
-            let quarantined = telemetry.quarantined.with_label_values(&[slot.name.as_str()]);
+            let quarantined = telemetry
+                .quarantined
+                .with_label_values(&[slot.name.as_str()]);
             quarantined.set(i64::from(stats.quarantined.is_some()));
             if let Some(reason) = &stats.quarantined {
-                health.problems.push(Problem::quarantined(slot, &stats, reason));
+                health
+                    .problems
+                    .push(Problem::quarantined(slot, &stats, reason));
             }
         }
         health.degraded = !health.problems.is_empty();

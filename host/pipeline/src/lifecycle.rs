@@ -166,7 +166,9 @@ impl InstanceRecord {
                         .rev()
                         .find(|v| matches!(v.origin, Origin::Config | Origin::Directory))
                         .is_some_and(|v| {
-                            v.digest == now.digest && v.config == now.config && v.limits == now.limits
+                            v.digest == now.digest
+                                && v.config == now.config
+                                && v.limits == now.limits
                         })
             }
             None => false,

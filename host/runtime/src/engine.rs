@@ -8,7 +8,8 @@
 //!
 //! Compiling a component costs from tens of milliseconds (Rust) to seconds
 //! (Python, JS); the compiled artifact is cached on disk by the digest of the
-//! component and the engine's configuration, so a restart deserializes it.
+//! component and the engine's configuration, so a restart deserializes it,
+//! after checking the digest kept with it.
 
 use std::{
     hash::{Hash, Hasher},
@@ -57,6 +58,12 @@ fn spawn_ticker(engine: &Engine) {
 /// Hex SHA-256 of a component's bytes: a version's identity.
 pub fn digest(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
+}
+
+/// The serialized component in a cache file, if its digest matches.
+fn verified(file: &[u8]) -> Option<&[u8]> {
+    let (digest, serialized) = file.split_at_checked(32)?;
+    (Sha256::digest(serialized).as_slice() == digest).then_some(serialized)
 }
 
 /// A compiled component, ready to instantiate.
@@ -158,12 +165,27 @@ impl Runtime {
     }
 
     fn compile(&self, name: &str, bytes: &[u8]) -> Result<Component, Error> {
-        Component::new(&self.engine, bytes).map_err(|source| Error::Compile {
+        let started = std::time::Instant::now();
+        tracing::info!(
+            plugin = name,
+            bytes = bytes.len(),
+            "Compiling the component."
+        );
+        let component = Component::new(&self.engine, bytes).map_err(|source| Error::Compile {
             plugin: name.into(),
             source,
-        })
+        })?;
+        let seconds = started.elapsed().as_secs_f64();
+        tracing::info!(plugin = name, seconds, "Compiled the component.");
+        Ok(component)
     }
 
+    /// The compiled component from the cache, else compiled and cached.
+    ///
+    /// A cache file is the SHA-256 of the serialized component followed by
+    /// it; one whose digest does not match (a flipped bit, a truncated
+    /// write) is discarded and compiled again: compiled code is executed, so
+    /// only bytes weft wrote itself may be loaded.
     fn load_cached(
         &self,
         name: &str,
@@ -176,15 +198,26 @@ impl Runtime {
             .precompile_compatibility_hash()
             .hash(&mut hasher);
         let path = dir.join(format!("{digest}-{:016x}.cwasm", hasher.finish()));
-        if path.exists() {
-            // SAFETY: the file was written by `Component::serialize` of this
-            // engine configuration (the name carries its compatibility hash)
-            // into weft's own data directory.
-            match unsafe { Component::deserialize_file(&self.engine, &path) } {
-                Ok(c) => return Ok(c),
-                Err(e) => {
-                    tracing::warn!(plugin = name, path = %path.display(), error = %e, "Cached module unusable; recompiling.")
+        match std::fs::read(&path) {
+            Ok(file) => match verified(&file) {
+                // SAFETY: the bytes are what `Component::serialize` of this
+                // engine configuration (the name carries its compatibility
+                // hash) wrote, as their digest shows.
+                Some(serialized) => {
+                    match unsafe { Component::deserialize(&self.engine, serialized) } {
+                        Ok(c) => return Ok(c),
+                        Err(e) => {
+                            tracing::warn!(plugin = name, path = %path.display(), error = %e, "Cached module unusable; recompiling.")
+                        }
+                    }
                 }
+                None => {
+                    tracing::warn!(plugin = name, path = %path.display(), "Cached module is corrupt (its digest does not match); recompiling.")
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(plugin = name, path = %path.display(), error = %e, "Cannot read the cached module; recompiling.")
             }
         }
         let component = self.compile(name, bytes)?;
@@ -195,8 +228,10 @@ impl Runtime {
         std::fs::create_dir_all(dir).map_err(cache_err)?;
         match component.serialize() {
             Ok(serialized) => {
+                let mut file = Sha256::digest(&serialized).to_vec();
+                file.extend_from_slice(&serialized);
                 let tmp = path.with_extension("tmp");
-                std::fs::write(&tmp, serialized).map_err(cache_err)?;
+                std::fs::write(&tmp, file).map_err(cache_err)?;
                 std::fs::rename(&tmp, &path).map_err(cache_err)?;
             }
             Err(e) => {

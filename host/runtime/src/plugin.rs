@@ -20,10 +20,10 @@ use wasmtime_wasi::{
 
 use crate::{
     Error,
-    budget::{Cause, Meter},
     bindings::{
         Batch, Entry, Level, LogHost, MetricWorld, StageOutput, StageWorld, StateHost, TypesHost,
     },
+    budget::{Cause, Meter},
     engine::{Module, Pre, Runtime},
     state::{DurableState, PendingState, Write},
 };
@@ -379,9 +379,7 @@ impl Plugin {
     fn arm(&mut self, budgets: u64) {
         let budgets = budgets.max(1);
         self.armed_ms = self.limits.cpu_ms.saturating_mul(budgets);
-        let limit = self
-            .metered
-            .then(|| Duration::from_millis(self.armed_ms));
+        let limit = self.metered.then(|| Duration::from_millis(self.armed_ms));
         let deadline = self.store.data_mut().meter.arm(limit);
         self.store.set_epoch_deadline(deadline);
     }

@@ -169,11 +169,20 @@ impl FileSource {
 impl Source for FileSource {
     fn resume(&mut self, offsets: &Offsets, last: Option<&Identity>) -> Result<(), SourceError> {
         if let Some(last) = last {
-            let Identity::File { path, prefix_len, prefix_sha256 } = last else {
+            let Identity::File {
+                path,
+                prefix_len,
+                prefix_sha256,
+            } = last
+            else {
                 return Err(last.changed(self.identity_over(PREFIX_LEN as u64)?));
             };
             let now = self.identity_over(*prefix_len)?;
-            let Identity::File { prefix_sha256: now_sha256, .. } = &now else {
+            let Identity::File {
+                prefix_sha256: now_sha256,
+                ..
+            } = &now
+            else {
                 unreachable!("a file's identity is a file's");
             };
             if now_sha256 != prefix_sha256 {
@@ -189,8 +198,7 @@ impl Source for FileSource {
     }
 
     fn identity(&self) -> Identity {
-        let (prefix_len, prefix_sha256) =
-            fingerprint(&self.lines.prefix(), self.lines.consumed());
+        let (prefix_len, prefix_sha256) = fingerprint(&self.lines.prefix(), self.lines.consumed());
         Identity::File {
             path: self.absolute.display().to_string(),
             prefix_len,
@@ -418,7 +426,10 @@ mod tests {
         std::fs::write(&a.0, &longer).expect("rewrite");
         let mut again = FileSource::open(&a.0)?;
         again.resume(&at, Some(&recorded))?;
-        assert_eq!(read_all(&mut again, 100)?, vec![(63, b"{\"n\":63}".to_vec())]);
+        assert_eq!(
+            read_all(&mut again, 100)?,
+            vec![(63, b"{\"n\":63}".to_vec())]
+        );
 
         // Another file at the same path: refused, saying what to do.
         let other: String = (0..100).map(|i| format!("{{\"m\":{i}}}\n")).collect();
@@ -426,7 +437,10 @@ mod tests {
         let mut b = FileSource::open(&a.0)?;
         let error = b.resume(&at, Some(&recorded)).err().map(|e| e.to_string());
         let text = error.unwrap_or_default();
-        assert!(text.contains("--reset-source") && text.contains("--data-dir"), "{text}");
+        assert!(
+            text.contains("--reset-source") && text.contains("--data-dir"),
+            "{text}"
+        );
 
         // Another kind of source: refused too.
         let mut c = FileSource::open(&a.0)?;

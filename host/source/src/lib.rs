@@ -100,12 +100,19 @@ impl std::fmt::Display for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Identity::Kafka { topic } => write!(f, "Kafka topic {topic:?}"),
-            Identity::File { path, prefix_len, prefix_sha256 } => write!(
+            Identity::File {
+                path,
+                prefix_len,
+                prefix_sha256,
+            } => write!(
                 f,
                 "the file {path} (whose first {prefix_len} bytes have SHA-256 {})",
                 &prefix_sha256[..prefix_sha256.len().min(12)]
             ),
-            Identity::Stdin { prefix_len, prefix_sha256 } => write!(
+            Identity::Stdin {
+                prefix_len,
+                prefix_sha256,
+            } => write!(
                 f,
                 "stdin input whose first {prefix_len} bytes have SHA-256 {}",
                 &prefix_sha256[..prefix_sha256.len().min(12)]
@@ -165,6 +172,10 @@ pub struct KafkaConfig {
     /// Extra librdkafka settings (e.g. security). They cannot turn on auto-commit,
     /// offset auto-store or turn off partition EOF events, which exactness relies on.
     pub options: BTreeMap<String, String>,
+    /// This host's static member id in the group (`group.instance.id`), kept in its data
+    /// directory so a restart rejoins as the same member; `options` may override it.
+    #[serde(skip)]
+    pub instance_id: Option<String>,
 }
 
 impl Default for KafkaConfig {
@@ -174,6 +185,7 @@ impl Default for KafkaConfig {
             topic: "events".to_owned(),
             group: "weft".to_owned(),
             options: BTreeMap::new(),
+            instance_id: None,
         }
     }
 }

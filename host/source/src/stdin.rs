@@ -116,7 +116,11 @@ fn verify<R: std::io::BufRead>(
     let Some(last) = expect.take() else {
         return Ok(());
     };
-    let Identity::Stdin { prefix_len, prefix_sha256 } = &last else {
+    let Identity::Stdin {
+        prefix_len,
+        prefix_sha256,
+    } = &last
+    else {
         return Err(last.changed("stdin"));
     };
     if lines.consumed() < *prefix_len && !ended {
@@ -321,7 +325,11 @@ mod tests {
     }
 
     /// Reads `input` from line `from` on, after a checkpoint that recorded `last`.
-    fn read(input: &[u8], from: i64, last: Option<&Identity>) -> Result<(Vec<i64>, Identity), SourceError> {
+    fn read(
+        input: &[u8],
+        from: i64,
+        last: Option<&Identity>,
+    ) -> Result<(Vec<i64>, Identity), SourceError> {
         let mut source = StdinSource::reading(Cursor::new(input.to_vec()));
         source.resume(&Offsets::from([(0, from)]), last)?;
         let mut out = Vec::new();
@@ -343,10 +351,16 @@ mod tests {
         // Another input: nothing of it is delivered, and the error says why.
         let other: String = (0..20).map(|i| format!("{{\"m\":{i}}}\n")).collect();
         let error = read(other.as_bytes(), 20, Some(&recorded)).err();
-        assert!(matches!(error, Some(SourceError::Changed { .. })), "{error:?}");
+        assert!(
+            matches!(error, Some(SourceError::Changed { .. })),
+            "{error:?}"
+        );
         // A shorter one, too.
         let error = read(b"{\"n\":0}\n", 20, Some(&recorded)).err();
-        assert!(matches!(error, Some(SourceError::Changed { .. })), "{error:?}");
+        assert!(
+            matches!(error, Some(SourceError::Changed { .. })),
+            "{error:?}"
+        );
         Ok(())
     }
 

@@ -78,6 +78,7 @@ fn tombstones_are_delivered_empty() -> TestResult {
         topic: "tombstones".to_owned(),
         group: "tombstones".to_owned(),
         options: BTreeMap::new(),
+        instance_id: None,
     }))?;
     source.resume(&Offsets::new(), None)?;
     let messages = read_until(source.as_mut(), "both messages", |out, caught_up| {
@@ -110,6 +111,7 @@ fn scenario(
         // A short session timeout speeds up the second source joining the group;
         // librdkafka's mock cluster otherwise waits out the first one's 45 s.
         options: BTreeMap::from([("session.timeout.ms".to_owned(), "6000".to_owned())]),
+        instance_id: None,
     };
     let mut source = weft_source::open(&SourceSpec::Kafka(config.clone()))?;
     source.resume(&Offsets::new(), None)?;

@@ -24,6 +24,7 @@
 //!   opaque bytes to this crate;
 //! - `m\0meta`: the pipeline's metadata, opaque bytes to this crate;
 //! - `m\0intent`: a large checkpoint's writes until they are applied;
+//! - `m\0member`: this data directory's member id in a Kafka consumer group;
 //! - `w\0{digest}`: a plugin component's bytes, by their SHA-256, so any
 //!   version ever loaded can be rolled back to;
 //! - `i\0{plugin}`: what runs under an instance name and its version
@@ -42,8 +43,9 @@ pub enum StateError {
         #[source]
         source: sled::Error,
     },
-    #[error("state store {action}: {source}")]
+    #[error("state store at {path}: {action}: {source}")]
     Io {
+        path: std::path::PathBuf,
         action: &'static str,
         #[source]
         source: sled::Error,
@@ -60,6 +62,7 @@ const DEDUP: &[u8] = b"d\0";
 const REJECTED: &[u8] = b"r\0";
 const META: &[u8] = b"m\0meta";
 const INTENT: &[u8] = b"m\0intent";
+const MEMBER: &[u8] = b"m\0member";
 const DEAD: &[u8] = b"x\0";
 const MODULE: &[u8] = b"w\0";
 const INSTANCE: &[u8] = b"i\0";
@@ -179,10 +182,18 @@ pub struct Checkpoint {
 pub struct Store {
     db: sled::Db,
     tree: sled::Tree,
+    /// The store's directory, named in errors.
+    path: Arc<Path>,
 }
 
-fn io(action: &'static str) -> impl FnOnce(sled::Error) -> StateError {
-    move |source| StateError::Io { action, source }
+/// An error of `action` on the store at `path`.
+fn io(path: &Path, action: &'static str) -> impl FnOnce(sled::Error) -> StateError {
+    let path = path.to_path_buf();
+    move |source| StateError::Io {
+        path,
+        action,
+        source,
+    }
 }
 
 /// `value` as postcard bytes; `what` names it in the error.
@@ -198,21 +209,51 @@ fn key(parts: &[&[u8]]) -> Vec<u8> {
 }
 
 impl Store {
+    fn io(&self, action: &'static str) -> impl FnOnce(sled::Error) -> StateError {
+        io(&self.path, action)
+    }
+
+    /// Opens (or creates) the store in `dir`. sled recovers a log cut short
+    /// by a crash to its last complete write, which is a checkpoint; a file
+    /// damaged beyond that is a [`StateError::Corrupt`] naming it (sled
+    /// panics on some damage; the panic is caught and said so).
     pub fn open(dir: &Path) -> Result<Self, StateError> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir)
             // sled's default page cache is 1 GiB; plugins keep their hot state
             // in their own memory, so reads here are mostly first touches.
-            .cache_capacity(CACHE_BYTES)
-            .open()
-            .map_err(|source| StateError::Open {
-                path: dir.to_path_buf(),
-                source,
+            .cache_capacity(CACHE_BYTES);
+        // Said once, as the error below, not also by the default panic hook.
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()));
+        std::panic::set_hook(hook);
+        let opened = opened.map_err(|panic| {
+                let why = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("no message");
+                StateError::Corrupt {
+                    what: "file",
+                    detail: format!(
+                        "{} cannot be read ({why}): restore the data directory from a backup, or move it away to start empty",
+                        dir.join("db").display()
+                    ),
+                }
             })?;
-        let tree = db.open_tree("weft").map_err(io("open tree"))?;
-        let store = Store { db, tree };
+        let db = opened.map_err(|source| StateError::Open {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let tree = db.open_tree("weft").map_err(io(dir, "open tree"))?;
+        let store = Store {
+            db,
+            tree,
+            path: Arc::from(dir),
+        };
         // A crash interrupted a large checkpoint after it was committed.
-        if let Some(intent) = store.tree.get(INTENT).map_err(io("read intent"))? {
+        if let Some(intent) = store.tree.get(INTENT).map_err(store.io("read intent"))? {
             let writes = postcard::from_bytes(&intent).map_err(|e| StateError::Corrupt {
                 what: "checkpoint intent",
                 detail: e.to_string(),
@@ -229,10 +270,10 @@ impl Store {
         while writes.peek().is_some() {
             self.tree
                 .apply_batch(batch_of(writes.by_ref().take(CHUNK)))
-                .map_err(io("apply checkpoint"))?;
+                .map_err(self.io("apply checkpoint"))?;
         }
-        self.tree.remove(INTENT).map_err(io("remove intent"))?;
-        self.db.flush().map_err(io("flush checkpoint"))?;
+        self.tree.remove(INTENT).map_err(self.io("remove intent"))?;
+        self.db.flush().map_err(self.io("flush checkpoint"))?;
         Ok(())
     }
 
@@ -276,8 +317,8 @@ impl Store {
             batch.insert(META, cp.meta);
             self.tree
                 .apply_batch(batch)
-                .map_err(io("apply checkpoint"))?;
-            self.db.flush().map_err(io("flush checkpoint"))?;
+                .map_err(self.io("apply checkpoint"))?;
+            self.db.flush().map_err(self.io("flush checkpoint"))?;
             return Ok(());
         }
         let mut batch = sled::Batch::default();
@@ -285,9 +326,23 @@ impl Store {
         batch.insert(INTENT, encode("checkpoint intent", &writes)?);
         self.tree
             .apply_batch(batch)
-            .map_err(io("commit checkpoint"))?;
-        self.db.flush().map_err(io("flush checkpoint"))?;
+            .map_err(self.io("commit checkpoint"))?;
+        self.db.flush().map_err(self.io("flush checkpoint"))?;
         self.apply_intent(writes)
+    }
+
+    /// This data directory's static member id in a consumer group, made
+    /// (random) and kept on first use.
+    pub fn member_id(&self) -> Result<String, StateError> {
+        if let Some(id) = self.tree.get(MEMBER).map_err(self.io("read member id"))? {
+            return Ok(String::from_utf8_lossy(&id).into_owned());
+        }
+        let id = format!("weft-{:032x}", rand::random::<u128>());
+        self.tree
+            .insert(MEMBER, id.as_bytes())
+            .map_err(self.io("record member id"))?;
+        self.flush()?;
+        Ok(id)
     }
 
     /// The pipeline metadata of the last checkpoint, if any.
@@ -295,7 +350,7 @@ impl Store {
         Ok(self
             .tree
             .get(META)
-            .map_err(io("read meta"))?
+            .map_err(self.io("read meta"))?
             .map(|v| v.to_vec()))
     }
 
@@ -303,7 +358,7 @@ impl Store {
     pub fn dedup_records(&self) -> Result<Vec<(u64, DedupIds)>, StateError> {
         let mut out = Vec::new();
         for item in self.tree.scan_prefix(DEDUP) {
-            let (k, v) = item.map_err(io("scan dedup records"))?;
+            let (k, v) = item.map_err(self.io("scan dedup records"))?;
             let corrupt = |detail: String| StateError::Corrupt {
                 what: "dedup record",
                 detail,
@@ -329,7 +384,7 @@ impl Store {
         ]);
         let mut out = Vec::new();
         for item in self.tree.range(start..).take(limit) {
-            let (k, v) = item.map_err(io("scan rejected"))?;
+            let (k, v) = item.map_err(self.io("scan rejected"))?;
             if !k.starts_with(REJECTED) {
                 break;
             }
@@ -363,7 +418,7 @@ impl Store {
         ]);
         let mut out = Vec::new();
         for item in self.tree.range(start..).take(limit) {
-            let (k, v) = item.map_err(io("scan dead letters"))?;
+            let (k, v) = item.map_err(self.io("scan dead letters"))?;
             let Some(seq) = k.strip_prefix(prefix.as_slice()) else {
                 break;
             };
@@ -383,7 +438,7 @@ impl Store {
         let prefix = key(&[DEAD, plugin.as_bytes(), b"\0"]);
         let mut n = 0;
         for item in self.tree.scan_prefix(prefix) {
-            item.map_err(io("count dead letters"))?;
+            item.map_err(self.io("count dead letters"))?;
             n += 1;
         }
         Ok(n)
@@ -392,9 +447,15 @@ impl Store {
     /// Keeps a component's bytes under its digest, durably.
     pub fn put_module(&self, digest: &str, bytes: &[u8]) -> Result<(), StateError> {
         let k = key(&[MODULE, digest.as_bytes()]);
-        if !self.tree.contains_key(&k).map_err(io("look up module"))? {
-            self.tree.insert(k, bytes).map_err(io("store module"))?;
-            self.db.flush().map_err(io("flush module"))?;
+        if !self
+            .tree
+            .contains_key(&k)
+            .map_err(self.io("look up module"))?
+        {
+            self.tree
+                .insert(k, bytes)
+                .map_err(self.io("store module"))?;
+            self.db.flush().map_err(self.io("flush module"))?;
         }
         Ok(())
     }
@@ -404,7 +465,7 @@ impl Store {
         Ok(self
             .tree
             .get(key(&[MODULE, digest.as_bytes()]))
-            .map_err(io("read module"))?
+            .map_err(self.io("read module"))?
             .map(|v| v.to_vec()))
     }
 
@@ -413,7 +474,7 @@ impl Store {
     pub fn put_instance(&self, name: &str, record: &[u8]) -> Result<(), StateError> {
         self.tree
             .insert(key(&[INSTANCE, name.as_bytes()]), record)
-            .map_err(io("record instance"))?;
+            .map_err(self.io("record instance"))?;
         Ok(())
     }
 
@@ -422,7 +483,7 @@ impl Store {
         Ok(self
             .tree
             .get(key(&[INSTANCE, name.as_bytes()]))
-            .map_err(io("read instance"))?
+            .map_err(self.io("read instance"))?
             .map(|v| v.to_vec()))
     }
 
@@ -430,7 +491,7 @@ impl Store {
     pub fn instances(&self) -> Result<Vec<(String, Vec<u8>)>, StateError> {
         let mut out = Vec::new();
         for item in self.tree.scan_prefix(INSTANCE) {
-            let (k, v) = item.map_err(io("scan instances"))?;
+            let (k, v) = item.map_err(self.io("scan instances"))?;
             let name = String::from_utf8_lossy(&k[INSTANCE.len()..]).into_owned();
             out.push((name, v.to_vec()));
         }
@@ -439,7 +500,7 @@ impl Store {
 
     /// Makes every write so far durable.
     pub fn flush(&self) -> Result<(), StateError> {
-        self.db.flush().map_err(io("flush"))?;
+        self.db.flush().map_err(self.io("flush"))?;
         Ok(())
     }
 
@@ -517,7 +578,10 @@ mod tests {
         assert_eq!(r.raw_len, 100_000);
         assert_eq!(r.raw_sha256, Some(weft_runtime::digest(&raw)));
         let short = Rejected::keeping("not_json", "d".into(), 0, 7, raw[..1000].to_vec(), 1000);
-        assert_eq!((short.raw.len(), short.raw_len, short.raw_sha256), (1000, 1000, None));
+        assert_eq!(
+            (short.raw.len(), short.raw_len, short.raw_sha256),
+            (1000, 1000, None)
+        );
     }
 
     #[test]
@@ -539,7 +603,10 @@ mod tests {
         })
         .unwrap();
         let r = Rejected::decode(&bytes).unwrap();
-        assert_eq!(r, Rejected::keeping("late", "d".into(), 2, 9, b"{}".to_vec(), 64));
+        assert_eq!(
+            r,
+            Rejected::keeping("late", "d".into(), 2, 9, b"{}".to_vec(), 64)
+        );
     }
 
     /// Opens the store at `dir` again once sled has let go of it: a dropped
