@@ -172,13 +172,22 @@ function drawStrip(status, plugins) {
     items.push(
       el("div", { class: "stat plugin", title, "data-plugin": p.name },
         el("b", { class: `status-${p.status}`, text: `${p.name} · ${p.status}` }),
-        el("span", { text: `${p.role} · v ${p.digest.slice(0, 8)}` })));
+        el("span", { text: `${p.role ?? "new"} · v ${p.digest.slice(0, 8)}` })));
   }
   $("strip").replaceChildren(...items);
   const notice = $("notice");
-  if (ev.received === 0) {
+  const health = status.health || { degraded: false, problems: [] };
+  if (health.degraded) {
+    // Said loudly: some plugin gets no events, maybe no metric at all.
+    notice.hidden = false;
+    notice.className = "notice error";
+    notice.dataset.kind = "degraded";
+    notice.replaceChildren(el("b", { text: "The pipeline is degraded. " }),
+      ...health.problems.map((p) => el("span", { class: "problem", text: `${p.what} — ${p.effect}. Way out: ${p.fix}. ` })));
+  } else if (ev.received === 0) {
     notice.hidden = false;
     notice.className = "notice";
+    notice.dataset.kind = "empty";
     notice.textContent = status.source_running
       ? "No events yet — is the source running? Nothing has been read from it so far."
       : "The source ended without a single event.";
@@ -207,9 +216,28 @@ function field(answer, name) {
   return name.split(".").reduce((v, k) => (v == null ? undefined : v[k]), answer);
 }
 
-/** Entries of a map field, largest first, at most `limit`. */
-function entries(value, limit) {
-  const list = Object.entries(value || {}).filter(([, v]) => typeof v === "number");
+/** What a value is, for saying what an answer holds instead of what a view needs. */
+function kind(v) {
+  if (v === undefined) return "missing";
+  if (v === null) return "null";
+  if (Array.isArray(v)) return "an array";
+  return typeof v === "object" ? "an object" : `a ${typeof v}`;
+}
+
+/**
+ * Entries of a map field (name → number), largest first, at most `limit`.
+ * Any other shape is the panel's error, not "no data".
+ */
+function entries(answer, name, limit) {
+  const value = field(answer, name);
+  if (value === null || typeof value !== "object" || Array.isArray(value)) {
+    throw new Error(`\`${name}\` must be a map of name → number; the answer has ${kind(value)}`);
+  }
+  const list = Object.entries(value);
+  const wrong = list.find(([, v]) => typeof v !== "number");
+  if (wrong) {
+    throw new Error(`\`${name}\` must be a map of name → number; \`${name}.${wrong[0]}\` is ${kind(wrong[1])}`);
+  }
   list.sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : 1));
   return limit ? list.slice(0, limit) : list;
 }
@@ -266,7 +294,7 @@ function draw(entry, answer) {
       return;
     }
     case "table": {
-      const rows = entries(field(answer, panel.field), panel.limit);
+      const rows = entries(answer, panel.field, panel.limit);
       node.dataset.values = JSON.stringify(rows);
       if (rows.length === 0) return body(entry, el("p", { class: "empty", text: "no data in this range" }));
       body(entry, el("table", {}, ...rows.map(([k, v]) =>
@@ -274,7 +302,10 @@ function draw(entry, answer) {
       return;
     }
     case "funnel": {
-      const steps = field(answer, panel.field) || [];
+      const steps = field(answer, panel.field);
+      if (!Array.isArray(steps) || steps.some((s) => !s || typeof s.sessions !== "number")) {
+        throw new Error(`\`${panel.field}\` must be a list of steps ({name, sessions, conversion_from_first, conversion_from_previous}); the answer has ${kind(steps)}`);
+      }
       node.dataset.values = JSON.stringify(steps.map((s) => [s.name, s.sessions]));
       const first = steps.length ? Math.max(1, steps[0].sessions) : 1;
       body(entry, el("div", { class: "funnel" }, ...steps.map((s) =>
@@ -282,18 +313,25 @@ function draw(entry, answer) {
           el("div", { class: "label" },
             el("span", { text: s.name }),
             el("span", { text: `${s.sessions.toLocaleString()} · ${format(s.conversion_from_first, "percent")} of first · ${format(s.conversion_from_previous, "percent")} of previous` })),
-          el("div", { class: "bar", style: `width:${(100 * s.sessions) / first}%` })))));
+          bar((100 * s.sessions) / first)))));
       return;
     }
     case "bar": case "pie": case "doughnut": {
-      const rows = entries(field(answer, panel.field), panel.limit);
+      const rows = entries(answer, panel.field, panel.limit);
       node.dataset.values = JSON.stringify(rows);
       chart(entry, panel.view === "bar" ? "bar" : panel.view, rows.map((r) => r[0]),
         [{ label: panel.title, data: rows.map((r) => r[1]) }], rows.length === 0);
       return;
     }
     case "line": case "area": {
-      const series = answer.series || [];
+      const series = answer.series;
+      if (!Array.isArray(series)) {
+        throw new Error(`a ${panel.view} view needs a \`series\` of points (a \`bucket\` query); the answer has ${kind(series)}`);
+      }
+      for (const f of panel.fields) {
+        const bad = series.find((p) => typeof field(p, f) !== "number");
+        if (bad) throw new Error(`each point's \`${f}\` must be a number; one has ${kind(field(bad, f))}`);
+      }
       node.dataset.points = String(series.length);
       const labels = series.map((p) => new Date(p.t).toISOString().slice(5, 16).replace("T", " "));
       const datasets = panel.fields.map((f) => ({ label: f, data: series.map((p) => field(p, f)), fill: panel.view === "area", tension: 0.25, pointRadius: 0 }));
@@ -303,6 +341,13 @@ function draw(entry, answer) {
     default:
       throw new Error(`unknown view ${panel.view}`);
   }
+}
+
+/** A funnel bar `percent` wide (set through the CSSOM: the page's CSP allows no inline styles). */
+function bar(percent) {
+  const node = el("div", { class: "bar" });
+  node.style.width = `${percent}%`;
+  return node;
 }
 
 function chart(entry, type, labels, datasets, empty) {

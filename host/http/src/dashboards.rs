@@ -155,37 +155,43 @@ fn parse(shared: &Shared, name: &str, source: String, text: &str) -> Dashboard {
     }
 }
 
-/// Whether `panel` can be drawn with the plugins running now.
+/// Whether `panel` can be drawn with the plugins running now; if not, every
+/// reason, joined.
 fn check(shared: &Shared, panel: &PanelDeclaration) -> Result<(), String> {
+    let mut problems = Vec::new();
     if !VIEWS.contains(&panel.view.as_str()) {
-        return Err(format!(
+        problems.push(format!(
             "unknown view `{}` (one of: {})",
             panel.view,
             VIEWS.join(", ")
         ));
     }
     if let Some(format) = panel.format.as_deref().filter(|f| !FORMATS.contains(f)) {
-        return Err(format!(
+        problems.push(format!(
             "unknown format `{format}` (one of: {})",
             FORMATS.join(", ")
         ));
     }
     match panel.view.as_str() {
         "line" | "area" if panel.fields.as_ref().is_none_or(Vec::is_empty) => {
-            return Err(format!("a {} panel needs `fields`", panel.view));
+            problems.push(format!("a {} panel needs `fields`", panel.view));
         }
         "line" | "area" => {}
         _ if panel.field.is_none() => {
-            return Err(format!("a {} panel needs `field`", panel.view));
+            problems.push(format!("a {} panel needs `field`", panel.view));
         }
         _ => {}
     }
     match shared.plugin(&panel.plugin) {
-        None => Err(format!("no plugin `{}` is running", panel.plugin)),
-        Some(slot) if slot.role != Role::Metric => Err(format!(
+        None => problems.push(format!("no plugin `{}` is running", panel.plugin)),
+        Some(slot) if slot.role != Role::Metric => problems.push(format!(
             "plugin `{}` is a {}; only metrics answer queries",
             panel.plugin, slot.role
         )),
-        Some(_) => Ok(()),
+        Some(_) => {}
+    }
+    match problems.is_empty() {
+        true => Ok(()),
+        false => Err(problems.join("; ")),
     }
 }

@@ -62,7 +62,7 @@ use subtle::ConstantTimeEq;
 use weft_pipeline::{
     Shared,
     isolation::DeadLetter,
-    lifecycle::{Applied, Changes, LifecycleError, Manifest, Origin},
+    lifecycle::{Applied, Changes, LifecycleError, LoadingView, Manifest, Origin},
     lock,
 };
 use weft_runtime::{Limits, Role};
@@ -465,7 +465,8 @@ async fn status(State(shared): State<Arc<Shared>>) -> Json<weft_pipeline::Status
 #[derive(Serialize)]
 struct PluginView {
     name: String,
-    role: String,
+    /// `None` while a new instance's first version loads.
+    role: Option<String>,
     digest: String,
     loaded_at: u64,
     status: &'static str,
@@ -482,15 +483,19 @@ struct PluginView {
     quarantined: Option<String>,
     query_errors: u64,
     last_query_error: Option<String>,
+    /// A version being loaded (compiled, checked, tried) right now.
+    loading: Option<LoadingView>,
 }
 
 async fn plugins(State(shared): State<Arc<Shared>>) -> Json<Vec<PluginView>> {
     Json(plugin_views(&shared))
 }
 
-/// What `GET /api/plugins` shows of each running plugin.
+/// What `GET /api/plugins` shows of each running plugin, then of each new
+/// one still loading (`status: "loading"`).
 fn plugin_views(shared: &Shared) -> Vec<PluginView> {
-    shared
+    let mut loading = shared.loading();
+    let mut views: Vec<PluginView> = shared
         .plugins()
         .iter()
         .map(|slot| {
@@ -502,7 +507,7 @@ fn plugin_views(shared: &Shared) -> Vec<PluginView> {
             };
             PluginView {
                 name: slot.name.clone(),
-                role: slot.role.to_string(),
+                role: Some(slot.role.to_string()),
                 digest: stats.digest,
                 loaded_at: stats.loaded_at,
                 reload_error: stats.reload_error,
@@ -524,9 +529,31 @@ fn plugin_views(shared: &Shared) -> Vec<PluginView> {
                 quarantined: stats.quarantined,
                 query_errors: stats.query_errors,
                 last_query_error: stats.last_query_error,
+                loading: loading.remove(&slot.name),
             }
         })
-        .collect()
+        .collect();
+    views.extend(loading.into_iter().map(|(name, l)| PluginView {
+        name,
+        role: None,
+        digest: l.digest.clone(),
+        loaded_at: 0,
+        status: "loading",
+        reload_error: None,
+        last_swap_pause_ms: None,
+        events_in: 0,
+        batches: 0,
+        errors: 0,
+        mean_batch_ms: 0.0,
+        last_error: None,
+        restarts: 0,
+        dead_letters: 0,
+        quarantined: None,
+        query_errors: 0,
+        last_query_error: None,
+        loading: Some(l),
+    }));
+    views
 }
 
 async fn query(

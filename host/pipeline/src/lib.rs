@@ -316,6 +316,8 @@ pub struct Shared {
     runtime: Runtime,
     /// The most any plugin's limits may ask for.
     max_limits: Limits,
+    /// Loads in progress (compiling, checking, trying `init`), by name.
+    loading: Mutex<BTreeMap<String, lifecycle::LoadingView>>,
     /// Lifecycle changes for the pipeline thread.
     requests: Mutex<mpsc::Sender<Request>>,
 }
@@ -330,6 +332,11 @@ impl Shared {
 
     pub fn plugin(&self, name: &str) -> Option<Arc<PluginSlot>> {
         self.plugins().into_iter().find(|p| p.name == name)
+    }
+
+    /// The loads in progress, by instance name.
+    pub fn loading(&self) -> BTreeMap<String, lifecycle::LoadingView> {
+        lock(&self.loading).clone()
     }
 
     pub fn status(&self) -> Status {
@@ -563,6 +570,7 @@ impl Pipeline {
             telemetry,
             runtime: runtime.clone(),
             max_limits: settings.max_limits(),
+            loading: Mutex::default(),
             requests: Mutex::new(requests_tx),
         });
         Ok(Pipeline {

@@ -79,6 +79,42 @@ pub struct Version {
     pub replaced_by: Option<String>,
 }
 
+/// A load in progress, shown in `GET /api/plugins` until it ends.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadingView {
+    pub digest: String,
+    pub bytes: usize,
+    /// When it began, epoch ms.
+    pub since: u64,
+}
+
+/// Marks a load of `name` in progress while alive.
+struct Loading<'a> {
+    shared: &'a Shared,
+    name: String,
+}
+
+impl<'a> Loading<'a> {
+    fn start(shared: &'a Shared, name: &str, wasm: &[u8]) -> Self {
+        let view = LoadingView {
+            digest: weft_runtime::digest(wasm),
+            bytes: wasm.len(),
+            since: now_ms(),
+        };
+        lock(&shared.loading).insert(name.to_owned(), view);
+        Loading {
+            shared,
+            name: name.to_owned(),
+        }
+    }
+}
+
+impl Drop for Loading<'_> {
+    fn drop(&mut self) {
+        lock(&self.shared.loading).remove(&self.name);
+    }
+}
+
 /// How many versions of an instance its record keeps.
 const HISTORY: usize = 100;
 
@@ -449,6 +485,8 @@ impl Shared {
                 name: name.to_owned(),
                 detail,
             })?;
+        // Compiling a large component takes a while: /api/plugins says so.
+        let _loading = Loading::start(self, name, wasm);
         let module = self.runtime.load(name, wasm)?;
         let actual = module.role();
         if let Some(declared) = manifest.role.filter(|&r| r != actual) {
