@@ -39,6 +39,34 @@ fn free_port() -> u16 {
 pub struct Weft {
     child: Child,
     pub base: String,
+    /// Where its stderr goes.
+    log: PathBuf,
+}
+
+/// Runs `weft run` with `args` and `--data-dir data_dir`, expecting it to exit
+/// within `within`; returns its exit status and its stderr.
+pub fn run_to_exit(
+    data_dir: &Path,
+    args: &[&str],
+    within: Duration,
+) -> (std::process::ExitStatus, String) {
+    let log = data_dir.with_extension("exit.log");
+    let mut child = Command::new(binary())
+        .arg("run")
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("a log file"))
+        .spawn()
+        .expect("start weft");
+    let status = wait_for("weft to exit", within, || {
+        child.try_wait().map_err(|e| e.to_string())
+    });
+    (status, std::fs::read_to_string(&log).unwrap_or_default())
 }
 
 impl Weft {
@@ -46,8 +74,8 @@ impl Weft {
     /// and waits until its API answers.
     pub fn start(data_dir: &Path, args: &[&str]) -> Weft {
         let port = free_port();
-        let log = std::fs::File::create(data_dir.with_extension(format!("{port}.log")))
-            .expect("a log file");
+        let log_path = data_dir.with_extension(format!("{port}.log"));
+        let log = std::fs::File::create(&log_path).expect("a log file");
         let child = Command::new(binary())
             .arg("run")
             .args(args)
@@ -64,6 +92,7 @@ impl Weft {
         let mut weft = Weft {
             child,
             base: format!("http://127.0.0.1:{port}"),
+            log: log_path,
         };
         wait_for("weft's API to answer", Duration::from_secs(120), || {
             if let Ok(Some(status)) = weft.child.try_wait() {
@@ -156,6 +185,29 @@ impl Weft {
         response
             .into_string()
             .unwrap_or_else(|e| panic!("GET /metrics: {e}"))
+    }
+
+    /// What it has written to stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then waits for the exit (at most `within`); returns its status.
+    pub fn terminate(mut self, within: Duration) -> std::process::ExitStatus {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM failed");
+        let child = &mut self.child;
+        wait_for("weft to exit after SIGTERM", within, || {
+            child.try_wait().map_err(|e| e.to_string())
+        })
     }
 
     /// SIGKILL: no chance to checkpoint.

@@ -361,13 +361,13 @@ impl Plugin {
     /// Refuses calls into a poisoned instance, and every call once the host
     /// is stopping; arms the next call with `budgets` CPU budgets.
     fn ready(&mut self, budgets: u64) -> Result<(), Error> {
-        if self.poisoned {
-            return Err(Error::Poisoned {
+        if self.store.data().meter.stopping() {
+            return Err(Error::Interrupted {
                 plugin: self.name.clone(),
             });
         }
-        if self.store.data().meter.stopping() {
-            return Err(Error::Interrupted {
+        if self.poisoned {
+            return Err(Error::Poisoned {
                 plugin: self.name.clone(),
             });
         }
