@@ -73,6 +73,16 @@ impl Weft {
     /// Starts `weft run` with `args` plus a free `--listen` port and `data_dir`,
     /// and waits until its API answers.
     pub fn start(data_dir: &Path, args: &[&str]) -> Weft {
+        Weft::start_or_exit(data_dir, args)
+            .unwrap_or_else(|(status, log)| panic!("weft exited early with {status}:\n{log}"))
+    }
+
+    /// Like [`Weft::start`], but a `weft` that exits before its API answers
+    /// is an `Err` with its exit status and its stderr.
+    pub fn start_or_exit(
+        data_dir: &Path,
+        args: &[&str],
+    ) -> Result<Weft, (std::process::ExitStatus, String)> {
         let port = free_port();
         let log_path = data_dir.with_extension(format!("{port}.log"));
         let log = std::fs::File::create(&log_path).expect("a log file");
@@ -94,16 +104,16 @@ impl Weft {
             base: format!("http://127.0.0.1:{port}"),
             log: log_path,
         };
-        wait_for("weft's API to answer", Duration::from_secs(120), || {
+        let exited = wait_for("weft's API to answer", Duration::from_secs(120), || {
             if let Ok(Some(status)) = weft.child.try_wait() {
-                panic!(
-                    "weft exited early with {status}; see the log beside {}",
-                    data_dir.display()
-                );
+                return Ok(Some(Some(status)));
             }
-            Ok(weft.try_get("/api/status").ok())
+            Ok(weft.try_get("/api/status").ok().map(|_| None))
         });
-        weft
+        match exited {
+            None => Ok(weft),
+            Some(status) => Err((status, weft.log())),
+        }
     }
 
     pub fn try_get(&self, path: &str) -> Result<Value, String> {

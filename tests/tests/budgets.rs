@@ -43,7 +43,9 @@ fn batch(name: &str) -> Batch {
 
 /// A `faulty` instance misbehaving with `config` under `limits`.
 fn start(runtime: &Runtime, store: &Store, config: &str, limits: Limits) -> Plugin {
-    let module = runtime.load("faulty", &faulty()).expect("the fixture loads");
+    let module = runtime
+        .load("faulty", &faulty())
+        .expect("the fixture loads");
     Plugin::start(
         runtime,
         "faulty",
@@ -68,7 +70,9 @@ fn calibrate(runtime: &Runtime, store: &Store, at_least: Duration) -> u64 {
         let config = format!(r#"{{"fault": "burn", "iterations": {iterations}}}"#);
         let mut plugin = start(runtime, store, &config, Limits::default());
         let started = cpu_time();
-        plugin.ingest(&batch("boom")).expect("a burn within the default budget");
+        plugin
+            .ingest(&batch("boom"))
+            .expect("a burn within the default budget");
         if cpu_time() - started >= at_least {
             return iterations;
         }

@@ -805,22 +805,20 @@ impl Pipeline {
         self.run_from(0, batch);
     }
 
-    /// Runs `batch` through the plugins from `start` on: the stages among
-    /// them, then every metric (only plugin `start` if it is a metric). A
-    /// batch a stage fails on goes no further (it is in the stage's dead
+    /// Runs `batch` through the stages from `start` on, then every metric.
+    /// A batch a stage fails on goes no further (it is in the stage's dead
     /// letters).
     fn run_from(&mut self, start: usize, mut batch: Arc<Batch>) {
-        if start >= self.stage_count {
-            self.call(start, Call::Batch(&batch));
-            return;
-        }
         for i in start..self.stage_count {
             let Some(Some(out)) = self.call(i, Call::Batch(&batch)) else {
                 return;
             };
             let mut next = Arc::unwrap_or_clone(batch.clone());
             match weft_runtime::apply(&mut next, out) {
-                Ok(()) => batch = Arc::new(next),
+                Ok(()) => {
+                    self.records[i].success(true);
+                    batch = Arc::new(next);
+                }
                 Err(detail) => {
                     // The call looked fine, but its output is not: undo it.
                     self.journals[i].pop();
@@ -848,7 +846,7 @@ impl Pipeline {
     /// Calls plugin `i`, journaling a success and isolating a failure.
     /// `None` when the call failed or the plugin is quarantined; a stage's
     /// `process` answers `Some(Some(output))`.
-    fn call(&mut self, i: usize, call: Call) -> Option<Option<StageOutput>> {
+    pub(crate) fn call(&mut self, i: usize, call: Call) -> Option<Option<StageOutput>> {
         let slot = self.slots[i].clone();
         let batch = match call {
             Call::Batch(b) => Some(b),
@@ -892,7 +890,11 @@ impl Pipeline {
                     Call::Batch(b) => Journaled::Batch(b.clone()),
                     Call::Tick(w) => Journaled::Tick(w),
                 });
-                self.records[i].success(batch.is_some());
+                // A stage's batch counts as a success once its output is
+                // applied (see `run_from`).
+                if slot.role == Role::Metric || batch.is_none() {
+                    self.records[i].success(batch.is_some());
+                }
                 lock(&slot.stats).failing = false;
                 Some(out)
             }
@@ -1165,7 +1167,7 @@ fn restart_and_replay(
 
 /// A call the pipeline makes into a plugin.
 #[derive(Clone, Copy)]
-enum Call<'a> {
+pub(crate) enum Call<'a> {
     /// `process` for a stage, `ingest` for a metric.
     Batch(&'a Arc<Batch>),
     Tick(i64),

@@ -905,7 +905,13 @@ impl crate::Pipeline {
                     self.builder.push(event);
                 }
                 let batch = self.builder.finish();
-                self.run_from(i, Arc::new(batch));
+                // A stage's letters go on through the stages after it and
+                // every metric; a metric's only to itself.
+                if i < self.stage_count {
+                    self.run_from(i, Arc::new(batch));
+                } else {
+                    self.call(i, crate::Call::Batch(&Arc::new(batch)));
+                }
                 self.replayed.push((name.to_owned(), seq));
                 lock(&slot.stats).dead_letters -= 1;
                 replayed += 1;

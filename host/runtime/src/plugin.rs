@@ -56,7 +56,7 @@ impl Limits {
         ] {
             if asked == 0 || asked > most {
                 return Err(format!(
-                    "{what} = {asked} is outside 1..={most} (the host's maximum: [pipeline] max_limits in weft.toml)"
+                    "{what} = {asked} is outside 1..={most} (the host's maximum: max_{what} in weft.toml's [pipeline])"
                 ));
             }
         }
