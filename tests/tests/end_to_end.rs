@@ -75,7 +75,7 @@ fn check_results(weft: &Weft, want: &Expected) {
 fn write_config(dir: &Path, checkpoint_interval_ms: u64) -> String {
     let path = dir.join("weft.toml");
     let text = format!(
-        "[kafka_options]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n[pipeline]\nlateness_ms = {LATENESS_MS}\ncheckpoint_interval_ms = {checkpoint_interval_ms}\nbatch_size = 256\n"
+        "[pipeline]\nlateness_ms = {LATENESS_MS}\ncheckpoint_interval_ms = {checkpoint_interval_ms}\nbatch_size = 256\n"
     );
     std::fs::write(&path, text).expect("write weft.toml");
     path.display().to_string()

@@ -125,7 +125,7 @@ fn stream() -> (Vec<Event>, Vec<Delivery>) {
 
 fn config(dir: &Path, wasm: &[(&Example, PathBuf)]) -> String {
     let mut text = String::from(
-        "[kafka_options]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n\
+        "\
          [pipeline]\ncheckpoint_interval_ms = 100\nbatch_size = 256\n\n\
          [[plugins]]\nname = \"sessionizer\"\n\n[[plugins]]\nname = \"core\"\n\n",
     );

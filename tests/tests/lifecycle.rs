@@ -170,14 +170,15 @@ fn hot_reload_under_load_is_exact() {
     let config = write_config(
         dir.path(),
         &format!(
-            "[kafka_options]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n\
+            "\
              [pipeline]\nlateness_ms = {LATENESS_MS}\nidle_ms = 3600000\ncheckpoint_interval_ms = 200\nbatch_size = 128\n\n\
              [[plugins]]\nname = \"sessionizer\"\n[[plugins]]\nname = \"event_counts\"\n[[plugins]]\nname = \"funnel\"\n"
         ),
     );
     let brokers = brokers();
     let plugin_dir_arg = plugin_dir.display().to_string();
-    let mut args = kafka_args(&topic, "reload", &brokers, &config);
+    let group = format!("{topic}-reload");
+    let mut args = kafka_args(&topic, &group, &brokers, &config);
     args.extend(["--plugins", &plugin_dir_arg, "--admin-token", TOKEN]);
     let weft = Weft::start(&dir.path().join("data"), &args);
     assert_eq!(
