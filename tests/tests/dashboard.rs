@@ -195,9 +195,22 @@ fn the_overview_renders_the_api_live_in_a_real_browser() {
     std::fs::write(
         plugin_dir.join("broken.dashboard.toml"),
         "title = \"Broken\"\n[[panels]]\ntitle = \"Sparkles\"\nplugin = \"core\"\nview = \"sparkline\"\nfield = \"total_events\"\n\
-         [[panels]]\ntitle = \"Ghost\"\nplugin = \"nope\"\nview = \"number\"\nfield = \"x\"\n",
+         [[panels]]\ntitle = \"Ghost\"\nplugin = \"nope\"\nview = \"number\"\nfield = \"x\"\n\
+         [[panels]]\ntitle = \"Twice wrong\"\nplugin = \"nope\"\nview = \"sparkline\"\nfield = \"x\"\n\
+         [[panels]]\ntitle = \"Wrong shape\"\nplugin = \"funnel\"\nview = \"table\"\nfield = \"steps\"\n",
     )
     .expect("a broken declaration");
+    // And a plugin failing on every batch: quarantined, the page must say so.
+    std::fs::copy(
+        Path::new(weft::bundled::ARTIFACTS_DIR).join("faulty.wasm"),
+        plugin_dir.join("flaky.wasm"),
+    )
+    .expect("the failing plugin");
+    std::fs::write(
+        plugin_dir.join("flaky.toml"),
+        "[config]\nfault = \"error\"\non = \"page_view\"\n",
+    )
+    .expect("its manifest");
     let config = dir.path().join("weft.toml");
     std::fs::write(&config, "[pipeline]\nidle_ms = 3600000\nbatch_size = 64\n").expect("config");
     let (config, plugin_dir, brokers) = (
@@ -238,6 +251,12 @@ fn the_overview_renders_the_api_live_in_a_real_browser() {
             .as_str()
             .unwrap()
             .contains("no plugin `nope`"),
+        "{broken}"
+    );
+    // Every problem of a panel, not only the first.
+    let twice = broken["panels"][2]["error"].as_str().unwrap_or_default();
+    assert!(
+        twice.contains("unknown view `sparkline`") && twice.contains("no plugin `nope`"),
         "{broken}"
     );
 
@@ -284,6 +303,20 @@ fn the_overview_renders_the_api_live_in_a_real_browser() {
     assert!(
         errors.iter().any(|e| e.contains("no plugin `nope`")),
         "{errors:?}"
+    );
+    // An answer of the wrong shape is the panel's error, not "no data".
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("`steps` must be a map of name → number; the answer has an array")),
+        "{errors:?}"
+    );
+    let notice = first["notice"].as_str().unwrap_or_default();
+    assert!(
+        notice.contains("The pipeline is degraded")
+            && notice.contains("plugin `flaky` is quarantined")
+            && notice.contains("POST /api/plugins/flaky/reload"),
+        "notice: {notice}"
     );
     let digits = |v: &Value| {
         v.as_str()

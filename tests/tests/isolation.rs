@@ -39,9 +39,9 @@ const BOOMS: usize = 5;
 const QUARANTINE_AFTER: usize = 3;
 /// The faulty instances' limits: small, so a runaway call ends quickly.
 const LIMITS: &str = "{ cpu_ms = 50, memory_mib = 32 }";
-/// The memory hog's limits: the CPU budget is wall-clock time, and on a busy
-/// machine filling 32 MiB can take longer than 50 ms; only memory must stop it.
-const HOG_LIMITS: &str = "{ cpu_ms = 10000, memory_mib = 32 }";
+/// The memory hog's limits: only memory must stop it, so its CPU budget is
+/// ample (filling 32 MiB takes a few milliseconds of CPU time).
+const HOG_LIMITS: &str = "{ cpu_ms = 2000, memory_mib = 32 }";
 
 /// A fixture component built by the plugins workspace.
 fn fixture(artifact: &str) -> PathBuf {

@@ -88,6 +88,32 @@ fn sequential(t0: i64, n: usize, name: impl Fn(usize) -> &'static str) -> Vec<Va
 
 const BATCH: usize = 16;
 
+/// `batches` batches of [`sequential`] events, a `boom` in each batch `j`
+/// for which `boom_in(j)`, written to `dir/events.jsonl`, and a weft.toml
+/// that batches them so (`lateness_ms = 0`, `batch_size = BATCH`) followed
+/// by `plugins`; returns (events, `--source`, `--config`).
+fn boom_batches(
+    dir: &Path,
+    batches: usize,
+    boom_in: impl Fn(usize) -> bool,
+    plugins: &str,
+) -> (Vec<Value>, String, String) {
+    let events = sequential(1_795_255_200_000, batches * BATCH, |i| {
+        if boom_in(i / BATCH) && i % BATCH == BATCH / 2 {
+            "boom"
+        } else {
+            "page_view"
+        }
+    });
+    let source = lines(dir, "events.jsonl", &events);
+    let config = write(
+        dir,
+        "weft.toml",
+        &format!("[pipeline]\nlateness_ms = 0\nbatch_size = {BATCH}\n\n{plugins}"),
+    );
+    (events, source, config)
+}
+
 /// The value of the Prometheus sample `series` (name with labels), if any.
 fn sample(metrics: &str, series: &str) -> Option<f64> {
     metrics
@@ -194,23 +220,12 @@ fn a_data_dir_reused_with_another_input_refuses_to_start_unless_told() {
 fn a_quarantined_stage_is_loud_and_a_reload_with_a_fixed_config_gets_it_out() {
     let dir = tempfile::tempdir().expect("a temp dir");
     // Batches 2, 3 and 4 each hold a `boom`: three failures in a row.
-    let events = sequential(1_795_255_200_000, 30 * BATCH, |i| {
-        if [2, 3, 4].contains(&(i / BATCH)) && i % BATCH == BATCH / 2 {
-            "boom"
-        } else {
-            "page_view"
-        }
-    });
-    let source = lines(dir.path(), "events.jsonl", &events);
-    let config = write(
-        dir.path(),
-        "weft.toml",
-        &format!(
-            "[pipeline]\nlateness_ms = 0\nbatch_size = {BATCH}\n\n\
-             [[plugins]]\nname = \"garbage\"\nmodule = {:?}\n\n[[plugins]]\nname = \"event_counts\"\n",
-            artifact("garbage_stage").display().to_string()
-        ),
+    let plugins = format!(
+        "[[plugins]]\nname = \"garbage\"\nmodule = {:?}\n\n[[plugins]]\nname = \"event_counts\"\n",
+        artifact("garbage_stage").display().to_string()
     );
+    let (events, source, config) =
+        boom_batches(dir.path(), 30, |j| [2, 3, 4].contains(&j), &plugins);
     let weft = Weft::start(
         &dir.path().join("data"),
         &[
@@ -415,23 +430,11 @@ fn a_failing_query_leaves_the_plugin_answering_and_huge_ranges_are_refused() {
 fn a_plugin_failing_every_other_batch_is_quarantined() {
     let dir = tempfile::tempdir().expect("a temp dir");
     // A `boom` in every odd batch: never three failures in a row.
-    let events = sequential(1_795_255_200_000, 50 * BATCH, |i| {
-        if (i / BATCH) % 2 == 1 && i % BATCH == BATCH / 2 {
-            "boom"
-        } else {
-            "page_view"
-        }
-    });
-    let source = lines(dir.path(), "events.jsonl", &events);
-    let config = write(
-        dir.path(),
-        "weft.toml",
-        &format!(
-            "[pipeline]\nlateness_ms = 0\nbatch_size = {BATCH}\n\n\
-             [[plugins]]\nname = \"flaky\"\nmodule = {:?}\nconfig = {{ fault = \"error\" }}\n",
-            artifact("faulty").display().to_string()
-        ),
+    let plugins = format!(
+        "[[plugins]]\nname = \"flaky\"\nmodule = {:?}\nconfig = {{ fault = \"error\" }}\n",
+        artifact("faulty").display().to_string()
     );
+    let (events, source, config) = boom_batches(dir.path(), 50, |j| j % 2 == 1, &plugins);
     let weft = Weft::start(
         &dir.path().join("data"),
         &["--source", &source, "--config", &config],
@@ -904,20 +907,11 @@ fn the_plugin_directory_reloads_only_what_changed() {
     std::fs::copy(artifact("faulty"), plugins.join("flaky.wasm")).expect("copy");
     std::fs::write(plugins.join("flaky.toml"), "[config]\nfault = \"error\"\n").expect("manifest");
     // Three failing batches in a row quarantine `flaky`.
-    let events = sequential(1_795_255_200_000, 20 * BATCH, |i| {
-        if [2, 3, 4].contains(&(i / BATCH)) && i % BATCH == BATCH / 2 {
-            "boom"
-        } else {
-            "page_view"
-        }
-    });
-    let source = lines(dir.path(), "events.jsonl", &events);
-    let config = write(
+    let (events, source, config) = boom_batches(
         dir.path(),
-        "weft.toml",
-        &format!(
-            "[pipeline]\nlateness_ms = 0\nbatch_size = {BATCH}\n\n[[plugins]]\nname = \"event_counts\"\n"
-        ),
+        20,
+        |j| [2, 3, 4].contains(&j),
+        "[[plugins]]\nname = \"event_counts\"\n",
     );
     let plugin_dir = plugins.display().to_string();
     let weft = Weft::start(
@@ -984,10 +978,96 @@ fn the_plugin_directory_reloads_only_what_changed() {
         "[config]\nfault = \"error\"\non = \"nothing\"\n",
     )
     .expect("manifest");
+    // (Its version record is written just after the swap, off the pipeline
+    // thread.)
     wait_for(
         "the changed plugin to load",
         Duration::from_secs(30),
-        || Ok((flaky()["status"] == "running").then_some(())),
+        || {
+            let loaded = flaky()["status"] == "running" && versions() == versions_before + 1;
+            Ok(loaded.then_some(()))
+        },
     );
-    assert_eq!(versions(), versions_before + 1);
+}
+
+#[test]
+fn plugin_test_compiles_a_component_once() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let events = write(
+        dir.path(),
+        "events.jsonl",
+        "{\"user_id\": \"a\", \"event\": \"page_view\", \"ts\": 1795255200000}\n",
+    );
+    let component = artifact("event_counts");
+    let cache = dir.path().join("cache");
+    let run = || {
+        let out = std::process::Command::new(weft_tests::process::binary())
+            .args(["plugin", "test"])
+            .arg(&component)
+            .args(["--events", &events])
+            .env("XDG_CACHE_HOME", &cache)
+            .env("WEFT_LOG", "info")
+            .output()
+            .expect("run weft plugin test");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let first = run();
+    assert!(first.contains("Compiling the component"), "{first}");
+    let second = run();
+    assert!(
+        !second.contains("Compiling the component"),
+        "compiled again: {second}"
+    );
+    let cached = std::fs::read_dir(cache.join("weft/modules")).map_or(0, |d| d.count());
+    assert!(
+        cached >= 2,
+        "{cached} cached modules (the plugin and the sessionizer)"
+    );
+}
+
+#[test]
+fn a_component_being_compiled_shows_as_loading() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let weft = Weft::start(
+        &dir.path().join("data"),
+        &["--source", "file:/dev/null", "--admin-token", TOKEN],
+    );
+    // A component this data directory never compiled: the load takes a while.
+    let component = &std::fs::read(artifact("core_next")).expect("the component")[..];
+    let seen = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        let upload = s.spawn(|| weft.send("PUT", "/api/plugins/core_copy", Some(TOKEN), component));
+        while !upload.is_finished() {
+            if let Some(p) = weft
+                .get("/api/plugins")
+                .as_array()
+                .and_then(|p| p.iter().find(|p| p["name"] == "core_copy").cloned())
+            {
+                seen.lock().expect("the list").push(p);
+            }
+        }
+        let (code, answer) = upload.join().expect("the upload");
+        assert_eq!(code, 201, "{answer}");
+    });
+    let seen = seen.into_inner().expect("the list");
+    let loading = seen
+        .iter()
+        .find(|p| p["status"] == "loading")
+        .unwrap_or_else(|| panic!("never seen loading: {seen:?}"));
+    assert_eq!(
+        loading["loading"]["digest"],
+        weft_runtime::digest(component)
+    );
+    assert_eq!(loading["loading"]["bytes"], component.len());
+    assert!(
+        weft.log()
+            .contains("Compiled the component. plugin=\"core_copy\""),
+        "{}",
+        weft.log()
+    );
 }

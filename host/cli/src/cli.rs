@@ -169,6 +169,8 @@ fn run(args: config::RunArgs) -> Result<()> {
         .await
     });
     stop.store(true, Ordering::Relaxed);
+    // A request still waiting (a lifecycle change, a query) holds nothing up.
+    tokio.shutdown_timeout(Duration::from_secs(1));
     if let Err(e) = served {
         tracing::error!(error = %e, "The HTTP server failed.");
     }
