@@ -447,12 +447,12 @@ fn sessionizer_tick_evicts_closed_sessions_and_results_stay_right() {
     host.checkpoint(&mut [&mut stage]);
     let state = host.store.plugin_state("sessionizer");
     assert_eq!(
-        state.get(b"open\0gone"),
+        state.get(b"open\0gone").expect("a read"),
         None,
         "the closed session is evicted from the state"
     );
     assert!(
-        state.get(b"open\0stays").is_some(),
+        state.get(b"open\0stays").expect("a read").is_some(),
         "the open session is kept"
     );
 
@@ -492,7 +492,7 @@ fn sessionizer_tick_after_a_restart_evicts_sessions_from_before_it() {
     host.checkpoint(&mut [&mut stage]);
     let state = host.store.plugin_state("sessionizer");
     assert_eq!(
-        state.scan(b"open\0", None, 10),
+        state.scan(b"open\0", None, 10).expect("a scan"),
         vec![],
         "every closed session is evicted"
     );
@@ -784,4 +784,47 @@ fn escape_fixture_reaches_nothing_outside_its_sandbox() {
         }),
         "no files, environment, arguments, clock or network"
     );
+}
+
+/// A durable store whose reads fail, like a failing disk.
+struct FailingReads;
+
+impl weft_state::DurableState for FailingReads {
+    fn get(&self, _: &[u8]) -> Result<Option<Vec<u8>>, weft_state::StateError> {
+        Err(weft_state::StateError::Corrupt {
+            what: "test store",
+            detail: "the disk is failing".into(),
+        })
+    }
+
+    fn scan(
+        &self,
+        _: &[u8],
+        _: Option<&[u8]>,
+        _: usize,
+    ) -> Result<weft_state::Entries, weft_state::StateError> {
+        self.get(b"").map(|_| Vec::new())
+    }
+}
+
+#[test]
+fn a_failed_state_read_fails_the_call_and_never_reads_as_empty_state() {
+    let module = &compiled().1["event_counts"];
+    let mut plugin = Plugin::start(
+        runtime(),
+        "event_counts",
+        module,
+        std::sync::Arc::new(FailingReads),
+        "{}",
+        weft_runtime::Limits::default(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let events = [event(START_MS, "u", "page_view", "/")];
+    match plugin.ingest(&batch(&events)) {
+        Err(Error::State {
+            plugin, function, ..
+        }) => assert_eq!((plugin.as_str(), function), ("event_counts", "ingest")),
+        other => panic!("expected the read to fail the call, got {other:?}"),
+    }
+    assert!(plugin.is_poisoned(), "the guest saw a trap: restart it");
 }

@@ -444,9 +444,10 @@ pub struct Pipeline {
     last_checkpoint: Instant,
     /// Messages read since the last checkpoint.
     unsaved: u64,
-    /// A plugin call was interrupted because the host is stopping: this
-    /// step's work must not be checkpointed.
-    interrupted: bool,
+    /// A call could not finish for a reason not the plugin's (the host is
+    /// stopping, its state could not be read): nothing of this step may be
+    /// checkpointed, and the pipeline stops with it.
+    halted: Option<weft_runtime::Error>,
 }
 
 impl Pipeline {
@@ -600,7 +601,7 @@ impl Pipeline {
             last_message: Instant::now(),
             last_checkpoint: Instant::now(),
             unsaved: 0,
-            interrupted: false,
+            halted: None,
         })
     }
 
@@ -692,8 +693,8 @@ impl Pipeline {
                 .expire(watermark.saturating_sub(self.settings.dedup_horizon_ms));
         }
 
-        if self.interrupted {
-            return Err(PipelineError::Interrupted);
+        if let Some(e) = self.halted.take() {
+            return Err(halt(e));
         }
         let due = self.last_checkpoint.elapsed()
             >= Duration::from_millis(self.settings.checkpoint_interval_ms)
@@ -898,10 +899,10 @@ impl Pipeline {
                 lock(&slot.stats).failing = false;
                 Some(out)
             }
-            Err(weft_runtime::Error::Interrupted { .. }) => {
-                // The host is stopping: not the plugin's fault, and nothing
-                // of this step may be checkpointed.
-                self.interrupted = true;
+            Err(e) if halts(&e) => {
+                // Not the plugin's fault, and nothing of this step may be
+                // checkpointed.
+                self.halted = Some(e);
                 None
             }
             Err(error) => {
@@ -919,8 +920,8 @@ impl Pipeline {
         }
         match self.recover(i) {
             Ok(()) => true,
-            Err(weft_runtime::Error::Interrupted { .. }) => {
-                self.interrupted = true;
+            Err(e) if halts(&e) => {
+                self.halted = Some(e);
                 true
             }
             Err(e) => {
@@ -940,7 +941,7 @@ impl Pipeline {
         self.records[i].failure();
         match self.recover(i) {
             Ok(()) => {}
-            Err(weft_runtime::Error::Interrupted { .. }) => self.interrupted = true,
+            Err(e) if halts(&e) => self.halted = Some(e),
             Err(e) => return self.quarantine(i, format!("cannot restart after a failure: {e}")),
         }
         let verdict = self.records[i].verdict(
@@ -1015,7 +1016,7 @@ impl Pipeline {
             // A failed checkpoint call loses what the instance held: restart,
             // replay what it saw since the last checkpoint, and ask again.
             let writes = plugin.checkpoint().or_else(|e| {
-                if matches!(e, weft_runtime::Error::Interrupted { .. }) {
+                if halts(&e) {
                     return Err(e);
                 }
                 failed(&self.shared.telemetry, slot, &e);
@@ -1024,9 +1025,7 @@ impl Pipeline {
             });
             match writes {
                 Ok(writes) => plugin_writes.push((slot.name.clone(), writes)),
-                Err(weft_runtime::Error::Interrupted { .. }) => {
-                    return Err(PipelineError::Interrupted);
-                }
+                Err(e) if halts(&e) => return Err(halt(e)),
                 Err(e) => {
                     // What it handled since the last checkpoint cannot be kept:
                     // those batches go to its dead letters, and the instance
@@ -1163,6 +1162,23 @@ fn restart_and_replay(
     slot.recovered.notify_all();
     tracing::info!(plugin = %slot.name, replayed = journal.len(), "Plugin restarted.");
     Ok(())
+}
+
+/// Whether a failed call is the host's trouble, not the plugin's: the
+/// pipeline stops instead of dead-lettering the batch.
+fn halts(e: &weft_runtime::Error) -> bool {
+    matches!(
+        e,
+        weft_runtime::Error::Interrupted { .. } | weft_runtime::Error::State { .. }
+    )
+}
+
+/// The pipeline's error for a call that [`halts`] it.
+fn halt(e: weft_runtime::Error) -> PipelineError {
+    match e {
+        weft_runtime::Error::Interrupted { .. } => PipelineError::Interrupted,
+        e => PipelineError::Plugin(e),
+    }
 }
 
 /// A call the pipeline makes into a plugin.

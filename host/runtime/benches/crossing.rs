@@ -45,11 +45,16 @@ const TARGET_NS: f64 = 100.0;
 struct NoState;
 
 impl DurableState for NoState {
-    fn get(&self, _: &[u8]) -> Option<Vec<u8>> {
-        None
+    fn get(&self, _: &[u8]) -> Result<Option<Vec<u8>>, weft_state::StateError> {
+        Ok(None)
     }
-    fn scan(&self, _: &[u8], _: Option<&[u8]>, _: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
-        Vec::new()
+    fn scan(
+        &self,
+        _: &[u8],
+        _: Option<&[u8]>,
+        _: usize,
+    ) -> Result<weft_state::Entries, weft_state::StateError> {
+        Ok(Vec::new())
     }
 }
 

@@ -6,6 +6,12 @@ mod metric {
     wasmtime::component::bindgen!({
         path: "../../wit",
         world: "weft:plugin/metric@0.1.0",
+        // A state read that fails traps the call: it must never look like
+        // an absent value.
+        imports: {
+            "weft:plugin/state.get": trappable,
+            "weft:plugin/state.scan": trappable,
+        },
     });
 }
 

@@ -8,8 +8,8 @@
 //! - [`plugin`]: one plugin instance — its store, its role, its calls;
 //! - `budget`: CPU budgets in the calling thread's CPU time, and
 //!   interrupting calls when the host stops;
-//! - [`state`]: the host side of the `state` import: pending writes over a
-//!   durable store, drained at checkpoints;
+//! - the `state` import is served from `weft-state`'s pending writes over the
+//!   durable store (a failed read traps the call, see [`Error::State`]);
 //! - [`batch`]: building batches (one string table per batch) and applying a
 //!   stage's output;
 //! - `native` (feature `native`): plugins compiled natively standing in for
@@ -22,13 +22,12 @@ pub mod engine;
 #[cfg(feature = "native")]
 pub mod native;
 pub mod plugin;
-pub mod state;
 
 pub use batch::{BatchBuilder, apply, events};
 pub use bindings::{Batch, StageOutput};
 pub use engine::{Module, Runtime, digest};
 pub use plugin::{Limits, Plugin, Role};
-pub use state::{DurableState, Write};
+pub use weft_state::{DurableState, Write};
 
 /// What can go wrong loading or calling a plugin.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +76,13 @@ pub enum Error {
         plugin: String,
         function: &'static str,
         limit_mib: u64,
+    },
+    #[error("plugin `{plugin}`: `{function}` could not read its state: {source}")]
+    State {
+        plugin: String,
+        function: &'static str,
+        #[source]
+        source: Box<weft_state::StateError>,
     },
     #[error("plugin `{plugin}` trapped earlier and must be restarted before it is called again")]
     Poisoned { plugin: String },

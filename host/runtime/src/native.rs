@@ -29,8 +29,10 @@ pub(crate) fn role(build: Build) -> Role {
 }
 
 impl sdk::Host for PluginCtx {
+    // A failed read is kept by the host functions and fails the call when
+    // it returns (the native build cannot trap): it sees an absent value.
     fn get(&mut self, key: &[u8]) -> Option<Vec<u8>> {
-        StateHost::get(self, key.to_vec())
+        StateHost::get(self, key.to_vec()).ok().flatten()
     }
 
     fn set(&mut self, key: &[u8], value: &[u8]) {
@@ -43,6 +45,7 @@ impl sdk::Host for PluginCtx {
 
     fn scan(&mut self, prefix: &[u8], after: Option<&[u8]>, limit: u32) -> Vec<sdk::Entry> {
         StateHost::scan(self, prefix.to_vec(), after.map(<[u8]>::to_vec), limit)
+            .unwrap_or_default()
             .into_iter()
             .map(|e| sdk::Entry {
                 key: e.key,

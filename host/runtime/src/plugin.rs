@@ -25,8 +25,8 @@ use crate::{
     },
     budget::{Cause, Meter},
     engine::{Module, Pre, Runtime},
-    state::{DurableState, PendingState, Write},
 };
+use weft_state::{DurableState, PendingState, StateError, Write};
 
 /// What one plugin instance may use (a manifest's or `[[plugins]]`'s
 /// `limits`; unset keys take the defaults).
@@ -112,6 +112,9 @@ pub struct PluginCtx {
     stderr: MemoryOutputPipe,
     limits: StoreLimits,
     meter: Meter,
+    /// A state read that failed during the current call: the call fails
+    /// with it (see [`Error::State`]).
+    state_error: Option<StateError>,
 }
 
 impl WasiView for PluginCtx {
@@ -123,9 +126,18 @@ impl WasiView for PluginCtx {
     }
 }
 
+impl PluginCtx {
+    /// Keeps a failed read for the call's outcome and traps the guest.
+    fn failed_read(&mut self, e: StateError) -> wasmtime::Error {
+        let trap = wasmtime::Error::msg(e.to_string());
+        self.state_error = Some(e);
+        trap
+    }
+}
+
 impl StateHost for PluginCtx {
-    fn get(&mut self, key: Vec<u8>) -> Option<Vec<u8>> {
-        self.state.get(&key)
+    fn get(&mut self, key: Vec<u8>) -> wasmtime::Result<Option<Vec<u8>>> {
+        self.state.get(&key).map_err(|e| self.failed_read(e))
     }
 
     fn set(&mut self, key: Vec<u8>, value: Vec<u8>) {
@@ -136,12 +148,19 @@ impl StateHost for PluginCtx {
         self.state.delete(key);
     }
 
-    fn scan(&mut self, prefix: Vec<u8>, after: Option<Vec<u8>>, limit: u32) -> Vec<Entry> {
-        self.state
-            .scan(&prefix, after.as_deref(), limit as usize)
-            .into_iter()
-            .map(|(key, value)| Entry { key, value })
-            .collect()
+    fn scan(
+        &mut self,
+        prefix: Vec<u8>,
+        after: Option<Vec<u8>>,
+        limit: u32,
+    ) -> wasmtime::Result<Vec<Entry>> {
+        match self.state.scan(&prefix, after.as_deref(), limit as usize) {
+            Ok(entries) => Ok(entries
+                .into_iter()
+                .map(|(key, value)| Entry { key, value })
+                .collect()),
+            Err(e) => Err(self.failed_read(e)),
+        }
     }
 }
 
@@ -218,6 +237,7 @@ fn instantiate(
             .trap_on_grow_failure(true)
             .build(),
         meter: Meter::new(runtime.stop.clone()),
+        state_error: None,
     };
     let mut store = Store::new(&runtime.engine, ctx);
     store.limiter(|ctx| &mut ctx.limits);
@@ -417,6 +437,16 @@ impl Plugin {
         function: &'static str,
         result: wasmtime::Result<Result<T, String>>,
     ) -> Result<T, Error> {
+        // A failed state read fails the call whatever the guest made of it
+        // (a native build sees an absent value and carries on).
+        if let Some(source) = self.store.data_mut().state_error.take() {
+            self.poisoned = true;
+            return Err(Error::State {
+                plugin: self.name.clone(),
+                function,
+                source: Box::new(source),
+            });
+        }
         match result {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(message)) => Err(Error::Failed {

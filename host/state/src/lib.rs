@@ -1,4 +1,5 @@
-//! weft's durable state, in one sled tree.
+//! weft's durable state, in one sled tree, and plugin state as plugin calls
+//! see it ([`pending`]).
 //!
 //! A checkpoint writes, atomically and durably: every plugin's pending state
 //! writes, the dedup ids accepted and expired since the last checkpoint, the
@@ -30,10 +31,14 @@
 //! - `i\0{plugin}`: what runs under an instance name and its version
 //!   history, opaque bytes to this crate.
 
+pub mod pending;
+
 use std::{path::Path, sync::Arc};
 
 use serde::{Deserialize, Serialize};
-use weft_runtime::{DurableState, Write};
+use sha2::{Digest, Sha256};
+
+pub use pending::{DurableState, Entries, PendingState, Write};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -115,7 +120,7 @@ impl Rejected {
     ) -> Self {
         let raw_len = raw.len() as u64;
         let raw_sha256 = (raw.len() > limit).then(|| {
-            let digest = weft_runtime::digest(&raw);
+            let digest = hex::encode(Sha256::digest(&raw));
             raw.truncate(limit);
             raw.shrink_to_fit();
             digest
@@ -282,6 +287,7 @@ impl Store {
         Arc::new(PluginState {
             tree: self.tree.clone(),
             prefix: key(&[PLUGIN, name.as_bytes(), b"\0"]),
+            path: self.path.clone(),
         })
     }
 
@@ -524,20 +530,25 @@ impl Store {
 struct PluginState {
     tree: sled::Tree,
     prefix: Vec<u8>,
+    /// The store's directory, named in errors.
+    path: Arc<Path>,
 }
 
 impl DurableState for PluginState {
-    fn get(&self, k: &[u8]) -> Option<Vec<u8>> {
-        match self.tree.get(key(&[&self.prefix, k])) {
-            Ok(v) => v.map(|v| v.to_vec()),
-            Err(e) => {
-                tracing_error(&e);
-                None
-            }
-        }
+    fn get(&self, k: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
+        Ok(self
+            .tree
+            .get(key(&[&self.prefix, k]))
+            .map_err(io(&self.path, "read plugin state"))?
+            .map(|v| v.to_vec()))
     }
 
-    fn scan(&self, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
+    fn scan(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Entries, StateError> {
         let full_prefix = key(&[&self.prefix, prefix]);
         let iter = match after {
             Some(a) => {
@@ -547,24 +558,21 @@ impl DurableState for PluginState {
             }
             None => self.tree.range(full_prefix.clone()..),
         };
-        iter.filter_map(|item| item.map_err(|e| tracing_error(&e)).ok())
-            .take_while(|(k, _)| k.starts_with(&full_prefix))
-            .take(limit)
-            .map(|(k, v)| (k[self.prefix.len()..].to_vec(), v.to_vec()))
-            .collect()
+        let mut out = Vec::new();
+        for item in iter {
+            let (k, v) = item.map_err(io(&self.path, "scan plugin state"))?;
+            if !k.starts_with(&full_prefix) || out.len() == limit {
+                break;
+            }
+            out.push((k[self.prefix.len()..].to_vec(), v.to_vec()));
+        }
+        Ok(out)
     }
-}
-
-/// A read error inside a plugin call cannot be returned through the WIT
-/// `state` interface; it is logged loudly (it means the disk is failing).
-fn tracing_error(e: &sled::Error) {
-    tracing::error!(error = %e, "Reading plugin state failed.");
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weft_runtime::state::PendingState;
 
     fn rejected(offset: i64) -> Rejected {
         Rejected::keeping("not_json", "d".into(), 0, offset, vec![0xff, b'{'], 64)
@@ -576,7 +584,7 @@ mod tests {
         let r = Rejected::keeping("not_json", "d".into(), 0, 7, raw.clone(), 1000);
         assert_eq!(r.raw, raw[..1000]);
         assert_eq!(r.raw_len, 100_000);
-        assert_eq!(r.raw_sha256, Some(weft_runtime::digest(&raw)));
+        assert_eq!(r.raw_sha256, Some(hex::encode(Sha256::digest(&raw))));
         let short = Rejected::keeping("not_json", "d".into(), 0, 7, raw[..1000].to_vec(), 1000);
         assert_eq!(
             (short.raw.len(), short.raw_len, short.raw_sha256),
@@ -657,7 +665,7 @@ mod tests {
             .into_iter()
             .filter_map(|(k, v)| Some((k, v?)))
             .collect();
-        assert_eq!(store.plugin_state("a").scan(b"", None, n), want);
+        assert_eq!(store.plugin_state("a").scan(b"", None, n).unwrap(), want);
     }
 
     #[test]
@@ -689,9 +697,9 @@ mod tests {
         assert_eq!(store.meta().unwrap(), Some(vec![2]));
         assert_eq!(store.tree.get(INTENT).unwrap(), None);
         let a = store.plugin_state("a");
-        assert_eq!(a.get(b"k000000"), None, "removed by the intent");
-        assert_eq!(a.get(b"k000001"), Some(vec![2, 1]));
-        assert_eq!(a.scan(b"", None, n).len(), n - n.div_ceil(3));
+        assert_eq!(a.get(b"k000000").unwrap(), None, "removed by the intent");
+        assert_eq!(a.get(b"k000001").unwrap(), Some(vec![2, 1]));
+        assert_eq!(a.scan(b"", None, n).unwrap().len(), n - n.div_ceil(3));
     }
 
     #[test]
@@ -740,14 +748,17 @@ mod tests {
             vec![(1, vec![("e3".to_string(), 30)])]
         );
         let a = store.plugin_state("a");
-        assert_eq!(a.get(b"k1"), Some(b"v1".to_vec()));
-        assert_eq!(a.get(b"k2"), None);
+        assert_eq!(a.get(b"k1").unwrap(), Some(b"v1".to_vec()));
+        assert_eq!(a.get(b"k2").unwrap(), None);
         assert_eq!(
-            a.scan(b"", None, 10),
+            a.scan(b"", None, 10).unwrap(),
             vec![(b"k1".to_vec(), b"v1".to_vec())],
             "`ab` is another namespace"
         );
-        assert_eq!(store.plugin_state("ab").get(b"k1"), Some(b"other".to_vec()));
+        assert_eq!(
+            store.plugin_state("ab").get(b"k1").unwrap(),
+            Some(b"other".to_vec())
+        );
         let all = store.rejected(None, 10).unwrap();
         assert_eq!(all, vec![(1, rejected(5)), (2, rejected(9))]);
         assert_eq!(store.rejected(Some(1), 10).unwrap(), vec![(2, rejected(9))]);
@@ -791,15 +802,37 @@ mod tests {
         };
         let p = |k: &str, v: &str| (k.to_string(), v.to_string());
         assert_eq!(
-            keys(pending.scan(b"p", None, 10)),
+            keys(pending.scan(b"p", None, 10).unwrap()),
             vec![p("p1", "new"), p("p3", "old"), p("p4", "new")]
         );
         assert_eq!(
-            keys(pending.scan(b"p", Some(b"p1"), 1)),
+            keys(pending.scan(b"p", Some(b"p1"), 1).unwrap()),
             vec![p("p3", "old")]
         );
-        assert_eq!(pending.get(b"p2"), None);
+        assert_eq!(pending.get(b"p2").unwrap(), None);
         assert_eq!(pending.drain().len(), 3);
         assert_eq!(pending.pending(), 0);
+    }
+
+    #[test]
+    fn a_failed_read_is_an_error_not_an_absent_value() {
+        struct Failing;
+        impl DurableState for Failing {
+            fn get(&self, _: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
+                Err(StateError::Corrupt {
+                    what: "test",
+                    detail: "the disk is gone".into(),
+                })
+            }
+            fn scan(&self, _: &[u8], _: Option<&[u8]>, _: usize) -> Result<Entries, StateError> {
+                self.get(b"").map(|_| Vec::new())
+            }
+        }
+        let mut pending = PendingState::new(Arc::new(Failing));
+        assert!(pending.get(b"k").is_err());
+        assert!(pending.scan(b"", None, 10).is_err());
+        // A pending write is answered without the durable store.
+        pending.set(b"k".to_vec(), b"v".to_vec());
+        assert_eq!(pending.get(b"k").unwrap(), Some(b"v".to_vec()));
     }
 }

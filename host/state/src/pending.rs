@@ -1,21 +1,34 @@
-//! The host side of the `state` import.
+//! A plugin's state as its calls see it: the durable state of the last
+//! checkpoint, under the writes made since.
 //!
 //! A plugin's writes go to an in-memory overlay of pending writes; reads see
 //! the overlay first, then the durable store. At a checkpoint the pipeline
 //! drains every overlay ([`PendingState::drain`]) into one atomic write
 //! together with the source offsets, so plugin state and offsets never
-//! disagree after a crash.
+//! disagree after a crash. A read of the durable store that fails is an
+//! error, never an absent value: an absent value would silently reset the
+//! plugin's state.
 
 use std::{collections::BTreeMap, ops::Bound, sync::Arc};
 
+use crate::StateError;
+
 /// Read access to a plugin's durable state (keys are relative to the plugin's
-/// namespace). Implemented over sled by `weft-state`.
+/// namespace). Implemented over sled by [`crate::Store::plugin_state`].
 pub trait DurableState: Send + Sync {
-    fn get(&self, key: &[u8]) -> Option<Vec<u8>>;
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError>;
     /// Entries with keys starting with `prefix`, strictly after `after`, in
     /// key order, at most `limit`.
-    fn scan(&self, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> Vec<(Vec<u8>, Vec<u8>)>;
+    fn scan(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Entries, StateError>;
 }
+
+/// The entries of a scan: (key, value).
+pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// One pending write: `None` deletes the key.
 pub type Write = (Vec<u8>, Option<Vec<u8>>);
@@ -34,9 +47,9 @@ impl PendingState {
         }
     }
 
-    pub fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
         match self.overlay.get(key) {
-            Some(v) => v.clone(),
+            Some(v) => Ok(v.clone()),
             None => self.durable.get(key),
         }
     }
@@ -54,12 +67,12 @@ impl PendingState {
         prefix: &[u8],
         after: Option<&[u8]>,
         limit: usize,
-    ) -> Vec<(Vec<u8>, Vec<u8>)> {
+    ) -> Result<Entries, StateError> {
         // Merge the durable entries with the overlay; overlay entries win.
         let durable_wanted = limit.saturating_add(self.overlay.len());
         let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = self
             .durable
-            .scan(prefix, after, durable_wanted)
+            .scan(prefix, after, durable_wanted)?
             .into_iter()
             .collect();
         let lower = match after {
@@ -75,7 +88,7 @@ impl PendingState {
                 None => merged.remove(k),
             };
         }
-        merged.into_iter().take(limit).collect()
+        Ok(merged.into_iter().take(limit).collect())
     }
 
     /// The durable state alone: a new overlay with no pending writes.
