@@ -177,10 +177,12 @@ fn test(args: &TestArgs) -> Result<()> {
     for (reason, n) in &events.rejected_by_reason {
         eprintln!("  rejected ({reason}): {n}");
     }
-    let slot = shared
-        .plugin(&name)
-        .ok_or_else(|| anyhow!("plugin `{name}` is not running"))?;
-    let stats = weft_pipeline::lock(&slot.stats).clone();
+    let stats = shared
+        .plugin_infos()
+        .into_iter()
+        .find(|p| p.name == name)
+        .ok_or_else(|| anyhow!("plugin `{name}` is not running"))?
+        .stats;
     if stats.errors > 0 {
         bail!(
             "{} of {} batches failed; the last failure: {}",
@@ -189,7 +191,9 @@ fn test(args: &TestArgs) -> Result<()> {
             stats.last_error.as_deref().unwrap_or("(no message)")
         );
     }
-    let answer = weft_pipeline::lock(&slot.plugin).query(&params)?;
+    let answer = shared
+        .query(&name, &params)
+        .map_err(|e| anyhow!("plugin `{name}`: `query` failed: {e}"))?;
     let answer: serde_json::Value = serde_json::from_str(&answer)
         .with_context(|| format!("plugin `{name}`: `query` answered something not JSON"))?;
     println!("{}", serde_json::to_string_pretty(&answer)?);

@@ -60,10 +60,9 @@ use hyper_util::{
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 use weft_pipeline::{
-    Shared,
+    PluginInfo, QueryError, Shared,
     isolation::DeadLetter,
-    lifecycle::{Applied, Changes, LifecycleError, LoadingView, Manifest, Origin},
-    lock,
+    lifecycle::{Applied, Changes, LifecycleError, Manifest, Origin},
 };
 use weft_runtime::{Limits, Role};
 
@@ -445,7 +444,7 @@ async fn stream(
             loop {
                 let snapshot = serde_json::json!({
                     "status": shared.status(),
-                    "plugins": plugin_views(&shared),
+                    "plugins": shared.plugin_infos(),
                 })
                 .to_string();
                 if snapshot != last {
@@ -462,98 +461,8 @@ async fn status(State(shared): State<Arc<Shared>>) -> Json<weft_pipeline::Status
     Json(shared.status())
 }
 
-#[derive(Serialize)]
-struct PluginView {
-    name: String,
-    /// `None` while a new instance's first version loads.
-    role: Option<String>,
-    digest: String,
-    loaded_at: u64,
-    status: &'static str,
-    /// Why the last load, swap or rollback failed (the old version runs on).
-    reload_error: Option<String>,
-    last_swap_pause_ms: Option<f64>,
-    events_in: u64,
-    batches: u64,
-    errors: u64,
-    mean_batch_ms: f64,
-    last_error: Option<String>,
-    restarts: u64,
-    dead_letters: u64,
-    quarantined: Option<String>,
-    query_errors: u64,
-    last_query_error: Option<String>,
-    /// A version being loaded (compiled, checked, tried) right now.
-    loading: Option<LoadingView>,
-}
-
-async fn plugins(State(shared): State<Arc<Shared>>) -> Json<Vec<PluginView>> {
-    Json(plugin_views(&shared))
-}
-
-/// What `GET /api/plugins` shows of each running plugin, then of each new
-/// one still loading (`status: "loading"`).
-fn plugin_views(shared: &Shared) -> Vec<PluginView> {
-    let mut loading = shared.loading();
-    let mut views: Vec<PluginView> = shared
-        .plugins()
-        .iter()
-        .map(|slot| {
-            let stats = lock(&slot.stats).clone();
-            let mean = if stats.batches == 0 {
-                0.0
-            } else {
-                stats.busy_seconds * 1e3 / stats.batches as f64
-            };
-            PluginView {
-                name: slot.name.clone(),
-                role: Some(slot.role.to_string()),
-                digest: stats.digest,
-                loaded_at: stats.loaded_at,
-                reload_error: stats.reload_error,
-                last_swap_pause_ms: stats.last_swap_pause_ms,
-                status: if stats.quarantined.is_some() {
-                    "quarantined"
-                } else if stats.failing {
-                    "failing"
-                } else {
-                    "running"
-                },
-                events_in: stats.events_in,
-                batches: stats.batches,
-                errors: stats.errors,
-                mean_batch_ms: mean,
-                last_error: stats.last_error,
-                restarts: stats.restarts,
-                dead_letters: stats.dead_letters,
-                quarantined: stats.quarantined,
-                query_errors: stats.query_errors,
-                last_query_error: stats.last_query_error,
-                loading: loading.remove(&slot.name),
-            }
-        })
-        .collect();
-    views.extend(loading.into_iter().map(|(name, l)| PluginView {
-        name,
-        role: None,
-        digest: l.digest.clone(),
-        loaded_at: 0,
-        status: "loading",
-        reload_error: None,
-        last_swap_pause_ms: None,
-        events_in: 0,
-        batches: 0,
-        errors: 0,
-        mean_batch_ms: 0.0,
-        last_error: None,
-        restarts: 0,
-        dead_letters: 0,
-        quarantined: None,
-        query_errors: 0,
-        last_query_error: None,
-        loading: Some(l),
-    }));
-    views
+async fn plugins(State(shared): State<Arc<Shared>>) -> Json<Vec<PluginInfo>> {
+    Json(shared.plugin_infos())
 }
 
 async fn query(
@@ -561,19 +470,7 @@ async fn query(
     Path(name): Path<String>,
     Query(params): Query<Vec<(String, String)>>,
 ) -> ApiResult<Response> {
-    let slot = shared
-        .plugin(&name)
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no plugin named `{name}`")))?;
-    if slot.role != Role::Metric {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "plugin `{name}` is a {}; only metrics answer queries",
-                slot.role
-            ),
-        ));
-    }
-    let answer = tokio::task::spawn_blocking(move || shared.query(&slot, &params))
+    let answer = tokio::task::spawn_blocking(move || shared.query(&name, &params))
         .await
         .map_err(|e| {
             ApiError::new(
@@ -581,29 +478,22 @@ async fn query(
                 format!("query task failed: {e}"),
             )
         })?;
-    match answer {
-        Ok(json) => Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response()),
-        // The plugin declined the parameters: the caller's mistake.
-        Err(weft_runtime::Error::Failed { message, .. }) => {
-            Err(ApiError::new(StatusCode::BAD_REQUEST, message))
+    let error = match answer {
+        Ok(json) => {
+            return Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response());
         }
+        Err(error) => error,
+    };
+    let status = match &error {
+        QueryError::NotFound(_) => StatusCode::NOT_FOUND,
+        QueryError::NotMetric { .. } | QueryError::Declined(_) => StatusCode::BAD_REQUEST,
         // Asked more than the plugin's limits allow: the instance is
         // restarted, and the next query is answered.
-        Err(e @ (weft_runtime::Error::Budget { .. } | weft_runtime::Error::Memory { .. })) => {
-            Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("{e}; ask for less"),
-            ))
-        }
-        Err(e @ weft_runtime::Error::Interrupted { .. }) => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            e.to_string(),
-        )),
-        Err(e) => Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            e.to_string(),
-        )),
-    }
+        QueryError::Limit(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        QueryError::Stopping(_) => StatusCode::SERVICE_UNAVAILABLE,
+        QueryError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    Err(ApiError::new(status, error.to_string()))
 }
 
 #[derive(Deserialize)]
@@ -918,7 +808,7 @@ async fn versions(
     Path(name): Path<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let versions = shared.versions(&name)?;
-    let current = shared.plugin(&name).map(|s| lock(&s.stats).digest.clone());
+    let current = shared.digest(&name);
     Ok(Json(
         serde_json::json!({ "name": name, "current": current, "versions": versions }),
     ))

@@ -910,7 +910,7 @@ impl crate::Pipeline {
                 if i < self.stage_count {
                     self.run_from(i, Arc::new(batch));
                 } else {
-                    self.call(i, crate::Call::Batch(&Arc::new(batch)));
+                    self.call(i, crate::isolation::Call::Batch(&Arc::new(batch)));
                 }
                 self.replayed.push((name.to_owned(), seq));
                 lock(&slot.stats).dead_letters -= 1;
