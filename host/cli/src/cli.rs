@@ -199,7 +199,7 @@ fn run(args: config::RunArgs) -> Result<()> {
 
 /// How long a stopping pipeline may take to finish its step and checkpoint
 /// before plugin calls are interrupted...
-const STOP_GRACE: Duration = Duration::from_secs(10);
+const STOP_GRACE: Duration = Duration::from_secs(5);
 /// ...and how long after that before weft exits regardless.
 const INTERRUPT_GRACE: Duration = Duration::from_secs(5);
 
