@@ -7,6 +7,8 @@
  * - weft_map: an open-addressing hash table per map, caching entries of the
  *   host's `state` interface, with a list of changed entries for checkpoints;
  * - weft_buf / weft_take_*: the value encoding; weft_json: the answer writer;
+ * - weft_value: a JSON reader into an arena freed after every export call,
+ *   and the default merge (weft_deep_sum);
  * - the exports of the `metric` world (`exports_metric_*`), which call the
  *   plugin's `weft_*` hooks and turn their failures into `result` errors.
  *
@@ -14,6 +16,7 @@
  */
 #include "weft_plugin.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -657,6 +660,503 @@ void weft_json_raw(weft_json *j, weft_str text) {
     weft_buf_bytes(&j->buf, text.ptr, text.len);
 }
 
+/* ---- Reading JSON and merging partial answers ------------------------------ */
+
+/*
+ * Every weft_value (and its strings) lives in one arena, freed when the
+ * current export call ends (see finish()).
+ */
+struct chunk {
+    struct chunk *next;
+    size_t used, cap;
+    max_align_t data[];
+};
+
+static struct chunk *arena;
+
+static void *arena_alloc(size_t size) {
+    size = (size + sizeof(max_align_t) - 1) / sizeof(max_align_t) * sizeof(max_align_t);
+    if (!arena || arena->cap - arena->used < size) {
+        size_t cap = size > 65536 ? size : 65536;
+        struct chunk *c = xrealloc(NULL, sizeof *c + cap);
+        *c = (struct chunk){.next = arena, .cap = cap};
+        arena = c;
+    }
+    void *p = (char *)arena->data + arena->used;
+    arena->used += size;
+    return p;
+}
+
+static void arena_reset(void) {
+    while (arena) {
+        struct chunk *next = arena->next;
+        free(arena);
+        arena = next;
+    }
+}
+
+static const weft_value *copy_values(const weft_value *v, size_t n) {
+    if (n == 0) return NULL;
+    weft_value *out = arena_alloc(n * sizeof *out);
+    memcpy(out, v, n * sizeof *out);
+    return out;
+}
+
+/* A parser: the text, where it stands, and a stack of the values (and keys)
+ * of the containers being read, copied into the arena as each closes. */
+struct parser {
+    const char *p, *end, *start;
+    weft_value *stack;
+    weft_str *keys;
+    size_t len, cap;
+    int depth;
+    const char *error;
+};
+
+#define MAX_DEPTH 128
+
+static void push(struct parser *ps, weft_value v, weft_str key) {
+    if (ps->len == ps->cap) {
+        ps->cap = ps->cap ? 2 * ps->cap : 64;
+        ps->stack = xrealloc(ps->stack, ps->cap * sizeof *ps->stack);
+        ps->keys = xrealloc(ps->keys, ps->cap * sizeof *ps->keys);
+    }
+    ps->stack[ps->len] = v;
+    ps->keys[ps->len] = key;
+    ps->len++;
+}
+
+static void skip_ws(struct parser *ps) {
+    while (ps->p < ps->end && (*ps->p == ' ' || *ps->p == '\n' || *ps->p == '\r' || *ps->p == '\t'))
+        ps->p++;
+}
+
+static bool parse_fail(struct parser *ps, const char *what) {
+    if (!ps->error) ps->error = what;
+    return false;
+}
+
+static void utf8_put(weft_buf *b, uint32_t cp) {
+    char u[4];
+    size_t n;
+    if (cp < 0x80) {
+        u[0] = (char)cp, n = 1;
+    } else if (cp < 0x800) {
+        u[0] = (char)(0xc0 | cp >> 6), u[1] = (char)(0x80 | (cp & 0x3f)), n = 2;
+    } else if (cp < 0x10000) {
+        u[0] = (char)(0xe0 | cp >> 12), u[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
+        u[2] = (char)(0x80 | (cp & 0x3f)), n = 3;
+    } else {
+        u[0] = (char)(0xf0 | cp >> 18), u[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
+        u[2] = (char)(0x80 | ((cp >> 6) & 0x3f)), u[3] = (char)(0x80 | (cp & 0x3f)), n = 4;
+    }
+    weft_buf_bytes(b, u, n);
+}
+
+static bool hex4(struct parser *ps, uint32_t *out) {
+    if (ps->end - ps->p < 4) return parse_fail(ps, "a truncated \\u escape");
+    uint32_t v = 0;
+    for (int i = 0; i < 4; i++) {
+        char c = *ps->p++;
+        v <<= 4;
+        if (c >= '0' && c <= '9') v |= (uint32_t)(c - '0');
+        else if (c >= 'a' && c <= 'f') v |= (uint32_t)(c - 'a' + 10);
+        else if (c >= 'A' && c <= 'F') v |= (uint32_t)(c - 'A' + 10);
+        else return parse_fail(ps, "a bad \\u escape");
+    }
+    *out = v;
+    return true;
+}
+
+/* A string literal (at its opening quote), unescaped into the arena. */
+static bool parse_string(struct parser *ps, weft_str *out) {
+    static weft_buf text;
+    text.len = 0;
+    ps->p++;
+    for (;;) {
+        const char *run = ps->p;
+        while (ps->p < ps->end && *ps->p != '"' && *ps->p != '\\' && (uint8_t)*ps->p >= 0x20) ps->p++;
+        weft_buf_bytes(&text, run, (size_t)(ps->p - run));
+        if (ps->p >= ps->end) return parse_fail(ps, "an unterminated string");
+        char c = *ps->p++;
+        if (c == '"') break;
+        if (c != '\\') return parse_fail(ps, "a control character in a string");
+        if (ps->p >= ps->end) return parse_fail(ps, "an unterminated string");
+        char e = *ps->p++;
+        switch (e) {
+        case '"': case '\\': case '/': weft_buf_bytes(&text, &e, 1); break;
+        case 'b': weft_buf_bytes(&text, "\b", 1); break;
+        case 'f': weft_buf_bytes(&text, "\f", 1); break;
+        case 'n': weft_buf_bytes(&text, "\n", 1); break;
+        case 'r': weft_buf_bytes(&text, "\r", 1); break;
+        case 't': weft_buf_bytes(&text, "\t", 1); break;
+        case 'u': {
+            uint32_t cp;
+            if (!hex4(ps, &cp)) return false;
+            if (cp >= 0xd800 && cp <= 0xdbff && ps->end - ps->p >= 6 && ps->p[0] == '\\' && ps->p[1] == 'u') {
+                const char *back = ps->p;
+                uint32_t lo;
+                ps->p += 2;
+                if (!hex4(ps, &lo)) return false;
+                if (lo >= 0xdc00 && lo <= 0xdfff) cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+                else ps->p = back;
+            }
+            if (cp >= 0xd800 && cp <= 0xdfff) cp = 0xfffd; /* a lone surrogate */
+            utf8_put(&text, cp);
+            break;
+        }
+        default: return parse_fail(ps, "a bad escape in a string");
+        }
+    }
+    char *copy = arena_alloc(text.len ? text.len : 1);
+    if (text.len) memcpy(copy, text.ptr, text.len);
+    *out = (weft_str){copy, text.len};
+    return true;
+}
+
+static bool is_digit(const struct parser *ps) {
+    return ps->p < ps->end && *ps->p >= '0' && *ps->p <= '9';
+}
+
+static bool parse_number(struct parser *ps, weft_value *v) {
+    const char *start = ps->p;
+    bool integral = true;
+    if (ps->p < ps->end && *ps->p == '-') ps->p++;
+    if (!is_digit(ps)) return parse_fail(ps, "unexpected input");
+    if (*ps->p == '0') ps->p++;
+    else while (is_digit(ps)) ps->p++;
+    if (ps->p < ps->end && *ps->p == '.') {
+        integral = false;
+        ps->p++;
+        if (!is_digit(ps)) return parse_fail(ps, "a bad number");
+        while (is_digit(ps)) ps->p++;
+    }
+    if (ps->p < ps->end && (*ps->p == 'e' || *ps->p == 'E')) {
+        integral = false;
+        ps->p++;
+        if (ps->p < ps->end && (*ps->p == '+' || *ps->p == '-')) ps->p++;
+        if (!is_digit(ps)) return parse_fail(ps, "a bad number");
+        while (is_digit(ps)) ps->p++;
+    }
+    char text[64];
+    size_t len = (size_t)(ps->p - start);
+    char *literal = len < sizeof text ? text : xrealloc(NULL, len + 1);
+    memcpy(literal, start, len);
+    literal[len] = 0;
+    *v = (weft_value){.kind = WEFT_DOUBLE, .number = strtod(literal, NULL)};
+    if (integral) {
+        errno = 0;
+        long long i = strtoll(literal, NULL, 10);
+        if (errno == 0) *v = (weft_value){.kind = WEFT_INT, .integer = i, .number = (double)i};
+    }
+    if (literal != text) free(literal);
+    return true;
+}
+
+/* An object member while parsing: its key and its value's place on the stack. */
+struct member {
+    weft_str key;
+    size_t at;
+};
+
+static int cmp_members(const void *a, const void *b) {
+    const struct member *x = a, *y = b;
+    int c = str_cmp(x->key, y->key);
+    if (c != 0) return c;
+    /* Equal keys: in the order they came. */
+    return x->at < y->at ? -1 : x->at > y->at;
+}
+
+static bool parse_value(struct parser *ps, weft_value *v);
+
+static bool parse_container(struct parser *ps, weft_value *v, bool object) {
+    if (++ps->depth > MAX_DEPTH) return parse_fail(ps, "nesting deeper than 128");
+    size_t base = ps->len;
+    char close = object ? '}' : ']';
+    ps->p++;
+    skip_ws(ps);
+    if (ps->p < ps->end && *ps->p == close) {
+        ps->p++;
+    } else {
+        for (;;) {
+            weft_str key = {0};
+            skip_ws(ps);
+            if (object) {
+                if (ps->p >= ps->end || *ps->p != '"') return parse_fail(ps, "expected a key");
+                if (!parse_string(ps, &key)) return false;
+                skip_ws(ps);
+                if (ps->p >= ps->end || *ps->p++ != ':') return parse_fail(ps, "expected `:`");
+            }
+            weft_value item;
+            if (!parse_value(ps, &item)) return false;
+            push(ps, item, key);
+            skip_ws(ps);
+            if (ps->p >= ps->end) return parse_fail(ps, "an unterminated object or array");
+            char c = *ps->p++;
+            if (c == close) break;
+            if (c != ',') return parse_fail(ps, object ? "expected `,` or `}`" : "expected `,` or `]`");
+        }
+    }
+    size_t n = ps->len - base;
+    *v = (weft_value){.kind = object ? WEFT_OBJECT : WEFT_ARRAY, .len = n};
+    if (!object) {
+        v->items = copy_values(ps->stack + base, n);
+    } else if (n > 0) {
+        /* Sort the members by key, keeping the last of each key. */
+        struct member *order = xrealloc(NULL, n * sizeof *order);
+        for (size_t i = 0; i < n; i++) order[i].key = ps->keys[base + i], order[i].at = base + i;
+        qsort(order, n, sizeof *order, cmp_members);
+        weft_value *items = arena_alloc(n * sizeof *items);
+        weft_str *keys = arena_alloc(n * sizeof *keys);
+        size_t m = 0;
+        for (size_t i = 0; i < n; i++) {
+            if (i + 1 < n && weft_str_eq(order[i].key, order[i + 1].key)) continue;
+            keys[m] = order[i].key;
+            items[m++] = ps->stack[order[i].at];
+        }
+        free(order);
+        v->items = items, v->keys = keys, v->len = m;
+    }
+    ps->len = base;
+    ps->depth--;
+    return true;
+}
+
+static bool parse_literal(struct parser *ps, const char *word) {
+    size_t n = strlen(word);
+    if ((size_t)(ps->end - ps->p) < n || memcmp(ps->p, word, n) != 0) return parse_fail(ps, "unexpected input");
+    ps->p += n;
+    return true;
+}
+
+static bool parse_value(struct parser *ps, weft_value *v) {
+    skip_ws(ps);
+    if (ps->p >= ps->end) return parse_fail(ps, "unexpected end");
+    switch (*ps->p) {
+    case '{': return parse_container(ps, v, true);
+    case '[': return parse_container(ps, v, false);
+    case '"':
+        *v = (weft_value){.kind = WEFT_STRING};
+        return parse_string(ps, &v->string);
+    case 't': *v = (weft_value){.kind = WEFT_BOOL, .boolean = true}; return parse_literal(ps, "true");
+    case 'f': *v = (weft_value){.kind = WEFT_BOOL}; return parse_literal(ps, "false");
+    case 'n': *v = (weft_value){.kind = WEFT_NULL}; return parse_literal(ps, "null");
+    default: return parse_number(ps, v);
+    }
+}
+
+/* Parses `text`; NULL with `ps.error` and the offset in `*at` when it is not JSON. */
+static const weft_value *parse_json(weft_str text, const char **error, size_t *at) {
+    struct parser ps = {.p = text.ptr, .end = text.ptr + text.len, .start = text.ptr};
+    weft_value v;
+    bool ok = parse_value(&ps, &v);
+    if (ok) {
+        skip_ws(&ps);
+        if (ps.p < ps.end) ok = parse_fail(&ps, "trailing characters");
+    }
+    free(ps.stack);
+    free(ps.keys);
+    *error = ps.error;
+    *at = (size_t)(ps.p - ps.start);
+    return ok ? copy_values(&v, 1) : NULL;
+}
+
+const weft_value *weft_json_parse(weft_str text) {
+    const char *error;
+    size_t at;
+    const weft_value *v = parse_json(text, &error, &at);
+    if (!v) weft_fail("not JSON: %s at byte %zu", error, at);
+    return v;
+}
+
+const weft_value *weft_value_get(const weft_value *object, weft_str key) {
+    if (!object || object->kind != WEFT_OBJECT) return NULL;
+    size_t lo = 0, hi = object->len;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = str_cmp(object->keys[mid], key);
+        if (c == 0) return &object->items[mid];
+        if (c < 0) lo = mid + 1;
+        else hi = mid;
+    }
+    return NULL;
+}
+
+int64_t weft_value_int(const weft_value *v) {
+    if (!v) return 0;
+    if (v->kind == WEFT_INT) return v->integer;
+    if (v->kind != WEFT_DOUBLE || v->number != v->number) return 0;
+    if (v->number >= 9223372036854775807.0) return INT64_MAX;
+    if (v->number <= -9223372036854775808.0) return INT64_MIN;
+    return (int64_t)v->number;
+}
+
+double weft_value_double(const weft_value *v) {
+    return v && (v->kind == WEFT_INT || v->kind == WEFT_DOUBLE) ? v->number : 0;
+}
+
+static bool value_eq(const weft_value *a, const weft_value *b) {
+    if (a->kind != b->kind) return false;
+    switch (a->kind) {
+    case WEFT_NULL: return true;
+    case WEFT_BOOL: return a->boolean == b->boolean;
+    case WEFT_INT: return a->integer == b->integer;
+    case WEFT_DOUBLE: return a->number == b->number;
+    case WEFT_STRING: return weft_str_eq(a->string, b->string);
+    case WEFT_ARRAY:
+    case WEFT_OBJECT:
+        if (a->len != b->len) return false;
+        for (size_t i = 0; i < a->len; i++) {
+            if (a->kind == WEFT_OBJECT && !weft_str_eq(a->keys[i], b->keys[i])) return false;
+            if (!value_eq(&a->items[i], &b->items[i])) return false;
+        }
+        return true;
+    }
+    return false;
+}
+
+static const char *kind_name(weft_kind k) {
+    switch (k) {
+    case WEFT_NULL: return "null";
+    case WEFT_BOOL: return "boolean";
+    case WEFT_INT: case WEFT_DOUBLE: return "number";
+    case WEFT_STRING: return "string";
+    case WEFT_ARRAY: return "array";
+    case WEFT_OBJECT: return "object";
+    }
+    return "value";
+}
+
+/* Appends object key `key` to `path` as the Rust SDK writes it: `$.name`
+ * for a plain name, else `$["name"]`. */
+static void path_push(weft_buf *path, weft_str key) {
+    bool plain = key.len > 0 && !(key.ptr[0] >= '0' && key.ptr[0] <= '9');
+    for (size_t i = 0; plain && i < key.len; i++) {
+        char c = key.ptr[i];
+        plain = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_';
+    }
+    if (plain) {
+        weft_buf_bytes(path, ".", 1);
+        weft_buf_bytes(path, key.ptr, key.len);
+    } else {
+        weft_buf_bytes(path, "[", 1);
+        json_quoted(path, key);
+        weft_buf_bytes(path, "]", 1);
+    }
+}
+
+static bool sum2(const weft_value *a, const weft_value *b, weft_value *out, weft_buf *path) {
+    if (a->kind == WEFT_OBJECT && b->kind == WEFT_OBJECT) {
+        /* Both sorted with distinct keys: merge them in one pass. */
+        weft_value *items = arena_alloc((a->len + b->len) * sizeof *items + 1);
+        weft_str *keys = arena_alloc((a->len + b->len) * sizeof *keys + 1);
+        size_t i = 0, j = 0, n = 0;
+        while (i < a->len || j < b->len) {
+            int c = i == a->len ? 1 : j == b->len ? -1 : str_cmp(a->keys[i], b->keys[j]);
+            if (c < 0) {
+                keys[n] = a->keys[i], items[n++] = a->items[i++];
+            } else if (c > 0) {
+                keys[n] = b->keys[j], items[n++] = b->items[j++];
+            } else {
+                size_t mark = path->len;
+                path_push(path, a->keys[i]);
+                if (!sum2(&a->items[i], &b->items[j], &items[n], path)) return false;
+                path->len = mark;
+                keys[n++] = a->keys[i];
+                i++, j++;
+            }
+        }
+        *out = (weft_value){.kind = WEFT_OBJECT, .len = n, .items = items, .keys = keys};
+        return true;
+    }
+    bool na = a->kind == WEFT_INT || a->kind == WEFT_DOUBLE;
+    bool nb = b->kind == WEFT_INT || b->kind == WEFT_DOUBLE;
+    if (na && nb) {
+        if (a->kind == WEFT_INT && b->kind == WEFT_INT) {
+            int64_t sum;
+            if (__builtin_add_overflow(a->integer, b->integer, &sum)) {
+                weft_fail("cannot merge the partial answers at `%.*s`: the sum overflows; "
+                          "implement weft_merge", (int)path->len, path->ptr);
+                return false;
+            }
+            *out = (weft_value){.kind = WEFT_INT, .integer = sum, .number = (double)sum};
+        } else {
+            double sum = a->number + b->number;
+            if (!isfinite(sum)) {
+                weft_fail("cannot merge the partial answers at `%.*s`: the sum overflows; "
+                          "implement weft_merge", (int)path->len, path->ptr);
+                return false;
+            }
+            *out = (weft_value){.kind = WEFT_DOUBLE, .number = sum};
+        }
+        return true;
+    }
+    bool keep = a->kind != WEFT_INT && a->kind != WEFT_DOUBLE && a->kind != WEFT_OBJECT && value_eq(a, b);
+    if (keep) {
+        *out = *a;
+        return true;
+    }
+    char what[64];
+    const char *ka = kind_name(a->kind), *kb = kind_name(b->kind);
+    if (a->kind == b->kind)
+        snprintf(what, sizeof what, "two different %ss", ka);
+    else
+        snprintf(what, sizeof what, "%s %s and %s %s", a->kind >= WEFT_ARRAY ? "an" : "a", ka,
+                 b->kind >= WEFT_ARRAY ? "an" : "a", kb);
+    weft_fail("cannot merge the partial answers at `%.*s`: %s; the default merge adds numbers and "
+              "objects and keeps equal values: implement weft_merge",
+              (int)path->len, path->ptr, what);
+    return false;
+}
+
+const weft_value *weft_deep_sum(const weft_value *values, size_t n) {
+    if (n == 0) {
+        weft_fail("no partial answers to merge");
+        return NULL;
+    }
+    weft_value total = values[0];
+    weft_buf path = {0};
+    for (size_t i = 1; i < n; i++) {
+        weft_value sum;
+        path.len = 0;
+        weft_buf_bytes(&path, "$", 1);
+        if (!sum2(&total, &values[i], &sum, &path)) {
+            weft_buf_free(&path);
+            return NULL;
+        }
+        total = sum;
+    }
+    weft_buf_free(&path);
+    return copy_values(&total, 1);
+}
+
+void weft_json_value(weft_json *j, const weft_value *v) {
+    if (!v) {
+        weft_json_null(j);
+        return;
+    }
+    switch (v->kind) {
+    case WEFT_NULL: weft_json_null(j); break;
+    case WEFT_BOOL: weft_json_bool(j, v->boolean); break;
+    case WEFT_INT: weft_json_int(j, v->integer); break;
+    case WEFT_DOUBLE: weft_json_double(j, v->number); break;
+    case WEFT_STRING: weft_json_str(j, v->string); break;
+    case WEFT_ARRAY:
+        weft_json_begin_array(j);
+        for (size_t i = 0; i < v->len; i++) weft_json_value(j, &v->items[i]);
+        weft_json_end_array(j);
+        break;
+    case WEFT_OBJECT:
+        weft_json_begin_object(j);
+        for (size_t i = 0; i < v->len; i++) {
+            weft_json_key(j, v->keys[i]);
+            weft_json_value(j, &v->items[i]);
+        }
+        weft_json_end_object(j);
+        break;
+    }
+}
+
 /* ---- Errors and logging ------------------------------------------------- */
 
 /* The message of the last weft_fail, handed to the host with the failure. */
@@ -708,9 +1208,19 @@ __attribute__((weak)) int weft_tick(int64_t watermark) {
     return 0;
 }
 
+__attribute__((weak)) int weft_merge(const weft_params *q, const weft_value *partials, size_t n,
+                                     weft_json *out) {
+    (void)q;
+    const weft_value *sum = weft_deep_sum(partials, n);
+    if (!sum) return -1;
+    weft_json_value(out, sum);
+    return 0;
+}
+
 /* Turns a hook's return code into the export's result; the error string
  * goes to the host, which frees it after the call (post-return). */
 static bool finish(int rc, metric_string_t *err) {
+    arena_reset(); /* every weft_value of the call */
     if (rc == 0) {
         failure.len = 0;
         return true;
@@ -749,6 +1259,32 @@ bool exports_metric_query(metric_list_tuple2_string_string_t *params, metric_str
     weft_json out = {0};
     int rc = weft_query(&q, &out);
     metric_list_tuple2_string_string_free(params);
+    if (rc != 0) {
+        weft_buf_free(&out.buf);
+        return finish(rc, err);
+    }
+    if (out.buf.len == 0) buf_text(&out.buf, "null");
+    *ret = (metric_string_t){(uint8_t *)out.buf.ptr, out.buf.len};
+    return finish(0, err);
+}
+
+bool exports_metric_merge(metric_list_tuple2_string_string_t *params, metric_list_string_t *partials,
+                          metric_string_t *ret, metric_string_t *err) {
+    struct weft_params q = {*params};
+    weft_json out = {0};
+    int rc = 0;
+    weft_value *parsed = arena_alloc((partials->len ? partials->len : 1) * sizeof *parsed);
+    for (size_t i = 0; i < partials->len && rc == 0; i++) {
+        const char *error;
+        size_t at;
+        weft_str text = {(const char *)partials->ptr[i].ptr, partials->ptr[i].len};
+        const weft_value *v = parse_json(text, &error, &at);
+        if (v) parsed[i] = *v;
+        else rc = weft_fail("partial answer %zu is not JSON: %s at byte %zu", i, error, at);
+    }
+    if (rc == 0) rc = weft_merge(&q, parsed, partials->len, &out);
+    metric_list_tuple2_string_string_free(params);
+    metric_list_string_free(partials);
     if (rc != 0) {
         weft_buf_free(&out.buf);
         return finish(rc, err);

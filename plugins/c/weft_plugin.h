@@ -11,10 +11,22 @@
  *   int weft_ingest(const weft_batch *batch);              required
  *   int weft_tick(int64_t watermark);                      optional
  *   int weft_query(const weft_params *q, weft_json *out);  required
+ *   int weft_merge(const weft_params *q, const weft_value *partials,
+ *                  size_t n, weft_json *out);              optional
  *
  * Each hook returns 0 on success; on failure it returns `weft_fail("...")`,
  * whose message reaches the host as the WIT `result` error. Checkpoints are
  * handled by the SDK: it writes every changed map entry to the host.
+ *
+ * Partitions: the host splits the users into partitions, each with its own
+ * instance of the plugin (every event of a user goes to one partition). So
+ * `weft_query` writes a *partial* answer, this partition's, and `weft_merge`
+ * combines the `n` partial answers (parsed JSON, at least one, in no
+ * particular order) into the answer the user gets. Without a `weft_merge`
+ * the SDK's default writes `weft_deep_sum(partials, n)`: objects merged key
+ * by key, numbers added, equal strings/booleans/nulls/arrays kept, anything
+ * else an error. Carry sums and counts in the partial; compute rates, means
+ * and top-N lists in `weft_merge` (which may start from weft_deep_sum).
  *
  * What the SDK offers:
  * - batches: `weft_batch_event` decodes event `i` into a `weft_event` whose
@@ -26,6 +38,8 @@
  *   `weft_map_slot`; variable values are encoded with `weft_buf_*` and
  *   decoded with `weft_take_*`;
  * - query answers: `weft_json`, a small streaming JSON writer;
+ * - merging partial answers: `weft_value`, parsed JSON (`weft_json_parse`),
+ *   `weft_value_get` to look inside, `weft_deep_sum`, `weft_json_value`;
  * - `weft_log`, printf-style log lines attributed to the plugin by the host.
  *
  * A complete plugin (events per name, answering {"counts": {NAME: n}}):
@@ -65,6 +79,7 @@
  *       free(names);
  *       return 0;
  *   }
+ *   No weft_merge: the default adds the partitions' {"counts": ...} up.
  *
  * Build (see weft.mk): `wit-bindgen c WIT --world metric`, clang for
  * wasm32-wasi as a reactor, then `wasm-tools component new`.
@@ -222,6 +237,61 @@ void weft_json_null(weft_json *j);
 /* Appends `text`, which must be one JSON value, as is. */
 void weft_json_raw(weft_json *j, weft_str text);
 
+/* ---- Reading JSON and merging partial answers ------------------------------ */
+
+typedef enum weft_kind {
+    WEFT_NULL,
+    WEFT_BOOL,
+    WEFT_INT,
+    WEFT_DOUBLE,
+    WEFT_STRING,
+    WEFT_ARRAY,
+    WEFT_OBJECT,
+} weft_kind;
+
+/*
+ * A parsed JSON value. A number written without fraction or exponent that
+ * fits an int64 is WEFT_INT, any other number WEFT_DOUBLE. An object's
+ * members are sorted by key (byte order), keys distinct (of a repeated key
+ * the last value counts). Values live until the hook that got or made them
+ * returns: copy what you keep.
+ */
+typedef struct weft_value {
+    weft_kind kind;
+    bool boolean;                   /* WEFT_BOOL */
+    int64_t integer;                /* WEFT_INT */
+    double number;                  /* WEFT_INT, WEFT_DOUBLE: the value as a double */
+    weft_str string;                /* WEFT_STRING: unescaped UTF-8 */
+    size_t len;                     /* WEFT_ARRAY, WEFT_OBJECT: number of items */
+    const struct weft_value *items; /* the elements, or the members' values */
+    const weft_str *keys;           /* WEFT_OBJECT: the members' keys */
+} weft_value;
+
+/* Parses one JSON value (the config in weft_init, say); NULL, with a
+ * weft_fail message, when `text` is not JSON. */
+const weft_value *weft_json_parse(weft_str text);
+/* The member `key` of an object; NULL when `object` is NULL, not an object,
+ * or has no such member. */
+const weft_value *weft_value_get(const weft_value *object, weft_str key);
+/* A number's value (a WEFT_DOUBLE truncated, saturating); 0 for anything
+ * else, NULL too. */
+int64_t weft_value_int(const weft_value *v);
+/* A number's value as a double; 0 for anything else, NULL too. */
+double weft_value_double(const weft_value *v);
+/*
+ * The default merge: `n` values added up, deeply, by the rules of the Rust
+ * SDK's `merge::sum`. Objects are merged key by key (a key missing from
+ * some values is the sum of the others), numbers added (WEFT_INTs give a
+ * WEFT_INT and fail on an int64 overflow; with a WEFT_DOUBLE, a
+ * WEFT_DOUBLE), equal strings, booleans, nulls and arrays kept. Anything
+ * else (two different strings or arrays, a string and a number, ...) fails,
+ * naming where, and so does n == 0: NULL, with a weft_fail message, so that
+ * a hook can `if (!sum) return -1;`. One value comes back as it is.
+ */
+const weft_value *weft_deep_sum(const weft_value *values, size_t n);
+/* Writes `v` (NULL writes null). */
+void weft_json_value(weft_json *j, const weft_value *v);
+
 /* ---- Errors and logging ------------------------------------------------- */
 
 /* Records a printf-style error message for the host; returns -1, so that a
@@ -249,8 +319,14 @@ int weft_ingest(const weft_batch *batch);
 /* Event time has reached `watermark` (epoch ms): no older event follows.
  * Optional. */
 int weft_tick(int64_t watermark);
-/* Answers a query: write one JSON value to `out`. */
+/* Answers a query for this instance's partition: write one JSON value, the
+ * partial answer weft_merge combines, to `out`. */
 int weft_query(const weft_params *q, weft_json *out);
+/* Combines the partial answers `partials[0 .. n]` (n >= 1, in no particular
+ * order) of every partition's weft_query into the answer: write one JSON
+ * value to `out`. Depends on nothing but its arguments. Optional: the
+ * default writes weft_deep_sum(partials, n). */
+int weft_merge(const weft_params *q, const weft_value *partials, size_t n, weft_json *out);
 
 #ifdef __cplusplus
 }

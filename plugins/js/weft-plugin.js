@@ -16,7 +16,11 @@
  *   string the host reports (its `message`, e.g. "bad config: …");
  * - `log(level, message)` writes a line attributed to the plugin;
  * - `query` answers any JSON-encodable value; `float(x)` writes a number as a
- *   JSON float (`1.0`, as Rust and Python do, rather than `1`).
+ *   JSON float (`1.0`, as Rust and Python do, rather than `1`);
+ * - the host splits users into partitions, each with its own instance: `query`
+ *   answers a partial answer for one partition's users and `merge(params,
+ *   partials)` combines them into the answer; without a `merge` method the
+ *   default, {@link deepSum}, adds numbers and merges objects key by key.
  *
  * A complete metric (events per name):
  *
@@ -29,9 +33,10 @@
  *     for (const e of batch) this.counts.set(e.name, (this.counts.get(e.name) ?? 0) + 1);
  *   }
  *   query(params) { return { counts: Object.fromEntries(this.counts.entries()) }; }
+ *   // No `merge`: the default adds the partitions' counts up.
  * }
  *
- * export const { init, ingest, tick, checkpoint, query } = metric(new EventCounts());
+ * export const { init, ingest, tick, checkpoint, query, merge } = metric(new EventCounts());
  * ```
  *
  * Build with `weft-build.mjs` beside this file; it works with both engines jco
@@ -44,8 +49,8 @@ import {
   set as stateSet,
   delete as stateDelete,
   scan as stateScan,
-} from 'weft:plugin/state@0.1.0';
-import { log as hostLog } from 'weft:plugin/log@0.1.0';
+} from 'weft:plugin/state@0.2.0';
+import { log as hostLog } from 'weft:plugin/log@0.2.0';
 
 // ---------------------------------------------------------------------------
 // UTF-8, without TextEncoder/TextDecoder
@@ -219,8 +224,11 @@ export class Event {
 /** Every container, so a checkpoint flushes them all. */
 const containers = [];
 
-/** Sorts like the host's byte-wise key order (UTF-8 order = code point order). */
-function compareKeys(a, b) {
+/**
+ * Compares strings in the host's byte-wise key order (UTF-8 order = code point
+ * order), the order Rust and Python write object keys in: for `sort`.
+ */
+export function compareKeys(a, b) {
   const n = Math.min(a.length, b.length);
   for (let i = 0; i < n; i++) {
     let x = a.charCodeAt(i);
@@ -427,17 +435,32 @@ function guard(f) {
  * - `init(config)` (optional): `config` is the instance's parsed JSON config;
  * - `ingest(batch)`: folds a {@link Batch} into the metric;
  * - `tick(watermark)` (optional): event time reached `watermark` (epoch ms);
- * - `query(params)`: answers with a JSON-encodable value; `params` holds the
- *   query's parameters (`{name: value}`, the first value of each name).
+ * - `query(params)`: answers with a JSON-encodable value, the partial answer
+ *   of this instance's partition; `params` holds the query's parameters
+ *   (`{name: value}`, the first value of each name);
+ * - `merge(params, partials)` (optional): combines the partial answers
+ *   (parsed with `JSON.parse`: an array, at least one, in no particular
+ *   order) into the answer, a JSON-encodable value. It must depend on
+ *   nothing but its arguments. Without it the partials are summed by
+ *   {@link deepSum}.
  *
  * Use it in the plugin's one export line:
- * `export const { init, ingest, tick, checkpoint, query } = metric(plugin);`
+ * `export const { init, ingest, tick, checkpoint, query, merge } = metric(plugin);`
  */
 export function metric(plugin) {
   let instance = typeof plugin === 'function' ? undefined : plugin;
   const the = () => {
     if (instance === undefined) throw new Error('init was not called');
     return instance;
+  };
+  const customMerge = () => {
+    const p = instance ?? plugin.prototype;
+    return p != null && typeof p.merge === 'function';
+  };
+  const firstValues = (params) => {
+    const byName = Object.create(null);
+    for (const [k, v] of params) if (!(k in byName)) byName[k] = v;
+    return byName;
   };
   return {
     init(configJson) {
@@ -467,11 +490,226 @@ export function metric(plugin) {
       guard(() => { for (const c of containers) c._flush(); });
     },
     query(params) {
+      return guard(() => toJson(the().query(firstValues(params))));
+    },
+    merge(params, partials) {
       return guard(() => {
-        const byName = Object.create(null);
-        for (const [k, v] of params) if (!(k in byName)) byName[k] = v;
-        return toJson(the().query(byName));
+        if (!customMerge()) return toJson(deepSum(partials.map((text, i) => parsePartial(text, i, parseExact))));
+        const parsed = partials.map((text, i) => parsePartial(text, i, JSON.parse));
+        return toJson(the().merge(firstValues(params), parsed));
       });
     },
   };
+}
+
+function parsePartial(text, i, parse) {
+  try {
+    return parse(text);
+  } catch (e) {
+    throw new Error(`partial answer ${i} is not JSON: ${errorMessage(e)}`);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// The default merge
+
+/**
+ * The default `merge`: the partial answers added up, deeply. Objects are
+ * merged key by key (a key missing from some partials is the sum of the
+ * others; the result's keys are sorted), numbers are added (an integer sum
+ * stays an integer and must fit a u64 or an i64; a sum with any float is a
+ * float, added in the partials' order), equal strings, booleans, nulls and
+ * arrays are kept. Anything else that differs (two different strings or
+ * arrays, a string and a number, ...) throws an error naming where: such an
+ * answer needs a `merge` of its own. No partials at all is an error too (the
+ * host always gives one or more). The same rules as the Rust SDK's
+ * `merge::sum`.
+ *
+ * Called by the SDK on the partials' JSON text (through {@link parseExact}),
+ * it keeps integers and floats apart as Rust and Python do (`1` + `2` is `3`,
+ * `1.5` + `1.5` is `3.0`, integers past 2^53 add exactly, as BigInt). A
+ * custom `merge` may call it on its partials (`deepSum(partials)`, plain
+ * objects from `JSON.parse`) to add up what adds up and finish from there:
+ * it returns plain objects then, and numbers are plain Numbers (write a float
+ * with `float(x)`).
+ */
+export function deepSum(partials) {
+  if (partials.length === 0) throw new Error('no partial answers to merge');
+  return sumAt([...partials], '$');
+}
+
+/** A plain object, or a Map (from {@link parseExact}). */
+function isObject(v) {
+  return v instanceof Map || (typeof v === 'object' && v !== null && !Array.isArray(v) && !(v instanceof Float));
+}
+
+function isNumber(v) {
+  return typeof v === 'number' || typeof v === 'bigint' || v instanceof Float;
+}
+
+const U64_MAX = 18446744073709551615n;
+const I64_MIN = -9223372036854775808n;
+
+function sumAt(values, path) {
+  if (values.length === 1) return values[0];
+  if (values.every(isObject)) {
+    const maps = values.map((v) => (v instanceof Map ? v : new Map(Object.entries(v))));
+    const keys = new Set();
+    for (const m of maps) for (const k of m.keys()) keys.add(k);
+    const out = new Map();
+    for (const k of [...keys].sort(compareKeys)) {
+      out.set(k, sumAt(maps.filter((m) => m.has(k)).map((m) => m.get(k)), pathKey(path, k)));
+    }
+    // Maps (from parseExact) stay Maps, plain objects plain objects.
+    return values[0] instanceof Map ? out : Object.fromEntries(out);
+  }
+  if (values.every(isNumber)) return addNumbers(values, path);
+  const first = values[0];
+  for (const other of values.slice(1)) {
+    if (kind(other) !== kind(first) || canonical(other) !== canonical(first)) {
+      const a = kind(first);
+      const b = kind(other);
+      const what = a === b ? `two different ${a}s` : `${article(a)} ${a} and ${article(b)} ${b}`;
+      throw new Error(
+        `cannot merge the partial answers at \`${path}\`: ${what}; the default merge adds numbers ` +
+          'and objects and keeps equal values: implement merge(params, partials)',
+      );
+    }
+  }
+  return first;
+}
+
+/** Integers exactly (a Number while it is safe, else a BigInt), else a float. */
+function addNumbers(values, path) {
+  const overflow = () => new Error(`cannot merge the partial answers at \`${path}\`: the sum overflows; implement merge(params, partials)`);
+  const isFloat = (v) => v instanceof Float || (typeof v === 'number' && !Number.isInteger(v));
+  if (values.some(isFloat)) {
+    let total = 0;
+    for (const v of values) total += v instanceof Float ? v.value : Number(v);
+    if (!Number.isFinite(total)) throw overflow();
+    // Parsed by parseExact, floats stay Floats; plain Numbers stay Numbers.
+    return values.some((v) => v instanceof Float) ? new Float(total) : total;
+  }
+  let total = 0n;
+  for (const v of values) total += BigInt(v);
+  if (total > U64_MAX || total < I64_MIN) throw overflow();
+  const n = Number(total);
+  return Number.isSafeInteger(n) ? n : total;
+}
+
+/** `path` extended by object key `key`: `$.name` for a plain name, else `$["name"]`. */
+function pathKey(path, key) {
+  return /^[A-Za-z_][A-Za-z0-9_]*$/.test(key) ? `${path}.${key}` : `${path}[${JSON.stringify(key)}]`;
+}
+
+function kind(v) {
+  if (v === null || v === undefined) return 'null';
+  if (isNumber(v)) return 'number';
+  if (Array.isArray(v)) return 'array';
+  if (isObject(v)) return 'object';
+  if (typeof v === 'string') return 'string';
+  if (typeof v === 'boolean') return 'boolean';
+  return 'value';
+}
+
+function article(k) {
+  return k === 'array' || k === 'object' ? 'an' : 'a';
+}
+
+function sortedMap(map) {
+  return new Map([...map].sort((x, y) => compareKeys(x[0], y[0])));
+}
+
+/** JSON text with every object's keys sorted, to compare values. */
+function canonical(v) {
+  if (isObject(v) && !(v instanceof Map) && typeof v.toJSON !== 'function') v = new Map(Object.entries(v));
+  if (v instanceof Map) {
+    const keys = [...v.keys()].sort(compareKeys);
+    return '{' + keys.map((k) => JSON.stringify(k) + ':' + canonical(v.get(k))).join(',') + '}';
+  }
+  if (Array.isArray(v)) return '[' + v.map(canonical).join(',') + ']';
+  return toJson(v);
+}
+
+/**
+ * Parses JSON text keeping what `JSON.parse` loses: an integer literal
+ * becomes a Number (a BigInt past 2^53), a literal with a fraction or an
+ * exponent a {@link Float}, and objects become Maps with their keys sorted
+ * (so any key, `__proto__` too, is an ordinary key; a repeated key keeps its
+ * last value), as Rust's and Python's JSON values are written.
+ */
+export function parseExact(text) {
+  let i = 0;
+  const n = text.length;
+  const fail = (what) => {
+    throw new SyntaxError(`${what} at position ${i}`);
+  };
+  const ws = () => {
+    while (i < n) {
+      const c = text.charCodeAt(i);
+      if (c !== 0x20 && c !== 0x0a && c !== 0x0d && c !== 0x09) break;
+      i++;
+    }
+  };
+  const string = () => {
+    const start = i++;
+    while (i < n) {
+      const c = text.charCodeAt(i);
+      if (c === 0x22) return JSON.parse(text.slice(start, ++i));
+      i += c === 0x5c ? 2 : 1;
+    }
+    return fail('unterminated string');
+  };
+  const NUMBER = /-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?/y;
+  const value = (depth) => {
+    if (depth > 512) fail('nested too deeply');
+    ws();
+    const c = text[i];
+    if (c === '{') {
+      i++;
+      const out = new Map();
+      ws();
+      if (text[i] === '}') { i++; return out; }
+      for (;;) {
+        ws();
+        if (text[i] !== '"') fail('expected a key');
+        const key = string();
+        ws();
+        if (text[i++] !== ':') fail('expected `:`');
+        out.set(key, value(depth + 1));
+        ws();
+        const d = text[i++];
+        if (d === '}') return sortedMap(out);
+        if (d !== ',') fail('expected `,` or `}`');
+      }
+    }
+    if (c === '[') {
+      i++;
+      const out = [];
+      ws();
+      if (text[i] === ']') { i++; return out; }
+      for (;;) {
+        out.push(value(depth + 1));
+        ws();
+        const d = text[i++];
+        if (d === ']') return out;
+        if (d !== ',') fail('expected `,` or `]`');
+      }
+    }
+    if (c === '"') return string();
+    for (const [word, v] of [['true', true], ['false', false], ['null', null]]) {
+      if (text.startsWith(word, i)) { i += word.length; return v; }
+    }
+    NUMBER.lastIndex = i;
+    const m = NUMBER.exec(text);
+    if (m === null) return fail('unexpected input');
+    i = NUMBER.lastIndex;
+    if (m[1] !== undefined || m[2] !== undefined) return new Float(Number(m[0]));
+    const x = Number(m[0]);
+    return Number.isSafeInteger(x) ? x : BigInt(m[0]);
+  };
+  const v = value(0);
+  ws();
+  if (i < n) fail('trailing characters');
+  return v;
 }

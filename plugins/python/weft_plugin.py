@@ -3,7 +3,7 @@
 A metric plugin is a WebAssembly component that ingests batches of
 clickstream events and answers queries with JSON. With this module a plugin
 is a plain Python class; the SDK turns it into the `metric` world of
-`wit/weft.wit` (package `weft:plugin@0.1.0`) as built by componentize-py:
+`wit/weft.wit` (package `weft:plugin@0.2.0`) as built by componentize-py:
 
     import weft_plugin
     from weft_plugin import Map
@@ -19,6 +19,8 @@ is a plain Python class; the SDK turns it into the `metric` world of
         def query(self, params):
             return {"counts": dict(self.counts.items())}
 
+        # No `merge`: the default adds the partitions' counts up.
+
     WitWorld = weft_plugin.metric(EventCounts)
 
     # componentize-py -d wit -w metric componentize --stub-wasi app -o app.wasm
@@ -30,6 +32,17 @@ What the SDK does for the class:
   value of each name) and returns anything `json.dumps` takes (written with
   sorted keys, like the Rust SDK); `tick(watermark)` (optional) hears that no
   event older than `watermark` (epoch ms) will follow.
+- The host splits the users into partitions, each with its own instance of
+  the plugin: an instance sees every event of its users and none of the
+  others'. So `query` answers a *partial* answer for one partition, and
+  `merge(params, partials)` (optional) combines the partial answers, already
+  parsed from JSON (a list, at least one, in no particular order), into the
+  answer the user gets. Without a `merge` method the SDK's default,
+  `deep_sum(partials)`, merges objects key by key and adds numbers (ints
+  stay ints), keeps equal strings, booleans, nulls and arrays, and fails on
+  anything else (differing arrays or kinds): carry sums and counts in the
+  partial and compute rates, means and top-N lists in `merge`. `merge` must
+  depend on nothing but its arguments (not on the instance's state).
 - An exception raised by any of them becomes the WIT `result` error the host
   reports (`"ValueError: bad config: ..."`); `PluginError("...")` passes its
   message alone.
@@ -55,7 +68,7 @@ from componentize_py_types import Err
 from wit_world.imports import log as _host_log
 from wit_world.imports import state as _host_state
 
-__all__ = ["Batch", "Event", "Map", "PluginError", "log", "metric"]
+__all__ = ["Batch", "Event", "Map", "PluginError", "deep_sum", "log", "metric"]
 
 
 class PluginError(Exception):
@@ -389,6 +402,23 @@ def metric(cls):
             except Exception as e:
                 raise _fail(e)
 
+        def merge(self, params, partials):
+            try:
+                parsed = []
+                for i, text in enumerate(partials):
+                    try:
+                        parsed.append(json.loads(text))
+                    except ValueError as e:
+                        raise PluginError(f"partial answer {i} is not JSON: {e}")
+                if custom_merge:
+                    answer = instance().merge(_first_values(params), parsed)
+                else:
+                    answer = deep_sum(parsed)
+                return _encode_answer(answer)
+            except Exception as e:
+                raise _fail(e)
+
+    custom_merge = callable(getattr(cls, "merge", None))
     WitWorld.__qualname__ = f"metric({cls.__name__})"
     return WitWorld
 
@@ -413,3 +443,85 @@ def _first_values(params):
     for k, v in params:
         out.setdefault(k, v)
     return out
+
+
+# ---------------------------------------------------------------------------
+# The default merge
+
+
+def deep_sum(partials):
+    """The default `merge`: the partial answers (parsed JSON) added up, deeply.
+
+    Objects are merged key by key (a key missing from some partials is the
+    sum of the others), numbers are added (an integer sum stays an int and
+    must fit a u64 or an i64; a sum with any float is a float, added in the
+    partials' order), equal strings, booleans, nulls and arrays are kept.
+    Anything else that differs (two different strings or arrays, a string
+    and a number, ...) raises `PluginError` naming where: such an answer
+    needs a `merge` of its own. No partials at all is an error too (the host
+    always gives one or more). The same rules as the Rust SDK's
+    `merge::sum`. A custom `merge` may call it to add up what adds up and
+    finish from there.
+    """
+    if not partials:
+        raise PluginError("no partial answers to merge")
+    return _sum_at(list(partials), "$")
+
+
+def _sum_at(values, path):
+    if len(values) == 1:
+        return values[0]
+    types = {type(v) for v in values}
+    if types == {dict}:
+        out = {}
+        for key in sorted({k for v in values for k in v}):
+            out[key] = _sum_at([v[key] for v in values if key in v], _path_key(path, key))
+        return out
+    # bool is a subclass of int: compare exact types.
+    if types <= {int, float}:
+        if float in types:
+            total = 0.0
+            for v in values:
+                total += v
+            if total != total or total in (float("inf"), float("-inf")):
+                raise PluginError(_overflow(path))
+            return total
+        total = sum(values)
+        if not -(2**63) <= total < 2**64:
+            raise PluginError(_overflow(path))
+        return total
+    first = values[0]
+    for other in values[1:]:
+        if type(other) is not type(first) or _canonical(other) != _canonical(first):
+            a, b = _kind(first), _kind(other)
+            what = f"two different {a}s" if a == b else f"{_article(a)} {a} and {_article(b)} {b}"
+            raise PluginError(
+                f"cannot merge the partial answers at `{path}`: {what}; the default merge adds "
+                "numbers and objects and keeps equal values: implement merge(params, partials)"
+            )
+    return first
+
+
+def _overflow(path):
+    return f"cannot merge the partial answers at `{path}`: the sum overflows; implement merge(params, partials)"
+
+
+def _path_key(path, key):
+    """`path` extended by object key `key`: `$.name` for a plain name, else `$["name"]`."""
+    if key and (key[0].isalpha() or key[0] == "_") and key.isascii() and key.replace("_", "a").isalnum():
+        return f"{path}.{key}"
+    return f"{path}[{json.dumps(key, ensure_ascii=False)}]"
+
+
+def _kind(v):
+    if v is None:
+        return "null"
+    return {dict: "object", list: "array", str: "string", bool: "boolean",
+            int: "number", float: "number"}.get(type(v), "value")
+
+
+def _article(kind):
+    return "an" if kind in ("array", "object") else "a"
+
+
+_canonical = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode

@@ -19,12 +19,12 @@ fn main() {
             r#"({world}) => {{
         $crate::__wit_bindgen::generate!({{
             path: "{wit}",
-            world: "weft:plugin/{world}@0.1.0",
+            world: "weft:plugin/{world}@0.2.0",
             runtime_path: "weft_plugin::__wit_bindgen::rt",
             with: {{
-                "weft:plugin/types@0.1.0": weft_plugin::bindings::weft::plugin::types,
-                "weft:plugin/state@0.1.0": weft_plugin::bindings::weft::plugin::state,
-                "weft:plugin/log@0.1.0": weft_plugin::bindings::weft::plugin::log,
+                "weft:plugin/types@0.2.0": weft_plugin::bindings::weft::plugin::types,
+                "weft:plugin/state@0.2.0": weft_plugin::bindings::weft::plugin::state,
+                "weft:plugin/log@0.2.0": weft_plugin::bindings::weft::plugin::log,
             }},
         }});
     }};"#

@@ -49,6 +49,8 @@
 //! 11. **scaling**: the default pipeline over the same number of synthetic
 //!     events spread across 10k, 100k and 1M distinct users, and the
 //!     sessionizer with 1, 4 and 16 `core` instances;
+//! 12. **workers**: the default pipeline over 8 partitions with `--workers
+//!     2` against `--workers 1` (target ≥ 1.7 on 2 cores);
 //! - **languages**: the `page_stats` example in Rust, Python, JavaScript
 //!   (QuickJS, SpiderMonkey) and C, built from source, each fed the whole
 //!   sessionized stream in batches of 1024 through `ingest` with a checkpoint
@@ -71,7 +73,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json, value::RawValue};
 use weft_normalize::{FieldMapping, Normalizer};
-use weft_pipeline::{Pipeline, PluginSpec, Settings, lifecycle::Origin};
+use weft_pipeline::{Pipeline, PluginSpec, Settings, Started, lifecycle::Origin};
 use weft_runtime::{BatchBuilder, Limits, Plugin, Role, Runtime};
 use weft_source::{KafkaConfig, SourceSpec};
 use weft_state::Store;
@@ -192,17 +194,16 @@ fn answers(
 ) -> Vec<(String, String)> {
     let source = SourceSpec::File(file.to_path_buf());
     let settings = Settings::default();
-    let (_, pipeline, _data) = run_to_end(dir, &source, plugins, &settings, runtime, messages);
-    pipeline
-        .shared()
-        .plugins()
-        .iter()
-        .filter(|slot| slot.role == Role::Metric)
-        .map(|slot| {
-            let answer = weft_pipeline::lock(&slot.plugin)
-                .query(&[])
-                .expect("the plugin's answer");
-            (slot.name.clone(), answer)
+    let (_, started, _data) = run_to_end(dir, &source, plugins, &settings, runtime, messages);
+    let shared = started.shared.clone();
+    started.stop().expect("the pipeline stops");
+    shared
+        .plugin_infos()
+        .into_iter()
+        .filter(|info| info.role == Some(Role::Metric))
+        .map(|info| {
+            let answer = shared.query(&info.name, &[]).expect("the plugin's answer");
+            (info.name, answer)
         })
         .collect()
 }
@@ -215,39 +216,41 @@ fn run_to_end(
     settings: &Settings,
     runtime: &Runtime,
     messages: usize,
-) -> (f64, Pipeline, tempfile::TempDir) {
+) -> (f64, Started, tempfile::TempDir) {
     let data = tempfile::tempdir_in(dir).expect("a data dir");
     let store = Store::open(&data.path().join("state")).expect("a store");
     let source = weft_source::open(source).expect("the source");
-    let started = Instant::now();
-    let mut pipeline = Pipeline::open(settings.clone(), source, plugins.to_vec(), store, runtime)
-        .expect("a pipeline");
-    let shared = pipeline.shared();
+    let clock = Instant::now();
+    let started = Pipeline::open(settings.clone(), source, plugins.to_vec(), store, runtime)
+        .expect("a pipeline")
+        .start()
+        .expect("a started pipeline");
     loop {
-        pipeline.step().expect("a pipeline step");
-        let status = shared.status();
+        assert!(!started.is_finished(), "the pipeline failed");
+        let status = started.shared.status();
         if status.events.received as usize == messages && status.buffered == 0 {
-            let rate = per_second(messages, started);
-            assert_no_failures(&shared);
-            return (rate, pipeline, data);
+            let rate = per_second(messages, clock);
+            assert_no_failures(&started.shared);
+            return (rate, started, data);
         }
         assert!(
             status.source_running || status.buffered > 0,
             "the source ended after {} messages, not {messages}",
             status.events.received
         );
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
 /// Panics if a plugin failed a call: a figure of a pipeline whose plugins
 /// did not take every batch means nothing.
 fn assert_no_failures(shared: &weft_pipeline::Shared) {
-    for slot in shared.plugins().iter() {
-        let stats = weft_pipeline::lock(&slot.stats);
+    for info in shared.plugin_infos() {
+        let stats = &info.stats;
         assert!(
             stats.errors == 0 && stats.dead_letters == 0,
             "{} failed {} calls ({} batches to its dead letters); the last: {:?}",
-            slot.name,
+            info.name,
             stats.errors,
             stats.dead_letters,
             stats.last_error
@@ -372,17 +375,16 @@ fn open_sessions_child(users: usize, dir: &Path) {
     let data = tempfile::tempdir_in(dir).expect("a data dir");
     let store = Store::open(&data.path().join("state")).expect("a store");
     let source = weft_source::open(&SourceSpec::File(file.clone())).expect("the file");
-    let mut pipeline =
-        Pipeline::open(Settings::default(), source, plugins, store, &runtime).expect("a pipeline");
-    let shared = pipeline.shared();
-    loop {
-        pipeline.step().expect("a pipeline step");
-        let status = shared.status();
-        if !status.source_running && status.buffered == 0 {
-            break;
-        }
+    let started = Pipeline::open(Settings::default(), source, plugins, store, &runtime)
+        .expect("a pipeline")
+        .start()
+        .expect("a started pipeline");
+    let shared = started.shared.clone();
+    while !started.is_done() {
+        assert!(!started.is_finished(), "the pipeline failed");
+        std::thread::sleep(Duration::from_millis(10));
     }
-    pipeline.checkpoint().expect("a checkpoint");
+    started.stop().expect("a last checkpoint");
     assert_no_failures(&shared);
     shared.store.flush().expect("a flush");
     let mb = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
@@ -443,7 +445,7 @@ fn query_latency(
     let data = tempfile::tempdir_in(dir).expect("a data dir");
     let store = Store::open(&data.path().join("state")).expect("a store");
     let source = weft_source::open(&SourceSpec::File(file.to_path_buf())).expect("the file");
-    let mut pipeline = Pipeline::open(settings.clone(), source, plugins.to_vec(), store, runtime)
+    let pipeline = Pipeline::open(settings.clone(), source, plugins.to_vec(), store, runtime)
         .expect("a pipeline");
     let shared = pipeline.shared();
     let tokio = tokio::runtime::Builder::new_multi_thread()
@@ -470,15 +472,7 @@ fn query_latency(
     let server = tokio.spawn(weft_http::serve(listener, shared.clone(), options, async {
         let _ = stopped.await;
     }));
-    let worker = std::thread::spawn(move || {
-        loop {
-            pipeline.step().expect("a pipeline step");
-            let status = shared.status();
-            if !status.source_running && status.buffered == 0 {
-                return;
-            }
-        }
-    });
+    let started = pipeline.start().expect("a started pipeline");
     let agent = ureq::agent();
     let ask = || {
         let started = Instant::now();
@@ -487,10 +481,11 @@ fn query_latency(
         started.elapsed().as_secs_f64() * 1000.0
     };
     let mut busy = Vec::new();
-    while !worker.is_finished() {
+    while !started.is_done() {
+        assert!(!started.is_finished(), "the pipeline failed");
         busy.push(ask());
     }
-    worker.join().expect("the pipeline thread");
+    started.stop().expect("the pipeline stops");
     let mut idle: Vec<f64> = (0..100).map(|_| ask()).collect();
     let _ = stop.send(());
     tokio
@@ -703,6 +698,50 @@ fn main() {
         figures.push(natively);
     }
 
+    if wanted(&["12"]) {
+        // 12. Workers: the same pipeline and split (8 partitions), stepped
+        // by one worker thread and by two, alternating.
+        eprintln!("12. workers…");
+        let with = |workers| Settings {
+            workers,
+            ..Settings::default()
+        };
+        let (mut one, mut two) = (Vec::new(), Vec::new());
+        for _ in 0..config.runs {
+            one.push(pipeline_rate(
+                tmp.path(),
+                &file,
+                &default,
+                &with(1),
+                &runtime,
+                messages,
+            ));
+            two.push(pipeline_rate(
+                tmp.path(),
+                &file,
+                &default,
+                &with(2),
+                &runtime,
+                messages,
+            ));
+        }
+        let one = Figure {
+            item: "12".into(),
+            name: "default pipeline, 8 partitions, --workers 1".into(),
+            unit: "msg/s".into(),
+            runs: one,
+            ratio: None,
+        };
+        figures.push(Figure {
+            item: "12".into(),
+            name: "default pipeline, 8 partitions, --workers 2 (vs 1)".into(),
+            unit: "msg/s".into(),
+            ratio: Some((median(&two) / one.median(), Some(1.7))),
+            runs: two,
+        });
+        figures.push(one);
+    }
+
     if wanted(&["5"]) {
         // 5. The CPU guard: epoch interruption on (what weft runs) and off.
         eprintln!("5. guards…");
@@ -841,18 +880,21 @@ fn main() {
                 let data = tempfile::tempdir_in(tmp.path()).expect("a data dir");
                 let store = Store::open(&data.path().join("state")).expect("a store");
                 let source = weft_source::open(&weft_source()).expect("the source");
-                let mut pipeline = Pipeline::open(
+                let started = Pipeline::open(
                     kafka_settings.clone(),
                     source,
                     default.clone(),
                     store,
                     &runtime,
                 )
-                .expect("a pipeline");
-                let shared = pipeline.shared();
+                .expect("a pipeline")
+                .start()
+                .expect("a started pipeline");
+                let shared = started.shared.clone();
                 let deadline = Instant::now() + Duration::from_secs(600);
                 loop {
-                    pipeline.step().expect("a pipeline step");
+                    assert!(!started.is_finished(), "the pipeline failed");
+                    std::thread::sleep(Duration::from_millis(1));
                     let status = shared.status();
                     let counters = &status.events;
                     if counters.received as usize == clean && status.buffered == 0 {
@@ -868,14 +910,12 @@ fn main() {
                     );
                 }
                 let query = |name: &str| -> Value {
-                    let slot = shared.plugin(name).expect("a default plugin");
-                    let answer = weft_pipeline::lock(&slot.plugin)
-                        .query(&[])
-                        .expect("a query");
+                    let answer = shared.query(name, &[]).expect("a query");
                     serde_json::from_str(&answer).expect("a JSON answer")
                 };
                 Answer::from_weft(&query("core"), &query("event_counts")).check("weft", &want);
-                drop((pipeline, shared, data));
+                started.stop().expect("the pipeline stops");
+                drop((shared, data));
                 for (peer, _) in peer_targets {
                     peer.run(&brokers, &topic, clean)
                         .answer
@@ -1145,7 +1185,7 @@ fn main() {
                     &runtime,
                     instance,
                     &module,
-                    store.plugin_state(instance),
+                    store.plugin_state(instance, 0),
                     "{}",
                     limits,
                 )
@@ -1186,7 +1226,7 @@ fn main() {
 }
 
 /// Every item, in the order the full run takes them (`1` is items 1 and 2).
-const ITEMS: [&str; 11] = [
+const ITEMS: [&str; 12] = [
     "1",
     "3",
     "5",
@@ -1194,6 +1234,7 @@ const ITEMS: [&str; 11] = [
     "7",
     "8",
     "11",
+    "12",
     "9",
     "4",
     "10",
@@ -1246,24 +1287,25 @@ fn first_event(dir: &Path, cache: &Path, file: &Path, plugins: &[PluginSpec]) ->
     let data = tempfile::tempdir_in(dir).expect("a data dir");
     let store = Store::open(&data.path().join("state")).expect("a store");
     let source = weft_source::open(&SourceSpec::File(file.to_path_buf())).expect("the file");
-    let mut pipeline = Pipeline::open(
+    let running = Pipeline::open(
         Settings::default(),
         source,
         plugins.to_vec(),
         store,
         &runtime,
     )
-    .expect("a pipeline");
-    let shared = pipeline.shared();
+    .expect("a pipeline")
+    .start()
+    .expect("a started pipeline");
     loop {
-        pipeline.step().expect("a pipeline step");
-        let all = shared.plugins();
-        if all
-            .iter()
-            .all(|p| weft_pipeline::lock(&p.stats).events_in > 0)
-        {
-            return started.elapsed().as_secs_f64() * 1e3;
+        assert!(!running.is_finished(), "the pipeline failed");
+        let infos = running.shared.plugin_infos();
+        if infos.iter().all(|p| p.stats.events_in > 0) {
+            let ms = started.elapsed().as_secs_f64() * 1e3;
+            running.stop().expect("the pipeline stops");
+            return ms;
         }
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 

@@ -50,7 +50,7 @@ fn start(runtime: &Runtime, store: &Store, config: &str, limits: Limits) -> Plug
         runtime,
         "faulty",
         &module,
-        store.plugin_state("faulty"),
+        store.plugin_state("faulty", 0),
         config,
         limits,
     )

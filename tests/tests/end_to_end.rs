@@ -283,3 +283,98 @@ fn generated_messages_normalize_to_the_ground_truth() {
     assert_eq!(duplicates, stream.duplicates);
     assert_eq!(rejected, stream.malformed);
 }
+
+/// Answers depend on how the input is split into partitions, never on how
+/// many workers step them: `--workers 1`, `2` and `4` over the same file
+/// give the reference's answers, and the status shows every partition.
+#[test]
+fn workers_share_the_partitions_and_do_not_change_answers() {
+    let stream = generate(13, 300, LATENESS_MS);
+    let want = expected(&stream);
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let source = stream.write_file(dir.path());
+    let config = write_config(dir.path(), 1_000);
+    for workers in ["1", "2", "4"] {
+        let args = [
+            "--source",
+            source.as_str(),
+            "--config",
+            config.as_str(),
+            "--workers",
+            workers,
+        ];
+        let weft = Weft::start(&dir.path().join(format!("w{workers}")), &args);
+        wait_until_done(&weft, &want);
+        check_results(&weft, &want);
+        let status = weft.get("/api/status");
+        assert_eq!(status["workers"], json!(workers.parse::<u64>().unwrap()));
+        let partitions = status["partitions"].as_array().expect("partitions");
+        assert_eq!(partitions.len(), 8, "the default split: {status}");
+        let received: u64 = partitions
+            .iter()
+            .map(|p| p["events"]["received"].as_u64().unwrap_or_default())
+            .sum();
+        assert_eq!(received, want.messages, "each message in one partition");
+        assert!(
+            partitions
+                .iter()
+                .all(|p| p["events"]["accepted"].as_u64() > Some(0)),
+            "300 users reach every one of 8 partitions: {status}"
+        );
+        let plugins = weft.get("/api/plugins");
+        let core = plugins
+            .as_array()
+            .expect("a list")
+            .iter()
+            .find(|p| p["name"] == "core")
+            .expect("core runs");
+        let per_partition = core["partitions"].as_array().expect("per partition");
+        assert_eq!(per_partition.len(), 8);
+        let events_in: u64 = per_partition
+            .iter()
+            .map(|p| p["events_in"].as_u64().unwrap_or_default())
+            .sum();
+        assert_eq!(core["events_in"].as_u64(), Some(events_in), "{core}");
+    }
+}
+
+/// `kill -9` while a file is read into partitions that checkpoint on their
+/// own: the restart reads from the earliest position any partition needs,
+/// each skips what it had, and the answers are exact.
+#[test]
+fn partitions_of_a_file_resume_exactly_after_kill_9() {
+    let stream = generate(17, 3_000, LATENESS_MS);
+    let want = expected(&stream);
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let source = stream.write_file(dir.path());
+    let config = write_config(dir.path(), 50);
+    let args = [
+        "--source",
+        source.as_str(),
+        "--config",
+        config.as_str(),
+        "--workers",
+        "2",
+    ];
+    let data = dir.path().join("k");
+    for fraction in [0.3, 0.6] {
+        let weft = Weft::start(&data, &args);
+        let at = (want.messages as f64 * fraction) as u64;
+        let seen = wait_for(
+            "weft to read into the file",
+            Duration::from_secs(300),
+            || {
+                let n = received(&weft)?;
+                Ok((n >= at).then_some(n))
+            },
+        );
+        assert!(
+            seen < want.messages,
+            "weft read the whole file before the kill; make it longer"
+        );
+        weft.kill();
+    }
+    let weft = Weft::start(&data, &args);
+    wait_until_done(&weft, &want);
+    check_results(&weft, &want);
+}

@@ -172,7 +172,7 @@ fn dead_letters(weft: &Weft, plugin: &str) -> Vec<Value> {
         ));
         let letters = page["dead_letters"].as_array().expect("a list");
         all.extend(letters.iter().cloned());
-        match page["next"].as_u64() {
+        match page["next"].as_str() {
             Some(next) if !letters.is_empty() => after = format!("&after={next}"),
             _ => return all,
         }

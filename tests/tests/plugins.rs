@@ -104,7 +104,7 @@ impl Host {
             runtime(),
             name,
             module,
-            self.store.plugin_state(name),
+            self.store.plugin_state(name, 0),
             config,
             weft_runtime::Limits::default(),
         )
@@ -137,10 +137,13 @@ impl Host {
             })
             .collect();
         self.store
-            .checkpoint(Checkpoint {
-                plugin_writes,
-                ..Checkpoint::default()
-            })
+            .checkpoint(
+                0,
+                Checkpoint {
+                    plugin_writes,
+                    ..Checkpoint::default()
+                },
+            )
             .expect("checkpoint");
     }
 }
@@ -445,7 +448,7 @@ fn sessionizer_tick_evicts_closed_sessions_and_results_stay_right() {
     let watermark = BASE + GAP_MS + 1;
     stage.tick(watermark).expect("tick");
     host.checkpoint(&mut [&mut stage]);
-    let state = host.store.plugin_state("sessionizer");
+    let state = host.store.plugin_state("sessionizer", 0);
     assert_eq!(
         state.get(b"open\0gone").expect("a read"),
         None,
@@ -490,7 +493,7 @@ fn sessionizer_tick_after_a_restart_evicts_sessions_from_before_it() {
     let mut stage = host.start("sessionizer", "{}");
     stage.tick(BASE + GAP_MS + 1).expect("tick");
     host.checkpoint(&mut [&mut stage]);
-    let state = host.store.plugin_state("sessionizer");
+    let state = host.store.plugin_state("sessionizer", 0);
     assert_eq!(
         state.scan(b"open\0", None, 10).expect("a scan"),
         vec![],

@@ -49,6 +49,9 @@ pub struct RunArgs {
     /// Read the source from its beginning instead of resuming where the data directory's last checkpoint stopped (needed when the input is not the one the data directory was used with; plugin state and counters are kept)
     #[arg(long)]
     pub reset_source: bool,
+    /// Worker threads stepping the partitions (`workers` in `[pipeline]`) [default: one per core]
+    #[arg(long, env = "WEFT_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub workers: Option<u16>,
 }
 
 /// The `weft.toml` file.
@@ -217,6 +220,10 @@ pub fn resolve(args: RunArgs, bundled: &[(&str, &[u8])]) -> Result<RunConfig> {
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
         pipeline: Settings {
             reset_source: args.reset_source,
+            workers: args
+                .workers
+                .map_or(file.pipeline.workers, usize::from)
+                .max(1),
             ..file.pipeline
         },
         http: file.http,

@@ -13,6 +13,7 @@
 use std::{
     path::{Path, PathBuf},
     sync::Arc,
+    time::Duration,
 };
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -156,17 +157,14 @@ fn test(args: &TestArgs) -> Result<()> {
     let store = Store::open(&data.path().join("state"))?;
     let source = weft_source::open(&SourceSpec::File(args.events.clone()))
         .with_context(|| format!("cannot open {}", args.events.display()))?;
-    let mut pipeline = Pipeline::open(Settings::default(), source, plugins, store, &runtime)?;
-    let shared = pipeline.shared();
-    loop {
-        pipeline.step()?;
-        let status = shared.status();
-        if !status.source_running && status.buffered == 0 {
-            break;
-        }
+    // The pipeline `weft run` runs, partitions and merged answers included,
+    // until it has processed and checkpointed the whole file.
+    let started = Pipeline::open(Settings::default(), source, plugins, store, &runtime)?.start()?;
+    let shared = started.shared.clone();
+    while !started.is_finished() && !started.is_done() {
+        std::thread::sleep(Duration::from_millis(10));
     }
-    // The same checkpoint `weft run` writes: a plugin's `checkpoint` runs too.
-    pipeline.checkpoint()?;
+    started.stop()?;
 
     let status = shared.status();
     let events = &status.events;
@@ -242,11 +240,11 @@ fn check(args: &CheckArgs) -> Result<()> {
     }
     match (fit.role(), wanted) {
         (Some(role), None) => {
-            println!("{file} fits the `{role}` world (weft:plugin/{role}@0.1.0).");
+            println!("{file} fits the `{role}` world (weft:plugin/{role}@0.2.0).");
             Ok(())
         }
         (Some(role), Some(wanted)) if role == wanted => {
-            println!("{file} fits the `{role}` world (weft:plugin/{role}@0.1.0).");
+            println!("{file} fits the `{role}` world (weft:plugin/{role}@0.2.0).");
             Ok(())
         }
         (_, Some(Role::Metric)) => bail!(

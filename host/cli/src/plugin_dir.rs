@@ -165,7 +165,7 @@ fn sync(dir: &Path, name: &str, shared: &Shared, known: &mut Known) {
     let wasm = match std::fs::read(&path) {
         Ok(wasm) => wasm,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if known.remove(name).is_some() && shared.plugin(name).is_some() {
+            if known.remove(name).is_some() && shared.role(name).is_some() {
                 let _ = shared.remove(name);
             }
             return;
@@ -190,7 +190,7 @@ fn sync(dir: &Path, name: &str, shared: &Shared, known: &mut Known) {
     // A file whose content did not change (a touch, a second notification of
     // one write) reloads nothing, also when its instance is quarantined; only
     // an instance that is gone (unloaded through the API) loads again.
-    if shared.plugin(name).is_some() && known.get(name) == Some(&seen) {
+    if shared.role(name).is_some() && known.get(name) == Some(&seen) {
         return;
     }
     known.insert(name.to_owned(), seen);

@@ -182,11 +182,11 @@ fn check(shared: &Shared, panel: &PanelDeclaration) -> Result<(), String> {
         }
         _ => {}
     }
-    match shared.plugin(&panel.plugin) {
+    match shared.role(&panel.plugin) {
         None => problems.push(format!("no plugin `{}` is running", panel.plugin)),
-        Some(slot) if slot.role != Role::Metric => problems.push(format!(
-            "plugin `{}` is a {}; only metrics answer queries",
-            panel.plugin, slot.role
+        Some(role) if role != Role::Metric => problems.push(format!(
+            "plugin `{}` is a {role}; only metrics answer queries",
+            panel.plugin
         )),
         Some(_) => {}
     }

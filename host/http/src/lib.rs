@@ -499,12 +499,14 @@ async fn query(
 #[derive(Deserialize)]
 struct PageParams {
     limit: Option<usize>,
-    after: Option<u64>,
+    /// The `next` of the page before: `{partition}.{sequence}`.
+    after: Option<String>,
 }
 
 #[derive(Serialize)]
 struct RejectedView {
-    seq: u64,
+    /// `{partition}.{sequence}`: its place among the rejected.
+    seq: String,
     reason: String,
     detail: String,
     partition: i32,
@@ -531,11 +533,11 @@ async fn rejected(
         .store
         .rejected(after, limit)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let next = records.last().map(|(seq, _)| *seq);
+    let next = records.last().map(|(seq, _)| seq.to_string());
     let views: Vec<RejectedView> = records
         .into_iter()
         .map(|(seq, r)| RejectedView {
-            seq,
+            seq: seq.to_string(),
             reason: r.reason,
             detail: r.detail,
             partition: r.partition,
@@ -552,7 +554,7 @@ async fn rejected(
 /// `after` and `limit` (1..=1000, default 100) of a paged listing.
 fn page(
     params: Result<Query<PageParams>, axum::extract::rejection::QueryRejection>,
-) -> ApiResult<(Option<u64>, usize)> {
+) -> ApiResult<(Option<weft_state::Seq>, usize)> {
     let Query(params) =
         params.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
     let limit = params.limit.unwrap_or(100);
@@ -562,7 +564,12 @@ fn page(
             "limit must be between 1 and 1000",
         ));
     }
-    Ok((params.after, limit))
+    let after = params
+        .after
+        .map(|a| a.parse::<weft_state::Seq>())
+        .transpose()
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    Ok((after, limit))
 }
 
 async fn dead_letters(
@@ -570,7 +577,7 @@ async fn dead_letters(
     Path(name): Path<String>,
     params: Result<Query<PageParams>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    if shared.plugin(&name).is_none() {
+    if shared.role(&name).is_none() {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("no plugin named `{name}`"),
@@ -581,7 +588,7 @@ async fn dead_letters(
         .store
         .dead_letters(&name, after, limit)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let next = records.last().map(|(seq, _)| *seq);
+    let next = records.last().map(|(seq, _)| seq.to_string());
     let mut views = Vec::with_capacity(records.len());
     for (seq, bytes) in records {
         let letter = DeadLetter::decode(&bytes).map_err(|e| {
@@ -591,7 +598,8 @@ async fn dead_letters(
             )
         })?;
         views.push(serde_json::json!({
-            "seq": seq,
+            "seq": seq.to_string(),
+            "partition": seq.part,
             "error": letter.error,
             "digest": letter.digest,
             "events": letter.events,

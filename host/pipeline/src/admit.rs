@@ -1,21 +1,28 @@
-//! Admission: one raw message becomes an accepted event in the reorder
+//! Admission: one normalized message becomes an accepted event in the reorder
 //! buffer, a duplicate (counted), or a rejection (counted and kept with its
 //! reason): never a silent drop.
 
 use weft_source::Message;
 use weft_state::Rejected;
 
-use crate::{Pipeline, reorder::Held};
+use crate::{
+    partition::{Partition, Routed},
+    reorder::Held,
+};
 
-impl Pipeline {
-    /// Normalizes, validates and dedups one message received at wall-clock
-    /// time `received` (epoch ms), then buffers it.
-    pub(crate) fn admit(&mut self, message: Message, received: i64) {
-        let Message {
-            payload,
-            partition,
-            offset,
-        } = message;
+impl Partition {
+    /// Validates and dedups one message the reader normalized, received at
+    /// wall-clock time `received` (epoch ms), then buffers it.
+    pub(crate) fn admit(&mut self, routed: Routed, received: i64) {
+        let Routed {
+            message:
+                Message {
+                    payload,
+                    partition,
+                    offset,
+                },
+            outcome,
+        } = routed;
         if self
             .offsets
             .get(&partition)
@@ -28,16 +35,10 @@ impl Pipeline {
         self.unsaved += 1;
         let telemetry = &self.shared.telemetry;
         telemetry.received.inc();
-        let event = match self.normalizer.normalize(&payload) {
+        let event = match outcome {
             Ok(event) => event,
-            Err(rejection) => {
-                return self.reject(
-                    rejection.reason.code(),
-                    rejection.detail,
-                    partition,
-                    offset,
-                    payload,
-                );
+            Err(refusal) => {
+                return self.reject(refusal.reason, refusal.detail, partition, offset, payload);
             }
         };
         let ahead = event.time.saturating_sub(received);

@@ -1,7 +1,7 @@
-//! The checkpoint: every plugin's state changes, the dedup ids, the
-//! rejected messages, the dead letters and the pipeline's metadata (offsets,
-//! the source's identity, counters, reorder buffer, quarantines) in one
-//! atomic write, then the offset commit to the source.
+//! A partition's checkpoint: its plugins' state changes, dedup ids,
+//! rejected messages, dead letters and metadata (offsets, the source's
+//! identity, counters, reorder buffer, quarantines) in one atomic write,
+//! then the offset commit to the source.
 
 use std::{collections::BTreeMap, time::Instant};
 
@@ -10,9 +10,10 @@ use weft_source::{Identity, Offsets};
 use weft_state::Checkpoint;
 
 use crate::{
-    Counters, Pipeline, PipelineError,
+    Counters, PipelineError,
     isolation::{Journaled, failed, halt, halts, restart_and_replay},
     lock, now_ms,
+    partition::{Committed, Partition},
     reorder::ReorderState,
     shared::CheckpointInfo,
 };
@@ -35,9 +36,9 @@ pub(crate) struct Meta {
     pub(crate) source: Option<Identity>,
 }
 
-impl Pipeline {
-    /// Writes all state and the source position atomically, then commits
-    /// the offsets to the source.
+impl Partition {
+    /// Writes the partition's state and source position atomically, then
+    /// hands the offsets to the reader to commit to the source.
     pub fn checkpoint(&mut self) -> Result<(), PipelineError> {
         let started = Instant::now();
         // Hold every plugin until the write is durable, so a query never reads
@@ -67,7 +68,7 @@ impl Pipeline {
                     // those batches go to its dead letters, and the instance
                     // goes back to its checkpointed state so nothing counts twice.
                     let reason = format!("its state cannot be checkpointed: {e}");
-                    tracing::error!(plugin = %slot.name, %reason, "Plugin quarantined; batches since the last checkpoint are in its dead letters.");
+                    tracing::error!(plugin = %slot.name, partition = self.part, %reason, "Plugin quarantined; batches since the last checkpoint are in its dead letters.");
                     lock(&slot.stats).quarantined = Some(reason.clone());
                     for entry in std::mem::take(&mut self.journals[i]) {
                         if let Journaled::Batch(b) = entry {
@@ -89,7 +90,7 @@ impl Pipeline {
             counters: self.counters.clone(),
             reorder: self.reorder.state(),
             dead_letters: dead_letter_seq,
-            source: Some(self.source.identity()),
+            source: self.identity.clone(),
             quarantined: slots
                 .iter()
                 .filter_map(|s| {
@@ -115,28 +116,32 @@ impl Pipeline {
             dead_letters_removed: std::mem::take(&mut self.replayed),
             meta: serde_json::to_vec(&meta).map_err(PipelineError::Meta)?,
         };
-        self.shared.store.checkpoint(checkpoint)?;
+        self.shared.store.checkpoint(self.part, checkpoint)?;
         drop(guards);
         for journal in &mut self.journals {
             journal.clear();
         }
-        if let Err(e) = self.source.commit(&self.offsets) {
-            tracing::warn!(error = %e, "Committing offsets to the source failed; the checkpoint holds them.");
-        }
+        // The reader has stopped only when the pipeline is stopping; the
+        // checkpoint holds the offsets then.
+        let _ = self.commits.send(Committed {
+            offsets: self.offsets.clone(),
+        });
         let elapsed = started.elapsed();
         self.shared
             .telemetry
             .checkpoint
             .observe(elapsed.as_secs_f64());
         tracing::debug!(
+            partition = self.part,
             messages = self.unsaved,
             writes,
             ms = elapsed.as_secs_f64() * 1e3,
             "Checkpoint written."
         );
         self.unsaved = 0;
+        self.moved = false;
         self.last_checkpoint = Instant::now();
-        lock(&self.shared.status).last_checkpoint = Some(CheckpointInfo {
+        lock(&self.view.status).last_checkpoint = Some(CheckpointInfo {
             at: now_ms(),
             duration_ms: elapsed.as_secs_f64() * 1e3,
             offsets: self.offsets.clone(),

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use weft_normalize::Event;
 use weft_runtime::{Batch, Plugin, Role, StageOutput};
 
-use crate::{Pipeline, PipelineError, lock, shared::PluginSlot, telemetry::Telemetry};
+use crate::{PipelineError, lock, partition::Partition, shared::PluginSlot, telemetry::Telemetry};
 
 /// A successful call, to replay into a restarted instance.
 pub(crate) enum Journaled {
@@ -100,7 +100,7 @@ impl Record {
     }
 }
 
-impl Pipeline {
+impl Partition {
     /// Calls plugin `i`, journaling a success and isolating a failure.
     /// `None` when the call failed or the plugin is quarantined; a stage's
     /// `process` answers `Some(Some(output))`.
@@ -229,10 +229,10 @@ impl Pipeline {
         let slot = &self.slots[i];
         match slot.role {
             Role::Stage => {
-                tracing::error!(plugin = %slot.name, %reason, "Stage quarantined: every batch is dead-lettered here and NO METRIC RECEIVES EVENTS until it is reloaded (see `health` in /api/status for the way out).")
+                tracing::error!(plugin = %slot.name, partition = self.part, %reason, "Stage quarantined: every batch is dead-lettered here and NO METRIC RECEIVES EVENTS until it is reloaded (see `health` in /api/status for the way out).")
             }
             Role::Metric => {
-                tracing::error!(plugin = %slot.name, %reason, "Plugin quarantined: its batches go to its dead letters until it is reloaded (see `health` in /api/status for the way out).")
+                tracing::error!(plugin = %slot.name, partition = self.part, %reason, "Plugin quarantined: its batches go to its dead letters until it is reloaded (see `health` in /api/status for the way out).")
             }
         }
         lock(&slot.stats).quarantined = Some(reason);

@@ -1,18 +1,23 @@
 //! weft's pipeline: the way every event takes.
 //!
-//! source → normalize → dedup → event-time order → stage plugins → metric
-//! plugins, with periodic checkpoints that write all plugin state, the dedup
-//! ids, the rejected messages, the reorder buffer, the counters and the
-//! source offsets in one atomic write. After a crash the pipeline resumes
-//! from the last checkpoint and re-reads from its offsets: nothing is lost
+//! source → normalize → route to a partition → dedup → event-time order →
+//! stage plugins → metric plugins. The input is split into partitions (a
+//! Kafka topic's own; for file, stdin and demo sources `partitions` virtual
+//! ones, chosen by a hash of the user, so a user's events, and sessions,
+//! stay in one). A partition is the unit of state: its plugin instances,
+//! dedup ids, reorder buffer, counters and offsets are checkpointed together
+//! in one atomic write. After a crash every partition resumes from its last
+//! checkpoint and the source is re-read from the earliest: nothing is lost
 //! and nothing counted twice.
 //!
-//! The pipeline runs on one thread that owns the source. Plugin instances sit
-//! behind mutexes in [`Shared`] so the HTTP layer can query them between
-//! batches.
+//! Threads: the reader (the caller of [`Pipeline::run`]) owns the source and
+//! the normalizer and routes messages; `workers` threads each own the
+//! partitions `p % workers` and step them. Plugin instances sit behind
+//! mutexes in [`Shared`] so the HTTP layer can query them between batches.
 //!
-//! Layout (this file: the settings, the pipeline and its loop):
-//! - [`admit`]: a raw message to an accepted, duplicate or rejected event;
+//! Layout (this file: the settings, the pipeline, the reader and workers):
+//! - [`partition`]: one partition and its step;
+//! - [`admit`]: a normalized message to an accepted, duplicate or rejected event;
 //! - [`reorder`]: the event-time buffer and watermark;
 //! - [`dedup`]: accepted event ids within the dedup horizon;
 //! - [`isolation`]: plugin calls, journals, dead letters and quarantine of
@@ -28,13 +33,14 @@ pub mod checkpoint;
 pub mod dedup;
 pub mod isolation;
 pub mod lifecycle;
+pub(crate) mod partition;
 pub mod reorder;
 pub mod shared;
 pub mod telemetry;
 
 pub use shared::{
-    CheckpointInfo, Health, PluginInfo, PluginSlot, PluginStats, Problem, QueryError, Shared,
-    Status,
+    CheckpointInfo, Health, PartitionPluginInfo, PartitionStatus, PluginInfo, PluginSlot,
+    PluginStats, Problem, QueryError, Shared, Status,
 };
 
 use std::{
@@ -49,16 +55,14 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 use weft_normalize::{FieldMapping, Normalizer};
-use weft_runtime::{Batch, BatchBuilder, Limits, Plugin, Role, Runtime};
-use weft_source::{Message, Offsets, Source};
-use weft_state::{Rejected, Store};
+use weft_runtime::{Limits, Role, Runtime};
+use weft_source::{Identity, Message, Offsets, Source};
+use weft_state::{Part, Store};
 
 use crate::{
-    checkpoint::Meta,
-    dedup::Dedup,
-    isolation::{Call, DeadLetter, Journaled, Record, halt},
-    lifecycle::{Origin, Request},
-    reorder::Reorder,
+    lifecycle::Origin,
+    partition::{Committed, Input, Partition, Refusal, Routed},
+    shared::{Running, SourceView},
     telemetry::Telemetry,
 };
 
@@ -86,6 +90,12 @@ pub enum PipelineError {
     Interrupted,
     #[error("the pipeline panicked (see the message above); the last checkpoint stands")]
     Panicked,
+    #[error(
+        "this data directory splits its input {was}; this run would split it {now}. State is kept per partition, so users' state would be in the wrong partitions: keep the split (`partitions` in [pipeline]), or start with a new data directory"
+    )]
+    Layout { was: String, now: String },
+    #[error("`partitions` must be between 1 and 4096, not {0}")]
+    Partitions(u32),
 }
 
 /// Pipeline settings (the `[pipeline]` section of `weft.toml`).
@@ -128,6 +138,15 @@ pub struct Settings {
     pub rejected_raw_limit: usize,
     /// Where to find fields of an input shape not recognised out of the box.
     pub mapping: FieldMapping,
+    /// How many partitions a file, stdin or demo source is split into, by a
+    /// hash of the user (a Kafka topic's partitions are its own). Answers do
+    /// not depend on it; it bounds how many workers can share the work, and
+    /// each partition costs an instance of every plugin. Fixed for a data
+    /// directory once used.
+    pub partitions: u32,
+    /// Worker threads stepping the partitions (`--workers`, `WEFT_WORKERS`);
+    /// by default one per core.
+    pub workers: usize,
     /// Read the source from its beginning, forgetting the position the last
     /// checkpoint recorded (`weft run --reset-source`; not a file key).
     #[serde(skip)]
@@ -150,6 +169,8 @@ impl Default for Settings {
             max_memory_mib: 2_048,
             rejected_raw_limit: 64 << 10,
             mapping: FieldMapping::default(),
+            partitions: 8,
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             reset_source: false,
         }
     }
@@ -202,54 +223,74 @@ pub(crate) fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// How a source's messages are split into partitions; recorded in the data
+/// directory, which must keep it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Layout {
+    /// A Kafka topic's own partitions.
+    Kafka,
+    /// This many partitions, by a hash of the user.
+    Hashed(u32),
+}
+
+impl std::fmt::Display for Layout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Layout::Kafka => f.write_str("by its Kafka partitions"),
+            Layout::Hashed(n) => write!(f, "into {n} partitions by user"),
+        }
+    }
+}
+
+impl Layout {
+    /// The partition a message goes to: a Kafka message's own; otherwise
+    /// its user's, or, when it has none (it is rejected), one by position.
+    fn route(self, message: &Message, outcome: &Result<weft_normalize::Event, Refusal>) -> Part {
+        match (self, outcome) {
+            (Layout::Kafka, _) => message.partition as Part,
+            (Layout::Hashed(n), Ok(event)) => partition_of(&event.user, n),
+            (Layout::Hashed(n), Err(_)) => (message.offset.unsigned_abs() % u64::from(n)) as Part,
+        }
+    }
+}
+
+/// The partition of `user` among `n`: what Kafka's default partitioner
+/// picks for the key `user` (murmur2), so a file split into as many
+/// partitions as a topic keyed by user puts every user where the topic does.
+pub fn partition_of(user: &str, n: u32) -> Part {
+    (murmur2::murmur2(user.as_bytes(), murmur2::KAFKA_SEED) & 0x7fff_ffff) % n
+}
+
+/// How long the reader waits for the source, and a worker for work.
+const POLL: Duration = Duration::from_millis(50);
+
+/// Work items a worker's queue holds before the reader waits.
+const WORK_QUEUE: usize = 64;
+
+/// What the reader hands a worker.
+enum Work {
+    Input(Part, Input),
+    /// A partition opened after the start (a Kafka partition seen first).
+    Adopt(Box<Partition>),
+}
+
 pub struct Pipeline {
     settings: Settings,
+    layout: Layout,
     source: Box<dyn Source>,
     normalizer: Normalizer,
-    reorder: Reorder,
-    dedup: Dedup,
-    counters: Counters,
-    /// Next offset to read per partition: everything before was read.
-    offsets: Offsets,
-    /// Rejected messages since the last checkpoint, keyed by their sequence
-    /// number (the rejected count), so a replay after a crash rewrites the
-    /// same keys.
-    rejected: Vec<(u64, Rejected)>,
-    builder: BatchBuilder,
-    /// Stages first (in their configured order), then metrics.
-    slots: Vec<Arc<PluginSlot>>,
-    stage_count: usize,
-    /// Per slot: the successful calls since the last checkpoint.
-    journals: Vec<Vec<Journaled>>,
-    /// Per slot: the outcomes of its recent calls.
-    records: Vec<Record>,
-    /// Dead letters since the last checkpoint: (plugin, sequence, record).
-    dead: Vec<(String, u64, DeadLetter)>,
-    /// Dead letters replayed since the last checkpoint: (plugin, sequence).
-    replayed: Vec<(String, u64)>,
-    /// The last dead-letter sequence number of plugins not loaded now.
-    dead_letter_seq: BTreeMap<String, u64>,
-    /// Lifecycle changes: arriving, and waiting for the next checkpoint.
-    requests: mpsc::Receiver<Request>,
-    pending: Vec<Request>,
-    /// Finishes applied changes off the pipeline thread.
-    recorder: mpsc::Sender<lifecycle::Aftermath>,
     shared: Arc<Shared>,
-    polled: Vec<Message>,
-    source_running: bool,
-    last_message: Instant,
-    last_checkpoint: Instant,
-    /// Messages read since the last checkpoint.
-    unsaved: u64,
-    /// A call could not finish for a reason not the plugin's (the host is
-    /// stopping, its state could not be read): nothing of this step may be
-    /// checkpointed, and the pipeline stops with it.
-    halted: Option<weft_runtime::Error>,
+    /// The partitions opened at the start, until `run` hands them to their
+    /// workers.
+    opened: Vec<Partition>,
+    commits_tx: mpsc::Sender<Committed>,
+    commits: mpsc::Receiver<Committed>,
 }
 
 impl Pipeline {
-    /// Loads the plugins, restores the last checkpoint and positions the
-    /// source after it.
+    /// Loads the plugins, restores every partition's last checkpoint and
+    /// positions the source after what all of them have.
     pub fn open(
         settings: Settings,
         mut source: Box<dyn Source>,
@@ -257,148 +298,75 @@ impl Pipeline {
         store: Store,
         runtime: &Runtime,
     ) -> Result<Self, PipelineError> {
-        let mut meta: Meta = match store.meta()? {
-            Some(bytes) => serde_json::from_slice(&bytes).map_err(PipelineError::Meta)?,
-            None => Meta::default(),
+        if !(1..=4096).contains(&settings.partitions) {
+            return Err(PipelineError::Partitions(settings.partitions));
+        }
+        let layout = match source.identity() {
+            Identity::Kafka { .. } => Layout::Kafka,
+            _ => Layout::Hashed(settings.partitions),
         };
-        if settings.reset_source && !meta.offsets.is_empty() {
-            tracing::warn!(offsets = ?meta.offsets, "--reset-source: reading the source from its beginning; plugin state, counters and the watermark are kept (events older than the watermark are rejected as late).");
-            meta.offsets.clear();
-            meta.source = None;
-        }
-        let dedup = Dedup::new(
-            store.dedup_records()?,
-            meta.reorder
-                .watermark
-                .map(|w| w.saturating_sub(settings.dedup_horizon_ms)),
-        );
-        source.resume(&meta.offsets, meta.source.as_ref())?;
-
-        let mut slots = Vec::new();
-        if let Some(bad) = plugins.iter().find(|p| !lifecycle::valid_name(&p.name)) {
-            return Err(lifecycle::LifecycleError::BadName(bad.name.clone()).into());
-        }
-        for spec in lifecycle::resolve(&store, plugins)? {
-            if slots.iter().any(|s: &Arc<PluginSlot>| s.name == spec.name) {
-                return Err(PipelineError::DuplicatePlugin(spec.name));
-            }
-            if let Err(detail) = spec.limits.within(&settings.max_limits()) {
-                let name = spec.name;
-                return Err(lifecycle::LifecycleError::BadLimits { name, detail }.into());
-            }
-            let module = runtime.load(&spec.name, &spec.wasm)?;
-            if let Some(declared) = spec.role.filter(|&r| r != module.role()) {
-                return Err(lifecycle::LifecycleError::RoleMismatch {
-                    name: spec.name,
-                    declared,
-                    actual: module.role(),
+        match store.layout()? {
+            Some(bytes) => {
+                let was: Layout = serde_json::from_slice(&bytes).map_err(PipelineError::Meta)?;
+                if was != layout {
+                    return Err(PipelineError::Layout {
+                        was: was.to_string(),
+                        now: layout.to_string(),
+                    });
                 }
-                .into());
             }
-            let config = spec.config.to_string();
-            let plugin = Plugin::start(
-                runtime,
-                &spec.name,
-                &module,
-                store.plugin_state(&spec.name),
-                &config,
-                spec.limits,
-            )?;
-            tracing::info!(plugin = %spec.name, role = %module.role(), digest = %module.digest, "Plugin loaded.");
-            let stats = PluginStats {
-                digest: module.digest.clone(),
-                loaded_at: now_ms(),
-                dead_letters: store.count_dead_letters(&spec.name)?,
-                dead_letter_seq: meta.dead_letters.get(&spec.name).copied().unwrap_or(0),
-                quarantined: meta.quarantined.get(&spec.name).cloned(),
-                ..PluginStats::default()
-            };
-            slots.push(Arc::new(PluginSlot::new(
-                spec.name,
-                module.role(),
-                plugin,
-                stats,
-            )));
+            None => store.set_layout(&serde_json::to_vec(&layout).map_err(PipelineError::Meta)?)?,
         }
-        // Stages run first; the sort is stable, so each role keeps its order.
-        slots.sort_by_key(|s| s.role != Role::Stage);
-        let stage_count = slots.iter().filter(|s| s.role == Role::Stage).count();
-
-        let telemetry = Telemetry::new()?;
-        let c = &meta.counters;
-        telemetry.received.inc_by(c.received);
-        telemetry.accepted.inc_by(c.accepted);
-        telemetry.rejected_any.inc_by(c.rejected);
-        telemetry.duplicate.inc_by(c.duplicates);
-        for (reason, n) in &c.rejected_by_reason {
-            telemetry
-                .rejected
-                .with_label_values(&[reason.as_str()])
-                .inc_by(*n);
-        }
-        let reorder = Reorder::new(settings.lateness_ms, meta.reorder);
-        if let Some(w) = reorder
-            .watermark()
-            .filter(|&w| w > (now_ms() as i64).saturating_add(settings.max_future_ms))
-        {
-            tracing::error!(
-                watermark = w,
-                "The checkpointed watermark is ahead of the wall clock (an event dated in the future moved it, before weft bounded event times): every event older is rejected as late. Start with a new data directory to reprocess."
-            );
-        }
-        let status = Status {
-            events: meta.counters.clone(),
-            watermark: reorder.watermark(),
-            buffered: reorder.len(),
-            last_checkpoint: None,
-            source: source.describe(),
-            source_running: true,
-            health: Health::default(),
-        };
-        if meta.counters.received > 0 {
-            tracing::info!(received = meta.counters.received, offsets = ?meta.offsets, "Resumed from the last checkpoint.");
-        }
-        let journals = slots.iter().map(|_| Vec::new()).collect();
-        let records = vec![Record::default(); slots.len()];
-        let (requests_tx, requests) = mpsc::channel();
+        let running = load_plugins(&settings, plugins, &store, runtime)?;
+        let workers = settings.workers.max(1);
         let shared = Arc::new(Shared {
-            plugins: RwLock::new(slots.clone()),
-            status: Mutex::new(status),
+            partitions: RwLock::default(),
+            running: Mutex::new(running),
+            source: Mutex::new(SourceView {
+                describe: source.describe(),
+                running: true,
+            }),
+            workers,
             store,
-            telemetry,
+            telemetry: Telemetry::new()?,
             runtime: runtime.clone(),
             max_limits: settings.max_limits(),
             loading: Mutex::default(),
-            requests: Mutex::new(requests_tx),
         });
+        let parts: Vec<Part> = match layout {
+            Layout::Hashed(n) => (0..n).collect(),
+            Layout::Kafka => shared.store.partitions()?,
+        };
+        let (commits_tx, commits) = mpsc::channel();
+        let mut opened = Vec::with_capacity(parts.len());
+        let mut resumes = Vec::with_capacity(parts.len());
+        for part in parts {
+            let (partition, resume) =
+                Partition::open(part, &settings, &shared, commits_tx.clone())?;
+            shared.adopt(&partition.view);
+            opened.push(partition);
+            resumes.push(resume);
+        }
+        let (offsets, last) = combine(layout, resumes)?;
+        if settings.reset_source {
+            tracing::warn!(
+                "--reset-source: reading the source from its beginning; plugin state, counters and the watermarks are kept (events older than a watermark are rejected as late)."
+            );
+        }
+        source.resume(&offsets, last.as_ref())?;
+        let received: u64 = opened.iter().map(|p| p.counters.received).sum();
+        if received > 0 {
+            tracing::info!(received, offsets = ?offsets, partitions = opened.len(), "Resumed from the last checkpoints.");
+        }
         Ok(Pipeline {
             normalizer: Normalizer::new(settings.mapping.clone()),
             settings,
+            layout,
             source,
-            reorder,
-            dedup,
-            counters: meta.counters,
-            offsets: meta.offsets,
-            rejected: Vec::new(),
-            builder: BatchBuilder::default(),
-            slots,
-            stage_count,
-            journals,
-            records,
-            dead: Vec::new(),
-            replayed: Vec::new(),
-            dead_letter_seq: meta.dead_letters,
-            requests,
-            pending: Vec::new(),
-            recorder: lifecycle::spawn_recorder(shared.store.clone())
-                .map_err(PipelineError::Thread)?,
             shared,
-            polled: Vec::new(),
-            source_running: true,
-            last_message: Instant::now(),
-            last_checkpoint: Instant::now(),
-            unsaved: 0,
-            halted: None,
+            opened,
+            commits_tx,
+            commits,
         })
     }
 
@@ -406,191 +374,378 @@ impl Pipeline {
         self.shared.clone()
     }
 
-    /// Runs until `stop` is set, then writes a last checkpoint.
-    pub fn run(mut self, stop: &AtomicBool) -> Result<(), PipelineError> {
+    /// Runs the pipeline on a thread of its own until [`Started::stop`].
+    pub fn start(self) -> Result<Started, PipelineError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let shared = self.shared();
+        let thread = {
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("weft-reader".into())
+                .spawn(move || self.run(&stop))
+                .map_err(PipelineError::Thread)?
+        };
+        Ok(Started {
+            stop,
+            thread,
+            shared,
+        })
+    }
+
+    /// Runs until `stop` is set (or a worker fails), then has every
+    /// partition write a last checkpoint.
+    pub fn run(self, stop: &AtomicBool) -> Result<(), PipelineError> {
+        let Pipeline {
+            settings,
+            layout,
+            mut source,
+            mut normalizer,
+            shared,
+            opened,
+            commits_tx,
+            commits,
+        } = self;
+        let workers = shared.workers;
+        let mut owned: Vec<Vec<Partition>> = (0..workers).map(|_| Vec::new()).collect();
+        for partition in opened {
+            owned[partition.part as usize % workers].push(partition);
+        }
+        let mut queues = Vec::with_capacity(workers);
+        let mut handles = Vec::with_capacity(workers);
+        for (w, partitions) in owned.into_iter().enumerate() {
+            let (tx, rx) = mpsc::sync_channel(WORK_QUEUE);
+            let handle = std::thread::Builder::new()
+                .name(format!("weft-worker-{w}"))
+                .spawn(move || work(partitions, rx))
+                .map_err(PipelineError::Thread)?;
+            queues.push(tx);
+            handles.push(handle);
+        }
+        let mut reader = Reader {
+            settings: &settings,
+            layout,
+            shared: &shared,
+            queues,
+            known: shared.part_ids().into_iter().collect(),
+            commits_tx,
+            sent: BTreeMap::new(),
+            next: Offsets::new(),
+        };
+        let result = reader.run(&mut *source, &mut normalizer, &commits, stop, &handles);
+        // Dropping the queues tells every worker to checkpoint and stop.
+        drop(reader);
+        let mut error = result.err();
+        for handle in handles {
+            let outcome = handle.join().unwrap_or(Err(PipelineError::Panicked));
+            if let Err(e) = outcome {
+                tracing::error!(error = %e, "A pipeline worker failed.");
+                error.get_or_insert(e);
+            }
+        }
+        for committed in commits.try_iter() {
+            commit(&mut *source, &committed);
+        }
+        match error {
+            Some(e) => Err(e),
+            None => {
+                tracing::info!("Pipeline stopped after a final checkpoint of every partition.");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A pipeline running on its own thread ([`Pipeline::start`]).
+pub struct Started {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Result<(), PipelineError>>,
+    pub shared: Arc<Shared>,
+}
+
+impl Started {
+    /// Whether it has stopped by itself (a failure).
+    pub fn is_finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+
+    /// Whether the source has ended and every partition has processed and
+    /// checkpointed what it was handed.
+    pub fn is_done(&self) -> bool {
+        let status = self.shared.status();
+        !status.source_running && status.buffered == 0
+    }
+
+    /// Stops it after a last checkpoint of every partition.
+    pub fn stop(self) -> Result<(), PipelineError> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap_or(Err(PipelineError::Panicked))
+    }
+}
+
+/// Checks, compiles and orders the configured plugins (stages first, each
+/// role in its configured order).
+fn load_plugins(
+    settings: &Settings,
+    plugins: Vec<PluginSpec>,
+    store: &Store,
+    runtime: &Runtime,
+) -> Result<Vec<Running>, PipelineError> {
+    if let Some(bad) = plugins.iter().find(|p| !lifecycle::valid_name(&p.name)) {
+        return Err(lifecycle::LifecycleError::BadName(bad.name.clone()).into());
+    }
+    let mut running: Vec<Running> = Vec::new();
+    for spec in lifecycle::resolve(store, plugins)? {
+        if running.iter().any(|r| r.name == spec.name) {
+            return Err(PipelineError::DuplicatePlugin(spec.name));
+        }
+        if let Err(detail) = spec.limits.within(&settings.max_limits()) {
+            let name = spec.name;
+            return Err(lifecycle::LifecycleError::BadLimits { name, detail }.into());
+        }
+        let module = runtime.load(&spec.name, &spec.wasm)?;
+        if let Some(declared) = spec.role.filter(|&r| r != module.role()) {
+            return Err(lifecycle::LifecycleError::RoleMismatch {
+                name: spec.name,
+                declared,
+                actual: module.role(),
+            }
+            .into());
+        }
+        tracing::info!(plugin = %spec.name, role = %module.role(), digest = %module.digest, "Plugin loaded.");
+        running.push(Running {
+            name: spec.name,
+            module,
+            config: spec.config,
+            limits: spec.limits,
+        });
+    }
+    // Stages run first; the sort is stable, so each role keeps its order.
+    running.sort_by_key(|r| r.module.role() != Role::Stage);
+    Ok(running)
+}
+
+/// Where to position the source so that every partition gets what it has
+/// not checkpointed: a Kafka partition's own offset; for partitions by
+/// user (all reading the same input), the earliest any of them needs.
+fn combine(
+    layout: Layout,
+    resumes: Vec<partition::Resume>,
+) -> Result<(Offsets, Option<Identity>), PipelineError> {
+    // Partitions that checkpointed at different times may have recorded
+    // more or less of a file's or stdin's first bytes: the longest is the
+    // strictest check.
+    let mut last: Option<Identity> = None;
+    for r in &resumes {
+        let Some(b) = &r.source else { continue };
+        last = match last {
+            None => Some(b.clone()),
+            Some(a) if a == *b => Some(a),
+            Some(a) => match (a.prefix_len(), b.prefix_len()) {
+                (Some(x), Some(y)) if a.same_place(b) => Some(if y > x { b.clone() } else { a }),
+                _ => return Err(a.changed(b).into()),
+            },
+        };
+    }
+    let offsets = match layout {
+        Layout::Kafka => resumes.into_iter().flat_map(|r| r.offsets).collect(),
+        Layout::Hashed(_) => {
+            let mut all = resumes.into_iter();
+            let first = all.next().map(|r| r.offsets).unwrap_or_default();
+            all.fold(first, |acc, r| {
+                acc.into_iter()
+                    .filter_map(|(p, a)| r.offsets.get(&p).map(|&b| (p, a.min(b))))
+                    .collect()
+            })
+        }
+    };
+    Ok((offsets, last))
+}
+
+fn commit(source: &mut dyn Source, committed: &Committed) {
+    if let Err(e) = source.commit(&committed.offsets) {
+        tracing::warn!(error = %e, "Committing offsets to the source failed; the checkpoint holds them.");
+    }
+}
+
+/// The reader: polls the source, normalizes, routes each message to its
+/// partition's worker and tells every partition how far the source is read.
+struct Reader<'a> {
+    settings: &'a Settings,
+    layout: Layout,
+    shared: &'a Arc<Shared>,
+    queues: Vec<mpsc::SyncSender<Work>>,
+    /// The partitions open.
+    known: std::collections::BTreeSet<Part>,
+    commits_tx: mpsc::Sender<Committed>,
+    /// What each partition was last told: (caught up, running).
+    sent: BTreeMap<Part, (bool, bool)>,
+    /// Next offset per source partition, after everything read.
+    next: Offsets,
+}
+
+impl Reader<'_> {
+    fn run(
+        &mut self,
+        source: &mut dyn Source,
+        normalizer: &mut Normalizer,
+        commits: &mpsc::Receiver<Committed>,
+        stop: &AtomicBool,
+        workers: &[std::thread::JoinHandle<Result<(), PipelineError>>],
+    ) -> Result<(), PipelineError> {
+        let mut polled = Vec::new();
+        let mut running = true;
+        let mut published = Instant::now();
         while !stop.load(Ordering::Relaxed) {
-            self.step()?;
+            if workers.iter().any(|w| w.is_finished()) {
+                return Ok(()); // Its error comes from joining it.
+            }
+            for committed in commits.try_iter() {
+                commit(source, &committed);
+            }
+            if running {
+                polled.clear();
+                running = source.poll(&mut polled, self.settings.batch_size, POLL)?;
+                let read = !polled.is_empty();
+                // The wall clock when these were received bounds how far
+                // ahead of it an event may be dated.
+                let received = now_ms() as i64;
+                let mut routed: BTreeMap<Part, Vec<Routed>> = BTreeMap::new();
+                for message in polled.drain(..) {
+                    let next = self.next.entry(message.partition).or_insert(0);
+                    *next = (*next).max(message.offset + 1);
+                    let outcome = normalizer.normalize(&message.payload).map_err(|r| Refusal {
+                        reason: r.reason.code(),
+                        detail: r.detail,
+                    });
+                    let part = self.layout.route(&message, &outcome);
+                    routed
+                        .entry(part)
+                        .or_default()
+                        .push(Routed { message, outcome });
+                }
+                for (part, messages) in routed {
+                    if !self.known.contains(&part) && !self.open(part)? {
+                        return Ok(());
+                    }
+                    if !self.send(part, Input::Messages { received, messages }) {
+                        return Ok(());
+                    }
+                }
+                if !self.progress(source, read, running) {
+                    return Ok(());
+                }
+                if !running {
+                    tracing::info!("The source has ended; results stay served.");
+                }
+            } else {
+                std::thread::park_timeout(POLL);
+            }
+            if published.elapsed() >= Duration::from_millis(250) || !running {
+                *lock(&self.shared.source) = SourceView {
+                    describe: source.describe(),
+                    running,
+                };
+                self.shared.update_gauges();
+                published = Instant::now();
+            }
         }
-        self.checkpoint()?;
-        tracing::info!("Pipeline stopped after a final checkpoint.");
         Ok(())
     }
 
-    /// One round: poll the source, process what the watermark releases,
-    /// checkpoint when due.
-    pub fn step(&mut self) -> Result<(), PipelineError> {
-        let poll_timeout = Duration::from_millis(50);
-        self.pending.extend(self.requests.try_iter());
-        // A failed query leaves its instance unusable: restart it now, so the
-        // next query is answered even when no events come.
-        for i in 0..self.slots.len() {
-            if lock(&self.slots[i].stats).quarantined.is_none() {
-                self.recover_if_poisoned(i);
-            }
-        }
-        let watermark_before = self.reorder.watermark();
-        if self.source_running {
-            self.polled.clear();
-            let mut polled = std::mem::take(&mut self.polled);
-            self.source_running =
-                self.source
-                    .poll(&mut polled, self.settings.batch_size, poll_timeout)?;
-            if !polled.is_empty() {
-                self.last_message = Instant::now();
-            }
-            // The watermark moves after every message, so whether an event is
-            // late does not depend on where a poll began. A partition whose
-            // last messages are in this poll is caught up only once they are
-            // all admitted (below), not while others' messages come first.
-            let partitions = self.source.partitions();
-            let mut caught_up = self.source.caught_up().clone();
-            for message in &polled {
-                caught_up.remove(&message.partition);
-            }
-            // The wall clock when these were received bounds how far ahead
-            // of it an event may be dated.
-            let received = now_ms() as i64;
-            for message in polled.drain(..) {
-                self.admit(message, received);
-                self.reorder.advance(&partitions, &caught_up, false);
-            }
-            self.polled = polled;
-            if !self.source_running {
-                tracing::info!("The source has ended; results stay served.");
-            }
-        } else {
-            std::thread::park_timeout(poll_timeout);
-        }
-
-        // Release everything once the source has nothing more to give: ended,
-        // or every partition read to its end and quiet for `idle_ms`.
-        let partitions = self.source.partitions();
-        let caught_up = self.source.caught_up();
-        let quiet = !partitions.is_empty()
-            && partitions.is_subset(caught_up)
-            && self.last_message.elapsed() >= Duration::from_millis(self.settings.idle_ms);
-        self.reorder
-            .advance(&partitions, caught_up, quiet || !self.source_running);
-        while let Some(held) = self.reorder.pop_ready() {
-            self.builder.push(&held.event);
-            if self.builder.len() >= self.settings.batch_size {
-                self.run_batch();
-            }
-        }
-        if !self.builder.is_empty() {
-            self.run_batch();
-        }
-        if let Some(watermark) = self
-            .reorder
-            .watermark()
-            .filter(|_| self.reorder.watermark() != watermark_before)
-        {
-            self.tick(watermark);
-            self.dedup
-                .expire(watermark.saturating_sub(self.settings.dedup_horizon_ms));
-        }
-
-        if let Some(e) = self.halted.take() {
-            return Err(halt(e));
-        }
-        let due = self.last_checkpoint.elapsed()
-            >= Duration::from_millis(self.settings.checkpoint_interval_ms)
-            || self.unsaved >= self.settings.checkpoint_events;
-        // Lifecycle changes wait for the next checkpoint (at once when
-        // nothing is waiting to be saved), so they find every plugin's state
-        // durable and its journal empty.
-        let change = !self.pending.is_empty() && (due || self.unsaved == 0);
-        if self.unsaved > 0 && (due || !self.source_running) || change {
-            self.checkpoint()?;
-        }
-        if change {
-            self.apply_pending();
-        }
-        self.publish_status();
-        Ok(())
+    /// Opens partition `part`, first seen now, and hands it to its worker;
+    /// false if the worker has stopped.
+    fn open(&mut self, part: Part) -> Result<bool, PipelineError> {
+        let (partition, _) =
+            Partition::open(part, self.settings, self.shared, self.commits_tx.clone())?;
+        self.shared.adopt(&partition.view);
+        self.known.insert(part);
+        tracing::info!(partition = part, "Partition opened.");
+        Ok(self
+            .queue(part)
+            .send(Work::Adopt(Box::new(partition)))
+            .is_ok())
     }
 
-    /// Runs the built batch through the stages, then every metric.
-    fn run_batch(&mut self) {
-        let batch = Arc::new(self.builder.finish());
-        self.run_from(0, batch);
+    fn queue(&self, part: Part) -> &mpsc::SyncSender<Work> {
+        &self.queues[part as usize % self.queues.len()]
     }
 
-    /// Runs `batch` through the stages from `start` on, then every metric.
-    /// A batch a stage fails on goes no further (it is in the stage's dead
-    /// letters).
-    fn run_from(&mut self, start: usize, mut batch: Arc<Batch>) {
-        for i in start..self.stage_count {
-            let Some(Some(out)) = self.call(i, Call::Batch(&batch)) else {
-                return;
+    /// Hands `input` to `part`'s worker; false if it has stopped.
+    fn send(&self, part: Part, input: Input) -> bool {
+        self.queue(part).send(Work::Input(part, input)).is_ok()
+    }
+
+    /// Tells every partition how far the source is read, when that changed.
+    fn progress(&mut self, source: &dyn Source, read: bool, running: bool) -> bool {
+        let assigned = source.partitions();
+        let caught_up = source.caught_up();
+        let all_caught_up = !assigned.is_empty() && assigned.is_subset(caught_up);
+        let identity = source.identity();
+        for &part in &self.known {
+            let (caught, read_to) = match self.layout {
+                Layout::Kafka => {
+                    let p = part as i32;
+                    let read_to = self.next.get(&p).map(|&n| Offsets::from([(p, n)]));
+                    (caught_up.contains(&p), read_to.unwrap_or_default())
+                }
+                Layout::Hashed(_) => (all_caught_up, self.next.clone()),
             };
-            let mut next = Arc::unwrap_or_clone(batch.clone());
-            match weft_runtime::apply(&mut next, out) {
-                Ok(()) => {
-                    self.records[i].success(true);
-                    batch = Arc::new(next);
-                }
-                Err(detail) => {
-                    // The call looked fine, but its output is not: undo it.
-                    self.journals[i].pop();
-                    let error = weft_runtime::Error::BadOutput {
-                        plugin: self.slots[i].name.clone(),
-                        detail,
-                    };
-                    self.fail(i, Some(&batch), error);
-                    return;
+            let now = (caught, running);
+            let changed = self.sent.get(&part) != Some(&now);
+            if !(changed || read && self.layout != Layout::Kafka) {
+                continue;
+            }
+            self.sent.insert(part, now);
+            let input = Input::Progress {
+                read_to,
+                caught_up: caught,
+                running,
+                identity: identity.clone(),
+            };
+            if !self.send(part, input) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// A worker: steps the partitions it owns with what the reader handed them,
+/// until its queue closes; then checkpoints each one last.
+fn work(mut partitions: Vec<Partition>, queue: mpsc::Receiver<Work>) -> Result<(), PipelineError> {
+    let mut inboxes: BTreeMap<Part, Vec<Input>> = BTreeMap::new();
+    loop {
+        let mut closed = false;
+        let mut take = |work: Work, partitions: &mut Vec<Partition>| match work {
+            Work::Input(part, input) => inboxes.entry(part).or_default().push(input),
+            Work::Adopt(partition) => partitions.push(*partition),
+        };
+        match queue.recv_timeout(POLL) {
+            Ok(w) => take(w, &mut partitions),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => closed = true,
+        }
+        // What else is queued already, but no more than a queue holds, so
+        // the partitions are stepped between.
+        for _ in 0..WORK_QUEUE {
+            match queue.try_recv() {
+                Ok(w) => take(w, &mut partitions),
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    closed = true;
+                    break;
                 }
             }
         }
-        for i in self.stage_count..self.slots.len() {
-            self.call(i, Call::Batch(&batch));
+        for partition in &mut partitions {
+            let inputs = inboxes.remove(&partition.part).unwrap_or_default();
+            partition.step(inputs)?;
         }
-    }
-
-    fn tick(&mut self, watermark: i64) {
-        self.shared.telemetry.watermark.set(watermark);
-        for i in 0..self.slots.len() {
-            self.call(i, Call::Tick(watermark));
-        }
-    }
-
-    /// Shows the HTTP layer the instances now running.
-    fn publish_slots(&self) {
-        *self
-            .shared
-            .plugins
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = self.slots.clone();
-    }
-
-    fn publish_status(&mut self) {
-        let source = self.source.describe();
-        let telemetry = &self.shared.telemetry;
-        let mut health = Health::default();
-        for slot in &self.slots {
-            let stats = lock(&slot.stats);
-            let quarantined = telemetry
-                .quarantined
-                .with_label_values(&[slot.name.as_str()]);
-            quarantined.set(i64::from(stats.quarantined.is_some()));
-            if let Some(reason) = &stats.quarantined {
-                health
-                    .problems
-                    .push(Problem::quarantined(slot, &stats, reason));
+        if closed && inboxes.is_empty() {
+            for partition in &mut partitions {
+                partition.checkpoint()?;
             }
+            return Ok(());
         }
-        health.degraded = !health.problems.is_empty();
-        telemetry.degraded.set(i64::from(health.degraded));
-        if let Some(lag) = source.get("lag").and_then(|l| l.as_i64()) {
-            telemetry.source_lag.set(lag);
-        }
-        telemetry.buffered.set(self.reorder.len() as i64);
-        let mut status = lock(&self.shared.status);
-        status.events = self.counters.clone();
-        status.watermark = self.reorder.watermark();
-        status.buffered = self.reorder.len();
-        status.source = source;
-        status.source_running = self.source_running;
-        status.health = health;
     }
 }

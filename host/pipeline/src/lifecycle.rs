@@ -4,10 +4,11 @@
 //! A change is prepared off the hot path, in the caller's thread: the
 //! component is compiled, checked against the world of its role,
 //! instantiated and `init(config)` called on a trial instance. Only then is
-//! it handed to the pipeline thread, which applies it right after a
-//! checkpoint — at a batch boundary, with every plugin's state durable and
-//! its journal empty — so every event is processed by exactly one version and
-//! the new version starts from the old one's state (the same namespace). If
+//! it handed to every partition (one instance each, made beforehand), which
+//! applies it right after its own checkpoint — at a batch boundary, with
+//! every plugin's state durable and its journal empty — so every event is
+//! processed by exactly one version and the new version starts from the old
+//! one's state (the same namespace). If
 //! anything fails the old version keeps running and the failure is reported:
 //! the caller's error, the plugin's `reload_error`, a log line and
 //! `weft_plugin_reloads_total{outcome="failed"}`.
@@ -27,7 +28,10 @@ use serde::{Deserialize, Serialize};
 use weft_runtime::{Limits, Module, Plugin, Role};
 use weft_state::{StateError, Store};
 
-use crate::{PluginSlot, PluginSpec, PluginStats, Shared, isolation::Record, lock, now_ms};
+use crate::{
+    PluginSlot, PluginSpec, PluginStats, Shared, isolation::Record, lock, now_ms,
+    partition::Partition, shared::Running,
+};
 
 /// Where a version came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -288,11 +292,11 @@ pub struct Applied {
 }
 
 /// A component ready to go in: compiled, checked, its `init` tried on a
-/// trial instance, and the instance to swap in made (`init` is called at
-/// the swap, when it sees the state the old version left).
+/// trial instance, and each partition's instance to swap in made (`init` is
+/// called at the swap, when it sees the state the old version left).
 pub(crate) struct Prepared {
     pub module: Module,
-    pub instance: Plugin,
+    pub instances: Vec<(weft_state::Part, Plugin)>,
     pub config: serde_json::Value,
     pub limits: Limits,
     pub origin: Origin,
@@ -300,17 +304,22 @@ pub(crate) struct Prepared {
     pub base: Option<Base>,
 }
 
+/// A change for one partition.
 pub(crate) enum Change {
-    Deploy(Box<Prepared>),
+    Deploy { module: Module, instance: Plugin },
     Remove,
     ReplayDeadLetters,
 }
 
-/// A change for the pipeline thread to apply, and where to answer.
+/// What a partition answers: what it did, and the instance it replaced
+/// (freed by the caller, off the worker thread).
+type Reply = Result<(Applied, Option<Plugin>), LifecycleError>;
+
+/// A change for a partition to apply, and where to answer.
 pub(crate) struct Request {
     pub name: String,
     pub change: Change,
-    pub reply: mpsc::Sender<Result<Applied, LifecycleError>>,
+    pub reply: mpsc::Sender<Reply>,
 }
 
 /// How long a caller waits for the pipeline to apply a change: it waits for
@@ -348,17 +357,24 @@ impl Shared {
         });
         let result = self
             .prepare(name, wasm, manifest, origin, base)
-            .and_then(|prepared| self.request(name, Change::Deploy(Box::new(prepared))));
+            .and_then(|prepared| self.swap(name, prepared));
         self.report(name, "load", &result);
         result
     }
 
     /// Unloads instance `name`; its state stays in the store.
     pub fn remove(&self, name: &str) -> Result<Applied, LifecycleError> {
-        if self.plugin(name).is_none() {
+        if self.role(name).is_none() {
             return Err(LifecycleError::NotFound(name.to_owned()));
         }
-        let result = self.request(name, Change::Remove);
+        let result = self
+            .request(name, |_| Some(Change::Remove))
+            .and_then(|applied| {
+                record(&self.store, name, RecordChange::Remove)?;
+                lock(&self.running).retain(|r| r.name != name);
+                self.store.flush()?;
+                Ok(applied)
+            });
         self.report(name, "unload", &result);
         result
     }
@@ -441,22 +457,80 @@ impl Shared {
             _ => None,
         };
         self.prepare(name, &wasm, manifest, origin, base)
-            .and_then(|prepared| self.request(name, Change::Deploy(Box::new(prepared))))
+            .and_then(|prepared| self.swap(name, prepared))
+    }
+
+    /// Swaps `prepared` in, in every partition, then records the version.
+    fn swap(&self, name: &str, prepared: Prepared) -> Result<Applied, LifecycleError> {
+        let Prepared {
+            module,
+            instances,
+            config,
+            limits,
+            origin,
+            base,
+        } = prepared;
+        let mut instances: std::collections::BTreeMap<_, _> = instances.into_iter().collect();
+        // A partition opened since the instances were made keeps the running
+        // version until the next change (it is rare: a Kafka partition seen
+        // first during the load).
+        let applied = self.request(name, |part| {
+            let instance = instances.remove(&part)?;
+            Some(Change::Deploy {
+                module: module.clone(),
+                instance,
+            })
+        })?;
+        let running = Running {
+            name: name.to_owned(),
+            module: module.clone(),
+            config: config.clone(),
+            limits,
+        };
+        {
+            let mut all = lock(&self.running);
+            match all.iter_mut().find(|r| r.name == name) {
+                Some(r) => *r = running,
+                None => {
+                    // Stages run in the order they came, before every metric.
+                    let at = match module.role() {
+                        Role::Stage => all
+                            .iter()
+                            .filter(|r| r.module.role() == Role::Stage)
+                            .count(),
+                        Role::Metric => all.len(),
+                    };
+                    all.insert(at, running);
+                }
+            }
+        }
+        let version = Version {
+            digest: module.digest.clone(),
+            loaded_at: now_ms(),
+            origin,
+            config,
+            limits,
+            replaced_at: None,
+            replaced_by: None,
+        };
+        record(&self.store, name, RecordChange::Push { version, base })?;
+        self.store.flush()?;
+        Ok(applied)
     }
 
     /// Runs plugin `name`'s dead letters through it again (and, for a
     /// stage, on through the rest of the pipeline). Those that fail again
     /// are dead-lettered anew.
     pub fn replay_dead_letters(&self, name: &str) -> Result<Applied, LifecycleError> {
-        let slot = self
-            .plugin(name)
-            .ok_or_else(|| LifecycleError::NotFound(name.to_owned()))?;
-        if let Some(reason) = lock(&slot.stats).quarantined.clone() {
+        if self.role(name).is_none() {
+            return Err(LifecycleError::NotFound(name.to_owned()));
+        }
+        if let Some((part, reason)) = self.quarantined(name) {
             return Err(LifecycleError::Conflict(format!(
-                "plugin `{name}` is quarantined ({reason}); load a fixed version first (PUT), or POST /api/plugins/{name}/reload to restart this one"
+                "plugin `{name}` is quarantined in partition {part} ({reason}); load a fixed version first (PUT), or POST /api/plugins/{name}/reload to restart this one"
             )));
         }
-        self.request(name, Change::ReplayDeadLetters)
+        self.request(name, |_| Some(Change::ReplayDeadLetters))
     }
 
     /// Every version instance `name` ran, oldest first.
@@ -496,7 +570,7 @@ impl Shared {
                 actual,
             });
         }
-        if let Some(running) = self.plugin(name).map(|s| s.role).filter(|&r| r != actual) {
+        if let Some(running) = self.role(name).filter(|&r| r != actual) {
             return Err(LifecycleError::RoleChanged {
                 name: name.to_owned(),
                 running,
@@ -504,22 +578,29 @@ impl Shared {
             });
         }
         let config = manifest.config.unwrap_or_else(empty_config);
-        // The trial instance sees the durable state; its writes are dropped.
-        let instantiate = || {
+        let instantiate = |part| {
             Plugin::instantiate(
                 &self.runtime,
                 name,
                 &module,
-                self.store.plugin_state(name),
+                self.store.plugin_state(name, part),
                 &config.to_string(),
                 manifest.limits,
             )
         };
-        instantiate()?.init()?;
-        let instance = instantiate()?;
+        let parts = self.part_ids();
+        // The trial instance sees one partition's durable state; its writes
+        // are dropped.
+        if let Some(&first) = parts.first() {
+            instantiate(first)?.init()?;
+        }
+        let mut instances = Vec::with_capacity(parts.len());
+        for part in parts {
+            instances.push((part, instantiate(part)?));
+        }
         self.store.put_module(&module.digest, wasm)?;
         Ok(Prepared {
-            instance,
+            instances,
             module,
             config,
             limits: manifest.limits,
@@ -528,19 +609,70 @@ impl Shared {
         })
     }
 
-    /// Hands `change` to the pipeline thread and waits for its answer.
-    fn request(&self, name: &str, change: Change) -> Result<Applied, LifecycleError> {
-        let (reply, answer) = mpsc::channel();
-        lock(&self.requests)
-            .send(Request {
-                name: name.to_owned(),
-                change,
-                reply,
-            })
-            .map_err(|_| LifecycleError::Unavailable("it has stopped"))?;
-        answer
-            .recv_timeout(APPLY_TIMEOUT)
-            .map_err(|_| LifecycleError::Unavailable("it did not apply the change in time"))?
+    /// Hands every partition its `change` and waits for their answers,
+    /// combined: the longest pause, the replays summed.
+    fn request(
+        &self,
+        name: &str,
+        mut change: impl FnMut(weft_state::Part) -> Option<Change>,
+    ) -> Result<Applied, LifecycleError> {
+        let mut answers = Vec::new();
+        for view in self.views() {
+            let Some(change) = change(view.part) else {
+                continue;
+            };
+            let (reply, answer) = mpsc::channel();
+            lock(&view.requests)
+                .send(Request {
+                    name: name.to_owned(),
+                    change,
+                    reply,
+                })
+                .map_err(|_| LifecycleError::Unavailable("it has stopped"))?;
+            answers.push((view.part, answer));
+        }
+        let deadline = Instant::now() + APPLY_TIMEOUT;
+        let mut combined: Option<Applied> = None;
+        let mut failures = Vec::new();
+        for (part, answer) in answers {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            match answer.recv_timeout(wait) {
+                Ok(Ok((applied, old))) => {
+                    drop(old);
+                    combined = Some(match combined {
+                        None => applied,
+                        Some(mut c) => {
+                            c.pause_ms = max_of(c.pause_ms, applied.pause_ms);
+                            c.replayed = sum_of(c.replayed, applied.replayed);
+                            c.failed_again = sum_of(c.failed_again, applied.failed_again);
+                            c
+                        }
+                    });
+                }
+                Ok(Err(e)) => failures.push((part, e)),
+                Err(_) => failures.push((
+                    part,
+                    LifecycleError::Unavailable("it did not apply the change in time"),
+                )),
+            }
+        }
+        match combined {
+            Some(applied) if failures.is_empty() => Ok(applied),
+            None if failures.is_empty() => {
+                Err(LifecycleError::Unavailable("it has no partitions yet"))
+            }
+            // Failed everywhere, most likely for one reason: that one.
+            None => Err(failures.swap_remove(0).1),
+            Some(_) => Err(LifecycleError::Conflict(format!(
+                "the change was applied in some partitions but failed in partitions {}: {}",
+                failures
+                    .iter()
+                    .map(|(p, _)| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                failures[0].1
+            ))),
+        }
     }
 
     /// Logs and counts the outcome of a lifecycle action on `name`.
@@ -563,7 +695,7 @@ impl Shared {
             error,
             "Plugin {action} failed; the running version stays."
         );
-        if let Some(slot) = self.plugin(name) {
+        for (_, slot) in self.slots(name) {
             lock(&slot.stats).reload_error = Some(error.to_owned());
         }
         self.telemetry.reloaded(name, "failed");
@@ -662,45 +794,12 @@ fn stored(
     })
 }
 
-/// What follows an applied change, off the pipeline thread and in order:
-/// the version record, the flush that makes the change durable, the answer,
-/// and freeing the replaced instance.
-pub(crate) struct Aftermath {
-    name: String,
-    record: RecordChange,
-    old: Option<Plugin>,
-    applied: Applied,
-    reply: mpsc::Sender<Result<Applied, LifecycleError>>,
-}
-
 enum RecordChange {
     Push {
         version: Version,
         base: Option<Base>,
     },
     Remove,
-    Nothing,
-}
-
-/// Starts the thread that finishes applied changes; it ends with the
-/// pipeline (when the returned sender is dropped).
-pub(crate) fn spawn_recorder(store: Store) -> std::io::Result<mpsc::Sender<Aftermath>> {
-    let (tx, rx) = mpsc::channel::<Aftermath>();
-    std::thread::Builder::new()
-        .name("weft-lifecycle".into())
-        .spawn(move || {
-            for job in rx {
-                let result = record(&store, &job.name, job.record)
-                    .and_then(|()| store.flush().map_err(Into::into))
-                    .map(|()| job.applied);
-                if let Err(e) = &result {
-                    tracing::error!(plugin = %job.name, error = %e, "Recording a plugin change failed.");
-                }
-                let _ = job.reply.send(result);
-                drop(job.old);
-            }
-        })?;
-    Ok(tx)
 }
 
 fn record(store: &Store, name: &str, change: RecordChange) -> Result<(), LifecycleError> {
@@ -713,12 +812,11 @@ fn record(store: &Store, name: &str, change: RecordChange) -> Result<(), Lifecyc
             record.push(version);
         }
         RecordChange::Remove => record.remove(),
-        RecordChange::Nothing => return Ok(()),
     }
     record.save(store, name)
 }
 
-impl crate::Pipeline {
+impl Partition {
     /// Applies the changes waiting for a batch boundary; called right after
     /// a checkpoint.
     pub(crate) fn apply_pending(&mut self) {
@@ -729,31 +827,11 @@ impl crate::Pipeline {
                 reply,
             } = request;
             let result = match change {
-                Change::Deploy(prepared) => self.swap_in(&name, *prepared),
-                Change::Remove => self.unload(&name),
-                Change::ReplayDeadLetters => self
-                    .replay(&name)
-                    .map(|applied| (applied, RecordChange::Nothing, None)),
+                Change::Deploy { module, instance } => self.swap_in(&name, module, instance),
+                Change::Remove => self.unload(&name).map(|a| (a, None)),
+                Change::ReplayDeadLetters => self.replay(&name).map(|a| (a, None)),
             };
-            match result {
-                Ok((applied, record, old)) => {
-                    let job = Aftermath {
-                        name,
-                        record,
-                        old,
-                        applied,
-                        reply,
-                    };
-                    if let Err(mpsc::SendError(job)) = self.recorder.send(job) {
-                        let _ = job
-                            .reply
-                            .send(Err(LifecycleError::Unavailable("its recorder has stopped")));
-                    }
-                }
-                Err(e) => {
-                    let _ = reply.send(Err(e));
-                }
-            }
+            let _ = reply.send(result);
         }
     }
 
@@ -763,27 +841,20 @@ impl crate::Pipeline {
 
     /// Initializes the prepared instance over the (just checkpointed) state
     /// and puts it in place of the running one, or beside the others. The
-    /// pipeline waits only for this; the record, the flush and freeing the
-    /// old instance come after, on the recorder thread.
+    /// partition waits only for this; the record, the flush and freeing the
+    /// old instance come after, in the caller's thread.
     fn swap_in(
         &mut self,
         name: &str,
-        prepared: Prepared,
-    ) -> Result<(Applied, RecordChange, Option<Plugin>), LifecycleError> {
-        let Prepared {
-            module,
-            mut instance,
-            config,
-            limits,
-            origin,
-            base,
-        } = prepared;
+        module: Module,
+        mut instance: Plugin,
+    ) -> Result<(Applied, Option<Plugin>), LifecycleError> {
         let digest = module.digest.clone();
         let role = module.role();
         let index = self.index(name);
         let dead_letters = match index {
             Some(_) => 0,
-            None => self.shared.store.count_dead_letters(name)?,
+            None => self.shared.store.count_dead_letters(name, self.part)?,
         };
         let started = Instant::now();
         instance.init()?;
@@ -832,15 +903,6 @@ impl crate::Pipeline {
         if let Some(i) = self.index(name) {
             lock(&self.slots[i].stats).last_swap_pause_ms = Some(pause_ms);
         }
-        let version = Version {
-            digest: digest.clone(),
-            loaded_at: now_ms(),
-            origin,
-            config,
-            limits,
-            replaced_at: None,
-            replaced_by: None,
-        };
         let applied = Applied {
             name: name.to_owned(),
             digest: Some(digest),
@@ -849,13 +911,10 @@ impl crate::Pipeline {
             pause_ms: Some(pause_ms),
             ..Applied::default()
         };
-        Ok((applied, RecordChange::Push { version, base }, old))
+        Ok((applied, old))
     }
 
-    fn unload(
-        &mut self,
-        name: &str,
-    ) -> Result<(Applied, RecordChange, Option<Plugin>), LifecycleError> {
+    fn unload(&mut self, name: &str) -> Result<Applied, LifecycleError> {
         let i = self
             .index(name)
             .ok_or_else(|| LifecycleError::NotFound(name.to_owned()))?;
@@ -875,7 +934,7 @@ impl crate::Pipeline {
             role: Some(slot.role),
             ..Applied::default()
         };
-        Ok((applied, RecordChange::Remove, None))
+        Ok(applied)
     }
 
     /// Feeds plugin `name` its dead letters again, then checkpoints so the
@@ -887,14 +946,22 @@ impl crate::Pipeline {
         let slot = self.slots[i].clone();
         let seq_before = lock(&slot.stats).dead_letter_seq;
         let mut replayed = 0;
-        let mut after = None;
+        // Sequence numbers start at 1: this is before the partition's first.
+        let mut after = weft_state::Seq {
+            part: self.part,
+            seq: 0,
+        };
         loop {
-            let page = self.shared.store.dead_letters(name, after, 64)?;
+            let page = self.shared.store.dead_letters(name, Some(after), 64)?;
+            let page: Vec<_> = page
+                .into_iter()
+                .take_while(|(s, _)| s.part == self.part)
+                .collect();
             let Some(&(last, _)) = page.last() else {
                 break;
             };
-            after = Some(last);
-            for (seq, bytes) in page {
+            after = last;
+            for (weft_state::Seq { seq, .. }, bytes) in page {
                 let letter = crate::isolation::DeadLetter::decode(&bytes).map_err(|e| {
                     LifecycleError::State(StateError::Corrupt {
                         what: "dead letter",
@@ -928,6 +995,20 @@ impl crate::Pipeline {
             failed_again: Some(failed_again),
             ..Applied::default()
         })
+    }
+}
+
+fn max_of(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn sum_of(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a + b),
+        (a, b) => a.or(b),
     }
 }
 

@@ -1,6 +1,8 @@
 //! What the HTTP layer sees of a running pipeline ([`Shared`]): the status
-//! with its health, the plugin instances with their stats, queries, and the
-//! lifecycle requests (in [`crate::lifecycle`]).
+//! with its health, summed over the partitions and per partition; each
+//! plugin instance with its stats (one per partition); queries, asked of
+//! every partition and merged; and the lifecycle requests (in
+//! [`crate::lifecycle`]).
 
 use std::{
     collections::BTreeMap,
@@ -9,9 +11,9 @@ use std::{
 };
 
 use serde::Serialize;
-use weft_runtime::{Limits, Plugin, Role, Runtime};
+use weft_runtime::{Limits, Module, Plugin, Role, Runtime};
 use weft_source::Offsets;
-use weft_state::Store;
+use weft_state::{Part, Store};
 
 use crate::{
     Counters,
@@ -32,16 +34,67 @@ pub struct CheckpointInfo {
 /// What `GET /api/status` shows.
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
+    /// Summed over the partitions.
     pub events: Counters,
+    /// The lowest partition watermark: every partition has processed all
+    /// events before it.
     pub watermark: Option<i64>,
     /// Accepted events waiting for the watermark.
     pub buffered: usize,
+    /// The oldest of the partitions' last checkpoints (every partition has
+    /// checkpointed since), with the offsets every partition has passed.
     pub last_checkpoint: Option<CheckpointInfo>,
     pub source: serde_json::Value,
-    /// False once a finite source (file, stdin) has been read to its end.
+    /// False once a finite source (file, stdin) has been read to its end and
+    /// every partition has processed and checkpointed what it was handed.
     pub source_running: bool,
     /// Whether every part of the pipeline does its work, and what does not.
     pub health: Health,
+    /// Worker threads stepping the partitions.
+    pub workers: usize,
+    pub partitions: Vec<PartitionStatus>,
+}
+
+/// One partition in `GET /api/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionStatus {
+    pub partition: Part,
+    pub events: Counters,
+    pub watermark: Option<i64>,
+    pub buffered: usize,
+    /// Next offset per source partition.
+    pub offsets: Offsets,
+    pub last_checkpoint: Option<CheckpointInfo>,
+    /// False once the source has ended and this partition has processed
+    /// and checkpointed all it was handed.
+    #[serde(skip)]
+    pub running: bool,
+}
+
+/// What runs under an instance name: a new partition starts it, a swap
+/// replaces it.
+#[derive(Clone)]
+pub(crate) struct Running {
+    pub name: String,
+    pub module: Module,
+    pub config: serde_json::Value,
+    pub limits: Limits,
+}
+
+/// One partition as the HTTP layer and the lifecycle see it.
+pub(crate) struct PartitionView {
+    pub part: Part,
+    /// Its instances: stages first, then metrics.
+    pub slots: RwLock<Vec<Arc<PluginSlot>>>,
+    pub status: Mutex<PartitionStatus>,
+    /// Lifecycle changes for the worker that owns it.
+    pub requests: Mutex<mpsc::Sender<Request>>,
+}
+
+/// What the reader knows of the source.
+pub(crate) struct SourceView {
+    pub describe: serde_json::Value,
+    pub running: bool,
 }
 
 /// What keeps the pipeline from doing all of its work, if anything.
@@ -67,7 +120,12 @@ pub struct Problem {
 
 impl Problem {
     /// A quarantined plugin, its effect on the data and the way out.
-    pub(crate) fn quarantined(slot: &PluginSlot, stats: &PluginStats, reason: &str) -> Self {
+    pub(crate) fn quarantined(
+        slot: &PluginSlot,
+        part: Part,
+        stats: &PluginStats,
+        reason: &str,
+    ) -> Self {
         let name = &slot.name;
         let effect = match slot.role {
             Role::Stage => format!(
@@ -81,7 +139,7 @@ impl Problem {
         };
         Problem {
             plugin: Some(name.clone()),
-            what: format!("plugin `{name}` is quarantined: {reason}"),
+            what: format!("plugin `{name}` is quarantined in partition {part}: {reason}"),
             effect,
             fix: format!(
                 "fix the cause (raise its limits in weft.toml and restart weft, or load a fixed version with PUT /api/plugins/{name}), or restart this version from its checkpoint with POST /api/plugins/{name}/reload (admin token; `cpu_ms`, `memory_mib` and `config` may change); then POST /api/plugins/{name}/replay-dead-letters"
@@ -165,19 +223,74 @@ pub enum QueryError {
     Failed(String),
 }
 
-/// One plugin instance as `GET /api/plugins` shows it.
+/// One plugin instance as `GET /api/plugins` shows it: its stats summed
+/// over the partitions, and each partition's.
 #[derive(Debug, Serialize)]
 pub struct PluginInfo {
     pub name: String,
     /// `None` while a new instance's first version loads.
     pub role: Option<Role>,
-    /// `running`, `failing`, `quarantined` or `loading`.
+    /// `running`, `failing`, `quarantined` (in any partition) or `loading`.
     pub status: &'static str,
     pub mean_batch_ms: f64,
     #[serde(flatten)]
     pub stats: PluginStats,
     /// A version being loaded (compiled, checked, tried) right now.
     pub loading: Option<lifecycle::LoadingView>,
+    pub partitions: Vec<PartitionPluginInfo>,
+}
+
+/// One partition's instance of a plugin in `GET /api/plugins`.
+#[derive(Debug, Serialize)]
+pub struct PartitionPluginInfo {
+    pub partition: Part,
+    pub status: &'static str,
+    pub events_in: u64,
+    pub batches: u64,
+    pub errors: u64,
+    pub restarts: u64,
+    pub dead_letters: u64,
+    pub quarantined: Option<String>,
+}
+
+fn status_of(stats: &PluginStats) -> &'static str {
+    if stats.quarantined.is_some() {
+        "quarantined"
+    } else if stats.failing {
+        "failing"
+    } else {
+        "running"
+    }
+}
+
+/// `into` plus `other`, for the sums over partitions.
+fn add_stats(into: &mut PluginStats, other: &PluginStats) {
+    into.loaded_at = into.loaded_at.max(other.loaded_at);
+    into.reload_error = into
+        .reload_error
+        .take()
+        .or_else(|| other.reload_error.clone());
+    into.last_swap_pause_ms = match (into.last_swap_pause_ms, other.last_swap_pause_ms) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    };
+    into.events_in += other.events_in;
+    into.batches += other.batches;
+    into.errors += other.errors;
+    into.busy_seconds += other.busy_seconds;
+    into.failing |= other.failing;
+    into.last_error = into.last_error.take().or_else(|| other.last_error.clone());
+    into.restarts += other.restarts;
+    into.dead_letters += other.dead_letters;
+    into.quarantined = into
+        .quarantined
+        .take()
+        .or_else(|| other.quarantined.clone());
+    into.query_errors += other.query_errors;
+    into.last_query_error = into
+        .last_query_error
+        .take()
+        .or_else(|| other.last_query_error.clone());
 }
 
 /// How long a query waits for the pipeline to restart an instance that an
@@ -186,9 +299,12 @@ const RECOVERY_WAIT: Duration = Duration::from_secs(5);
 
 /// What the HTTP layer sees of a running pipeline.
 pub struct Shared {
-    /// The running instances: stages first, then metrics.
-    pub(crate) plugins: RwLock<Vec<Arc<PluginSlot>>>,
-    pub status: Mutex<Status>,
+    /// The partitions open here.
+    pub(crate) partitions: RwLock<BTreeMap<Part, Arc<PartitionView>>>,
+    /// What runs under each instance name: stages first, then metrics.
+    pub(crate) running: Mutex<Vec<Running>>,
+    pub(crate) source: Mutex<SourceView>,
+    pub(crate) workers: usize,
     pub store: Store,
     pub telemetry: Telemetry,
     pub(crate) runtime: Runtime,
@@ -196,25 +312,69 @@ pub struct Shared {
     pub(crate) max_limits: Limits,
     /// Loads in progress (compiling, checking, trying `init`), by name.
     pub(crate) loading: Mutex<BTreeMap<String, lifecycle::LoadingView>>,
-    /// Lifecycle changes for the pipeline thread.
-    pub(crate) requests: Mutex<mpsc::Sender<Request>>,
 }
 
 impl Shared {
-    pub fn plugins(&self) -> Vec<Arc<PluginSlot>> {
-        self.plugins
-            .read()
+    /// Shows the HTTP layer and the lifecycle a partition just opened.
+    pub(crate) fn adopt(&self, view: &Arc<PartitionView>) {
+        self.partitions
+            .write()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
+            .insert(view.part, view.clone());
     }
 
-    pub fn plugin(&self, name: &str) -> Option<Arc<PluginSlot>> {
-        self.plugins().into_iter().find(|p| p.name == name)
+    pub(crate) fn views(&self) -> Vec<Arc<PartitionView>> {
+        self.partitions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// The partitions open here.
+    pub fn part_ids(&self) -> Vec<Part> {
+        self.partitions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .copied()
+            .collect()
+    }
+
+    /// Each partition's instance of `name`.
+    pub(crate) fn slots(&self, name: &str) -> Vec<(Part, Arc<PluginSlot>)> {
+        self.views()
+            .iter()
+            .filter_map(|v| {
+                let slots = v.slots.read().unwrap_or_else(|p| p.into_inner());
+                let slot = slots.iter().find(|s| s.name == name)?.clone();
+                Some((v.part, slot))
+            })
+            .collect()
+    }
+
+    /// Whether instance `name` runs, and in which role.
+    pub fn role(&self, name: &str) -> Option<Role> {
+        lock(&self.running)
+            .iter()
+            .find(|r| r.name == name)
+            .map(|r| r.module.role())
+    }
+
+    /// Why instance `name` is quarantined, in the first partition it is.
+    pub(crate) fn quarantined(&self, name: &str) -> Option<(Part, String)> {
+        self.slots(name)
+            .into_iter()
+            .find_map(|(part, slot)| lock(&slot.stats).quarantined.clone().map(|q| (part, q)))
     }
 
     /// The version instance `name` runs, if it runs.
     pub fn digest(&self, name: &str) -> Option<String> {
-        self.plugin(name).map(|s| lock(&s.stats).digest.clone())
+        lock(&self.running)
+            .iter()
+            .find(|r| r.name == name)
+            .map(|r| r.module.digest.clone())
     }
 
     /// The loads in progress, by instance name.
@@ -222,30 +382,126 @@ impl Shared {
         lock(&self.loading).clone()
     }
 
+    /// The status, summed over the partitions, with each partition's.
     pub fn status(&self) -> Status {
-        lock(&self.status).clone()
+        let views = self.views();
+        let partitions: Vec<PartitionStatus> =
+            views.iter().map(|v| lock(&v.status).clone()).collect();
+        let mut events = Counters::default();
+        for p in &partitions {
+            let e = &p.events;
+            events.received += e.received;
+            events.accepted += e.accepted;
+            events.rejected += e.rejected;
+            events.duplicates += e.duplicates;
+            for (reason, n) in &e.rejected_by_reason {
+                *events.rejected_by_reason.entry(reason.clone()).or_default() += n;
+            }
+        }
+        let last_checkpoint = if partitions.iter().all(|p| p.last_checkpoint.is_some()) {
+            partitions
+                .iter()
+                .filter_map(|p| p.last_checkpoint.as_ref())
+                .min_by_key(|c| c.at)
+                .map(|oldest| CheckpointInfo {
+                    at: oldest.at,
+                    duration_ms: partitions
+                        .iter()
+                        .filter_map(|p| p.last_checkpoint.as_ref())
+                        .map(|c| c.duration_ms)
+                        .fold(0.0, f64::max),
+                    offsets: passed(
+                        partitions
+                            .iter()
+                            .filter_map(|p| p.last_checkpoint.as_ref())
+                            .map(|c| &c.offsets),
+                    ),
+                })
+        } else {
+            None
+        };
+        let mut health = Health::default();
+        for v in &views {
+            for slot in v.slots.read().unwrap_or_else(|p| p.into_inner()).iter() {
+                let stats = lock(&slot.stats);
+                if let Some(reason) = &stats.quarantined {
+                    health
+                        .problems
+                        .push(Problem::quarantined(slot, v.part, &stats, reason));
+                }
+            }
+        }
+        health.degraded = !health.problems.is_empty();
+        let source = lock(&self.source);
+        Status {
+            events,
+            watermark: partitions.iter().filter_map(|p| p.watermark).min(),
+            buffered: partitions.iter().map(|p| p.buffered).sum(),
+            last_checkpoint,
+            source: source.describe.clone(),
+            source_running: source.running || partitions.iter().any(|p| p.running),
+            health,
+            workers: self.workers,
+            partitions,
+        }
     }
 
-    /// Asks metric `name` a query. A query that traps or runs out of a
-    /// limit leaves the instance unusable: it is counted, and the pipeline
-    /// restarts the instance from its checkpoint (replaying what it saw
-    /// since), which the next query waits for.
+    /// Sets the gauges of `/metrics` that sum or pick over the partitions.
+    pub(crate) fn update_gauges(&self) {
+        let status = self.status();
+        let t = &self.telemetry;
+        t.degraded.set(i64::from(status.health.degraded));
+        if let Some(w) = status.watermark {
+            t.watermark.set(w);
+        }
+        if let Some(lag) = status.source.get("lag").and_then(|l| l.as_i64()) {
+            t.source_lag.set(lag);
+        }
+        t.buffered.set(status.buffered as i64);
+        for r in lock(&self.running).iter() {
+            let quarantined = self.quarantined(&r.name).is_some();
+            t.quarantined
+                .with_label_values(&[r.name.as_str()])
+                .set(i64::from(quarantined));
+        }
+    }
+
+    /// Asks metric `name` a query: every partition's instance for its
+    /// partial answer, then one of them to merge those. A query that traps
+    /// or runs out of a limit leaves the instance unusable: it is counted,
+    /// and the partition restarts the instance from its checkpoint
+    /// (replaying what it saw since), which the next query waits for.
     pub fn query(&self, name: &str, params: &[(String, String)]) -> Result<String, QueryError> {
-        let slot = self
-            .plugin(name)
-            .ok_or_else(|| QueryError::NotFound(name.to_owned()))?;
-        if slot.role != Role::Metric {
+        let slots = self.slots(name);
+        let Some((_, first)) = slots.first() else {
+            return Err(QueryError::NotFound(name.to_owned()));
+        };
+        if first.role != Role::Metric {
             return Err(QueryError::NotMetric {
                 name: name.to_owned(),
-                role: slot.role,
+                role: first.role,
             });
         }
+        let mut partials = Vec::with_capacity(slots.len());
+        for (_, slot) in &slots {
+            partials.push(self.ask(slot, |p| p.query(params))?);
+        }
+        self.ask(first, |p| p.merge(params, &partials))
+    }
+
+    /// Calls `f` on `slot`'s instance once it is usable, and says what a
+    /// failure means for the caller.
+    fn ask(
+        &self,
+        slot: &PluginSlot,
+        f: impl FnOnce(&mut Plugin) -> Result<String, weft_runtime::Error>,
+    ) -> Result<String, QueryError> {
         let plugin = lock(&slot.plugin);
         let (mut plugin, _) = slot
             .recovered
             .wait_timeout_while(plugin, RECOVERY_WAIT, |p| p.is_poisoned())
             .unwrap_or_else(|p| p.into_inner());
-        let result = plugin.query(params);
+        let result = f(&mut plugin);
         drop(plugin);
         let error = match result {
             Ok(answer) => return Ok(answer),
@@ -276,29 +532,49 @@ impl Shared {
     /// one still loading (`status: "loading"`).
     pub fn plugin_infos(&self) -> Vec<PluginInfo> {
         let mut loading = self.loading();
-        let mut infos: Vec<PluginInfo> = self
-            .plugins()
+        let names: Vec<(String, Role)> = lock(&self.running)
             .iter()
-            .map(|slot| {
-                let stats = lock(&slot.stats).clone();
+            .map(|r| (r.name.clone(), r.module.role()))
+            .collect();
+        let mut infos: Vec<PluginInfo> = names
+            .into_iter()
+            .map(|(name, role)| {
+                let mut stats: Option<PluginStats> = None;
+                let mut partitions = Vec::new();
+                for (part, slot) in self.slots(&name) {
+                    let s = lock(&slot.stats).clone();
+                    partitions.push(PartitionPluginInfo {
+                        partition: part,
+                        status: status_of(&s),
+                        events_in: s.events_in,
+                        batches: s.batches,
+                        errors: s.errors,
+                        restarts: s.restarts,
+                        dead_letters: s.dead_letters,
+                        quarantined: s.quarantined.clone(),
+                    });
+                    match &mut stats {
+                        None => stats = Some(s),
+                        Some(sum) => add_stats(sum, &s),
+                    }
+                }
+                let stats = stats.unwrap_or_else(|| PluginStats {
+                    digest: self.digest(&name).unwrap_or_default(),
+                    ..PluginStats::default()
+                });
                 let mean = if stats.batches == 0 {
                     0.0
                 } else {
                     stats.busy_seconds * 1e3 / stats.batches as f64
                 };
                 PluginInfo {
-                    name: slot.name.clone(),
-                    role: Some(slot.role),
-                    status: if stats.quarantined.is_some() {
-                        "quarantined"
-                    } else if stats.failing {
-                        "failing"
-                    } else {
-                        "running"
-                    },
+                    status: status_of(&stats),
+                    role: Some(role),
                     mean_batch_ms: mean,
-                    loading: loading.remove(&slot.name),
+                    loading: loading.remove(&name),
+                    name,
                     stats,
+                    partitions,
                 }
             })
             .collect();
@@ -312,7 +588,22 @@ impl Shared {
                 ..PluginStats::default()
             },
             loading: Some(l),
+            partitions: Vec::new(),
         }));
         infos
     }
+}
+
+/// Per source partition, the lowest of `offsets` that has it: what every
+/// partition reading it has passed.
+fn passed<'a>(offsets: impl Iterator<Item = &'a Offsets>) -> Offsets {
+    let mut out = Offsets::new();
+    for o in offsets {
+        for (&p, &next) in o {
+            out.entry(p)
+                .and_modify(|n| *n = (*n).min(next))
+                .or_insert(next);
+        }
+    }
+    out
 }

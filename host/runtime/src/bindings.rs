@@ -5,7 +5,7 @@
 mod metric {
     wasmtime::component::bindgen!({
         path: "../../wit",
-        world: "weft:plugin/metric@0.1.0",
+        world: "weft:plugin/metric@0.2.0",
         // A state read that fails traps the call: it must never look like
         // an absent value.
         imports: {
@@ -18,7 +18,7 @@ mod metric {
 mod stage {
     wasmtime::component::bindgen!({
         path: "../../wit",
-        world: "weft:plugin/stage@0.1.0",
+        world: "weft:plugin/stage@0.2.0",
         with: {
             "weft:plugin/types": super::metric::weft::plugin::types,
             "weft:plugin/state": super::metric::weft::plugin::state,

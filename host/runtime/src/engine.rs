@@ -277,7 +277,7 @@ pub(crate) enum Pre {
 /// What `weft plugin check` reports about a component.
 #[derive(Debug)]
 pub struct Fit {
-    /// What the component imports, e.g. `weft:plugin/state@0.1.0`.
+    /// What the component imports, e.g. `weft:plugin/state@0.2.0`.
     pub imports: Vec<String>,
     /// What it exports, functions with their types.
     pub exports: Vec<String>,

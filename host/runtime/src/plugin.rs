@@ -86,7 +86,7 @@ impl Role {
     pub fn exports(self) -> &'static [&'static str] {
         match self {
             Role::Stage => &["init", "process", "tick", "checkpoint"],
-            Role::Metric => &["init", "ingest", "tick", "checkpoint", "query"],
+            Role::Metric => &["init", "ingest", "tick", "checkpoint", "query", "merge"],
         }
     }
 }
@@ -569,5 +569,24 @@ impl Plugin {
             _ => return Err(self.wrong_role(Role::Metric)),
         };
         self.outcome("query", result)
+    }
+
+    /// Asks a metric to combine partial answers of `query` (one per
+    /// partition) into the answer; returns its JSON text.
+    pub fn merge(
+        &mut self,
+        params: &[(String, String)],
+        partials: &[String],
+    ) -> Result<String, Error> {
+        self.ready(1)?;
+        let result = match &mut self.instance {
+            Instance::Metric(m) => m.call_merge(&mut self.store, params, partials),
+            #[cfg(feature = "native")]
+            Instance::NativeMetric(m) => {
+                Ok(m.merge(self.store.data_mut(), params.to_vec(), partials.to_vec()))
+            }
+            _ => return Err(self.wrong_role(Role::Metric)),
+        };
+        self.outcome("merge", result)
     }
 }

@@ -123,6 +123,25 @@ impl std::fmt::Display for Identity {
 }
 
 impl Identity {
+    /// How many of the input's first bytes identify it (a file, stdin).
+    pub fn prefix_len(&self) -> Option<u64> {
+        match self {
+            Identity::File { prefix_len, .. } | Identity::Stdin { prefix_len, .. } => {
+                Some(*prefix_len)
+            }
+            Identity::Kafka { .. } | Identity::Demo => None,
+        }
+    }
+
+    /// Whether `other` names the same place (kind, and a file's path),
+    /// however much of its beginning either recorded.
+    pub fn same_place(&self, other: &Identity) -> bool {
+        match (self, other) {
+            (Identity::File { path: a, .. }, Identity::File { path: b, .. }) => a == b,
+            (a, b) => std::mem::discriminant(a) == std::mem::discriminant(b),
+        }
+    }
+
     /// The error for resuming on `now` a position recorded on `self`.
     pub fn changed(&self, now: impl std::fmt::Display) -> SourceError {
         SourceError::Changed {

@@ -16,15 +16,21 @@
 //! ends, about 4 KB a write: one batch of 300 000 writes held 1.3 GB, in
 //! batches of 1 000 the same writes held 130 MB.
 //!
+//! State is kept per partition (`{part}` below: the partition as u32 BE):
+//! each partition's checkpoint is its own atomic write, so partitions are
+//! checkpointed by different threads and moved between hosts one by one.
+//!
 //! Key layout (one tree, prefixes keep the parts apart):
-//! - `p\0{plugin}\0{key}`: plugin state;
-//! - `d\0{seq u64 BE}`: the event ids accepted between two checkpoints with
-//!   their event times (postcard), for dedup;
-//! - `r\0{seq u64 BE}`: a rejected message ([`Rejected`]);
-//! - `x\0{plugin}\0{seq u64 BE}`: a batch a plugin failed on (a dead letter),
-//!   opaque bytes to this crate;
-//! - `m\0meta`: the pipeline's metadata, opaque bytes to this crate;
-//! - `m\0intent`: a large checkpoint's writes until they are applied;
+//! - `p\0{plugin}\0{part}{key}`: plugin state;
+//! - `d\0{part}{seq u64 BE}`: the event ids accepted between two checkpoints
+//!   with their event times (postcard), for dedup;
+//! - `r\0{part}{seq u64 BE}`: a rejected message ([`Rejected`]);
+//! - `x\0{plugin}\0{part}{seq u64 BE}`: a batch a plugin failed on (a dead
+//!   letter), opaque bytes to this crate;
+//! - `m\0part\0{part}`: the partition's metadata, opaque bytes to this crate;
+//! - `m\0intent\0{part}`: a large checkpoint's writes until they are applied;
+//! - `m\0layout`: how input is split into partitions, opaque bytes to this
+//!   crate (a different split would find state under the wrong partitions);
 //! - `m\0member`: this data directory's member id in a Kafka consumer group;
 //! - `w\0{digest}`: a plugin component's bytes, by their SHA-256, so any
 //!   version ever loaded can be rolled back to;
@@ -57,7 +63,14 @@ pub enum StateError {
     },
     #[error("state store: corrupt {what}: {detail}")]
     Corrupt { what: &'static str, detail: String },
+    #[error(
+        "the data directory {0} was written by an earlier weft, which kept all state in one partition; run that version to finish with it, or start with a new data directory (--data-dir)"
+    )]
+    OldLayout(std::path::PathBuf),
 }
+
+/// A partition of the input: the unit of state.
+pub type Part = u32;
 
 /// sled's page cache.
 const CACHE_BYTES: u64 = 64 << 20;
@@ -65,8 +78,11 @@ const CACHE_BYTES: u64 = 64 << 20;
 const PLUGIN: &[u8] = b"p\0";
 const DEDUP: &[u8] = b"d\0";
 const REJECTED: &[u8] = b"r\0";
-const META: &[u8] = b"m\0meta";
-const INTENT: &[u8] = b"m\0intent";
+/// The one metadata key of the layout before partitions.
+const OLD_META: &[u8] = b"m\0meta";
+const META: &[u8] = b"m\0part\0";
+const INTENT: &[u8] = b"m\0intent\0";
+const LAYOUT: &[u8] = b"m\0layout";
 const MEMBER: &[u8] = b"m\0member";
 const DEAD: &[u8] = b"x\0";
 const MODULE: &[u8] = b"w\0";
@@ -257,84 +273,114 @@ impl Store {
             tree,
             path: Arc::from(dir),
         };
-        // A crash interrupted a large checkpoint after it was committed.
-        if let Some(intent) = store.tree.get(INTENT).map_err(store.io("read intent"))? {
+        if store
+            .tree
+            .contains_key(OLD_META)
+            .map_err(store.io("read meta"))?
+        {
+            return Err(StateError::OldLayout(dir.to_path_buf()));
+        }
+        // A crash interrupted large checkpoints after they were committed.
+        for item in store.tree.scan_prefix(INTENT) {
+            let (k, intent) = item.map_err(store.io("read intent"))?;
             let writes = postcard::from_bytes(&intent).map_err(|e| StateError::Corrupt {
                 what: "checkpoint intent",
                 detail: e.to_string(),
             })?;
-            store.apply_intent(writes)?;
+            store.apply_intent(&k, writes)?;
         }
         Ok(store)
     }
 
     /// Applies a committed intent's writes in batches of [`CHUNK`], then
-    /// removes the intent.
-    fn apply_intent(&self, writes: Writes) -> Result<(), StateError> {
+    /// removes the intent (under `intent`).
+    fn apply_intent(&self, intent: &[u8], writes: Writes) -> Result<(), StateError> {
         let mut writes = writes.into_iter().peekable();
         while writes.peek().is_some() {
             self.tree
                 .apply_batch(batch_of(writes.by_ref().take(CHUNK)))
                 .map_err(self.io("apply checkpoint"))?;
         }
-        self.tree.remove(INTENT).map_err(self.io("remove intent"))?;
+        self.tree.remove(intent).map_err(self.io("remove intent"))?;
         self.db.flush().map_err(self.io("flush checkpoint"))?;
         Ok(())
     }
 
-    /// The durable state of plugin `name`, for its runtime instance.
-    pub fn plugin_state(&self, name: &str) -> Arc<dyn DurableState> {
+    /// The durable state of plugin `name` in partition `part`, for its
+    /// runtime instance.
+    pub fn plugin_state(&self, name: &str, part: Part) -> Arc<dyn DurableState> {
         Arc::new(PluginState {
             tree: self.tree.clone(),
-            prefix: key(&[PLUGIN, name.as_bytes(), b"\0"]),
+            prefix: key(&[PLUGIN, name.as_bytes(), b"\0", &part.to_be_bytes()]),
             path: self.path.clone(),
         })
     }
 
-    /// Writes `cp` atomically and makes it durable.
-    pub fn checkpoint(&self, cp: Checkpoint) -> Result<(), StateError> {
+    /// Writes partition `part`'s checkpoint `cp` atomically and makes it
+    /// durable.
+    pub fn checkpoint(&self, part: Part, cp: Checkpoint) -> Result<(), StateError> {
+        let p = part.to_be_bytes();
         let mut writes: Writes = Vec::new();
         for (plugin, plugin_writes) in cp.plugin_writes {
             for (k, v) in plugin_writes {
-                writes.push((key(&[PLUGIN, plugin.as_bytes(), b"\0", &k]), v));
+                writes.push((key(&[PLUGIN, plugin.as_bytes(), b"\0", &p, &k]), v));
             }
         }
         if let Some((seq, ids)) = cp.dedup_added {
             let bytes = encode("dedup record", &ids)?;
-            writes.push((key(&[DEDUP, &seq.to_be_bytes()]), Some(bytes)));
+            writes.push((key(&[DEDUP, &p, &seq.to_be_bytes()]), Some(bytes)));
         }
         for seq in cp.dedup_removed {
-            writes.push((key(&[DEDUP, &seq.to_be_bytes()]), None));
+            writes.push((key(&[DEDUP, &p, &seq.to_be_bytes()]), None));
         }
         for (seq, r) in cp.rejected {
             let bytes = encode("rejected record", &r)?;
-            writes.push((key(&[REJECTED, &seq.to_be_bytes()]), Some(bytes)));
+            writes.push((key(&[REJECTED, &p, &seq.to_be_bytes()]), Some(bytes)));
         }
         for (plugin, seq, record) in cp.dead_letters {
-            let k = key(&[DEAD, plugin.as_bytes(), b"\0", &seq.to_be_bytes()]);
+            let k = key(&[DEAD, plugin.as_bytes(), b"\0", &p, &seq.to_be_bytes()]);
             writes.push((k, Some(record)));
         }
         for (plugin, seq) in cp.dead_letters_removed {
-            let k = key(&[DEAD, plugin.as_bytes(), b"\0", &seq.to_be_bytes()]);
+            let k = key(&[DEAD, plugin.as_bytes(), b"\0", &p, &seq.to_be_bytes()]);
             writes.push((k, None));
         }
+        let meta = key(&[META, &p]);
         if writes.len() < CHUNK {
             let mut batch = batch_of(writes);
-            batch.insert(META, cp.meta);
+            batch.insert(meta, cp.meta);
             self.tree
                 .apply_batch(batch)
                 .map_err(self.io("apply checkpoint"))?;
             self.db.flush().map_err(self.io("flush checkpoint"))?;
             return Ok(());
         }
+        let intent = key(&[INTENT, &p]);
         let mut batch = sled::Batch::default();
-        batch.insert(META, cp.meta);
-        batch.insert(INTENT, encode("checkpoint intent", &writes)?);
+        batch.insert(meta, cp.meta);
+        batch.insert(intent.clone(), encode("checkpoint intent", &writes)?);
         self.tree
             .apply_batch(batch)
             .map_err(self.io("commit checkpoint"))?;
         self.db.flush().map_err(self.io("flush checkpoint"))?;
-        self.apply_intent(writes)
+        self.apply_intent(&intent, writes)
+    }
+
+    /// How input is split into partitions, as last recorded.
+    pub fn layout(&self) -> Result<Option<Vec<u8>>, StateError> {
+        Ok(self
+            .tree
+            .get(LAYOUT)
+            .map_err(self.io("read layout"))?
+            .map(|v| v.to_vec()))
+    }
+
+    /// Records how input is split into partitions, durably.
+    pub fn set_layout(&self, layout: &[u8]) -> Result<(), StateError> {
+        self.tree
+            .insert(LAYOUT, layout)
+            .map_err(self.io("record layout"))?;
+        self.flush()
     }
 
     /// This data directory's static member id in a consumer group, made
@@ -351,25 +397,37 @@ impl Store {
         Ok(id)
     }
 
-    /// The pipeline metadata of the last checkpoint, if any.
-    pub fn meta(&self) -> Result<Option<Vec<u8>>, StateError> {
+    /// Partition `part`'s metadata of its last checkpoint, if any.
+    pub fn meta(&self, part: Part) -> Result<Option<Vec<u8>>, StateError> {
         Ok(self
             .tree
-            .get(META)
+            .get(key(&[META, &part.to_be_bytes()]))
             .map_err(self.io("read meta"))?
             .map(|v| v.to_vec()))
     }
 
-    /// The stored dedup records: (sequence, ids with their event times).
-    pub fn dedup_records(&self) -> Result<Vec<(u64, DedupIds)>, StateError> {
+    /// The partitions with a checkpoint here.
+    pub fn partitions(&self) -> Result<Vec<Part>, StateError> {
         let mut out = Vec::new();
-        for item in self.tree.scan_prefix(DEDUP) {
+        for item in self.tree.scan_prefix(META) {
+            let (k, _) = item.map_err(self.io("scan meta"))?;
+            out.push(part_at(&k, META.len(), "meta key")?);
+        }
+        Ok(out)
+    }
+
+    /// Partition `part`'s dedup records: (sequence, ids with their event
+    /// times).
+    pub fn dedup_records(&self, part: Part) -> Result<Vec<(u64, DedupIds)>, StateError> {
+        let prefix = key(&[DEDUP, &part.to_be_bytes()]);
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix(&prefix) {
             let (k, v) = item.map_err(self.io("scan dedup records"))?;
             let corrupt = |detail: String| StateError::Corrupt {
                 what: "dedup record",
                 detail,
             };
-            let seq = <[u8; 8]>::try_from(&k[DEDUP.len()..])
+            let seq = <[u8; 8]>::try_from(&k[prefix.len()..])
                 .map(u64::from_be_bytes)
                 .map_err(|_| corrupt(format!("key {k:?}")))?;
             let ids = postcard::from_bytes(&v).map_err(|e| corrupt(e.to_string()))?;
@@ -378,70 +436,81 @@ impl Store {
         Ok(out)
     }
 
-    /// Rejected messages with sequence number above `after`, oldest first.
+    /// Rejected messages after `after`, in (partition, sequence) order.
     pub fn rejected(
         &self,
-        after: Option<u64>,
+        after: Option<Seq>,
         limit: usize,
-    ) -> Result<Vec<(u64, Rejected)>, StateError> {
-        let start = key(&[
-            REJECTED,
-            &after.map_or(0, |a| a.saturating_add(1)).to_be_bytes(),
-        ]);
-        let mut out = Vec::new();
-        for item in self.tree.range(start..).take(limit) {
-            let (k, v) = item.map_err(self.io("scan rejected"))?;
-            if !k.starts_with(REJECTED) {
-                break;
-            }
-            let seq = <[u8; 8]>::try_from(&k[REJECTED.len()..])
-                .map(u64::from_be_bytes)
-                .map_err(|_| StateError::Corrupt {
-                    what: "rejected key",
-                    detail: format!("{k:?}"),
+    ) -> Result<Vec<(Seq, Rejected)>, StateError> {
+        self.page(REJECTED, "rejected", after, limit)?
+            .into_iter()
+            .map(|(seq, v)| {
+                let r = Rejected::decode(&v).map_err(|e| StateError::Corrupt {
+                    what: "rejected record",
+                    detail: e.to_string(),
                 })?;
-            let r = Rejected::decode(&v).map_err(|e| StateError::Corrupt {
-                what: "rejected record",
-                detail: e.to_string(),
-            })?;
-            out.push((seq, r));
-        }
-        Ok(out)
+                Ok((seq, r))
+            })
+            .collect()
     }
 
-    /// Plugin `plugin`'s dead letters with sequence number above `after`,
-    /// oldest first.
+    /// Plugin `plugin`'s dead letters after `after`, in (partition,
+    /// sequence) order.
     pub fn dead_letters(
         &self,
         plugin: &str,
-        after: Option<u64>,
+        after: Option<Seq>,
         limit: usize,
-    ) -> Result<Vec<(u64, Vec<u8>)>, StateError> {
-        let prefix = key(&[DEAD, plugin.as_bytes(), b"\0"]);
-        let start = key(&[
-            &prefix,
-            &after.map_or(0, |a| a.saturating_add(1)).to_be_bytes(),
-        ]);
+    ) -> Result<Vec<(Seq, Vec<u8>)>, StateError> {
+        self.page(
+            &key(&[DEAD, plugin.as_bytes(), b"\0"]),
+            "dead letters",
+            after,
+            limit,
+        )
+    }
+
+    /// At most `limit` records under `prefix` (then partition and
+    /// sequence) after `after`.
+    fn page(
+        &self,
+        prefix: &[u8],
+        what: &'static str,
+        after: Option<Seq>,
+        limit: usize,
+    ) -> Result<Vec<(Seq, Vec<u8>)>, StateError> {
+        let start = match after {
+            Some(Seq { part, seq }) => match seq.checked_add(1) {
+                Some(next) => key(&[prefix, &part.to_be_bytes(), &next.to_be_bytes()]),
+                None => key(&[prefix, &(part + 1).to_be_bytes()]),
+            },
+            None => prefix.to_vec(),
+        };
         let mut out = Vec::new();
         for item in self.tree.range(start..).take(limit) {
-            let (k, v) = item.map_err(self.io("scan dead letters"))?;
-            let Some(seq) = k.strip_prefix(prefix.as_slice()) else {
+            let (k, v) = item.map_err(self.io("scan records"))?;
+            let Some(rest) = k.strip_prefix(prefix) else {
                 break;
             };
-            let seq = <[u8; 8]>::try_from(seq)
-                .map(u64::from_be_bytes)
-                .map_err(|_| StateError::Corrupt {
-                    what: "dead-letter key",
-                    detail: format!("{k:?}"),
-                })?;
-            out.push((seq, v.to_vec()));
+            let seq = <[u8; 12]>::try_from(rest).map_err(|_| StateError::Corrupt {
+                what,
+                detail: format!("key {k:?}"),
+            })?;
+            let (part, seq) = seq.split_at(4);
+            out.push((
+                Seq {
+                    part: Part::from_be_bytes(part.try_into().expect("4 bytes")),
+                    seq: u64::from_be_bytes(seq.try_into().expect("8 bytes")),
+                },
+                v.to_vec(),
+            ));
         }
         Ok(out)
     }
 
-    /// How many dead letters plugin `plugin` has.
-    pub fn count_dead_letters(&self, plugin: &str) -> Result<u64, StateError> {
-        let prefix = key(&[DEAD, plugin.as_bytes(), b"\0"]);
+    /// How many dead letters plugin `plugin` has in partition `part`.
+    pub fn count_dead_letters(&self, plugin: &str, part: Part) -> Result<u64, StateError> {
+        let prefix = key(&[DEAD, plugin.as_bytes(), b"\0", &part.to_be_bytes()]);
         let mut n = 0;
         for item in self.tree.scan_prefix(prefix) {
             item.map_err(self.io("count dead letters"))?;
@@ -524,6 +593,45 @@ impl Store {
             .map(|(k, v)| (k.len() + v.len()) as u64)
             .sum()
     }
+}
+
+/// A record's place: its partition and its sequence number there. Shown as
+/// `{part}.{seq}` (the cursor of paged listings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Seq {
+    pub part: Part,
+    pub seq: u64,
+}
+
+impl std::fmt::Display for Seq {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.part, self.seq)
+    }
+}
+
+impl std::str::FromStr for Seq {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad =
+            || format!("`{s}` is not a cursor (`{{partition}}.{{sequence}}`, as `next` gives)");
+        let (part, seq) = s.split_once('.').ok_or_else(bad)?;
+        Ok(Seq {
+            part: part.parse().map_err(|_| bad())?,
+            seq: seq.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+/// The partition in key `k` at `at`.
+fn part_at(k: &[u8], at: usize, what: &'static str) -> Result<Part, StateError> {
+    k.get(at..at + 4)
+        .and_then(|b| b.try_into().ok())
+        .map(Part::from_be_bytes)
+        .ok_or_else(|| StateError::Corrupt {
+            what,
+            detail: format!("key {k:?}"),
+        })
 }
 
 /// One plugin's namespace of the tree.
@@ -650,22 +758,29 @@ mod tests {
             let store = Store::open(dir.path()).unwrap();
             for (round, removes) in [(1, false), (2, true)] {
                 store
-                    .checkpoint(Checkpoint {
-                        plugin_writes: vec![("a".into(), many(n, round, removes))],
-                        meta: vec![round],
-                        ..Checkpoint::default()
-                    })
+                    .checkpoint(
+                        3,
+                        Checkpoint {
+                            plugin_writes: vec![("a".into(), many(n, round, removes))],
+                            meta: vec![round],
+                            ..Checkpoint::default()
+                        },
+                    )
                     .unwrap();
             }
-            assert_eq!(store.tree.get(INTENT).unwrap(), None, "the intent is gone");
+            assert_eq!(
+                store.tree.get(key(&[INTENT, &3u32.to_be_bytes()])).unwrap(),
+                None,
+                "the intent is gone"
+            );
         }
         let store = reopen(dir.path());
-        assert_eq!(store.meta().unwrap(), Some(vec![2]));
+        assert_eq!(store.meta(3).unwrap(), Some(vec![2]));
         let want: Vec<(Vec<u8>, Vec<u8>)> = many(n, 2, true)
             .into_iter()
             .filter_map(|(k, v)| Some((k, v?)))
             .collect();
-        assert_eq!(store.plugin_state("a").scan(b"", None, n).unwrap(), want);
+        assert_eq!(store.plugin_state("a", 3).scan(b"", None, n).unwrap(), want);
     }
 
     #[test]
@@ -675,28 +790,37 @@ mod tests {
         {
             let store = Store::open(dir.path()).unwrap();
             store
-                .checkpoint(Checkpoint {
-                    plugin_writes: vec![("a".into(), many(n, 1, false))],
-                    meta: vec![1],
-                    ..Checkpoint::default()
-                })
+                .checkpoint(
+                    3,
+                    Checkpoint {
+                        plugin_writes: vec![("a".into(), many(n, 1, false))],
+                        meta: vec![1],
+                        ..Checkpoint::default()
+                    },
+                )
                 .unwrap();
             // What a crash right after the commit of the second leaves: its
             // intent and metadata, none of its writes applied.
             let writes: Writes = many(n, 2, true)
                 .into_iter()
-                .map(|(k, v)| (key(&[PLUGIN, b"a\0", &k]), v))
+                .map(|(k, v)| (key(&[PLUGIN, b"a\0", &3u32.to_be_bytes(), &k]), v))
                 .collect();
             let mut batch = sled::Batch::default();
-            batch.insert(INTENT, encode("intent", &writes).unwrap());
-            batch.insert(META, vec![2]);
+            batch.insert(
+                key(&[INTENT, &3u32.to_be_bytes()]),
+                encode("intent", &writes).unwrap(),
+            );
+            batch.insert(key(&[META, &3u32.to_be_bytes()]), vec![2]);
             store.tree.apply_batch(batch).unwrap();
             store.flush().unwrap();
         }
         let store = reopen(dir.path());
-        assert_eq!(store.meta().unwrap(), Some(vec![2]));
-        assert_eq!(store.tree.get(INTENT).unwrap(), None);
-        let a = store.plugin_state("a");
+        assert_eq!(store.meta(3).unwrap(), Some(vec![2]));
+        assert_eq!(
+            store.tree.get(key(&[INTENT, &3u32.to_be_bytes()])).unwrap(),
+            None
+        );
+        let a = store.plugin_state("a", 3);
         assert_eq!(a.get(b"k000000").unwrap(), None, "removed by the intent");
         assert_eq!(a.get(b"k000001").unwrap(), Some(vec![2, 1]));
         assert_eq!(a.scan(b"", None, n).unwrap().len(), n - n.div_ceil(3));
@@ -708,46 +832,52 @@ mod tests {
         {
             let store = Store::open(dir.path()).unwrap();
             store
-                .checkpoint(Checkpoint {
-                    plugin_writes: vec![
-                        (
-                            "a".into(),
-                            vec![
-                                (b"k1".to_vec(), Some(b"v1".to_vec())),
-                                (b"k2".to_vec(), Some(b"v2".to_vec())),
-                            ],
-                        ),
-                        ("ab".into(), vec![(b"k1".to_vec(), Some(b"other".to_vec()))]),
-                    ],
-                    dedup_added: Some((0, vec![("e1".into(), 10), ("e2".into(), 20)])),
-                    rejected: vec![(1, rejected(5)), (2, rejected(9))],
-                    dead_letters: vec![
-                        ("a".into(), 1, b"d1".to_vec()),
-                        ("a".into(), 2, b"d2".to_vec()),
-                        ("ab".into(), 1, b"x".to_vec()),
-                    ],
-                    meta: b"meta-1".to_vec(),
-                    ..Checkpoint::default()
-                })
+                .checkpoint(
+                    3,
+                    Checkpoint {
+                        plugin_writes: vec![
+                            (
+                                "a".into(),
+                                vec![
+                                    (b"k1".to_vec(), Some(b"v1".to_vec())),
+                                    (b"k2".to_vec(), Some(b"v2".to_vec())),
+                                ],
+                            ),
+                            ("ab".into(), vec![(b"k1".to_vec(), Some(b"other".to_vec()))]),
+                        ],
+                        dedup_added: Some((0, vec![("e1".into(), 10), ("e2".into(), 20)])),
+                        rejected: vec![(1, rejected(5)), (2, rejected(9))],
+                        dead_letters: vec![
+                            ("a".into(), 1, b"d1".to_vec()),
+                            ("a".into(), 2, b"d2".to_vec()),
+                            ("ab".into(), 1, b"x".to_vec()),
+                        ],
+                        meta: b"meta-1".to_vec(),
+                        ..Checkpoint::default()
+                    },
+                )
                 .unwrap();
             store
-                .checkpoint(Checkpoint {
-                    plugin_writes: vec![("a".into(), vec![(b"k2".to_vec(), None)])],
-                    dedup_added: Some((1, vec![("e3".into(), 30)])),
-                    dedup_removed: vec![0],
-                    dead_letters_removed: vec![("a".into(), 1)],
-                    meta: b"meta-2".to_vec(),
-                    ..Checkpoint::default()
-                })
+                .checkpoint(
+                    3,
+                    Checkpoint {
+                        plugin_writes: vec![("a".into(), vec![(b"k2".to_vec(), None)])],
+                        dedup_added: Some((1, vec![("e3".into(), 30)])),
+                        dedup_removed: vec![0],
+                        dead_letters_removed: vec![("a".into(), 1)],
+                        meta: b"meta-2".to_vec(),
+                        ..Checkpoint::default()
+                    },
+                )
                 .unwrap();
         }
         let store = reopen(dir.path());
-        assert_eq!(store.meta().unwrap(), Some(b"meta-2".to_vec()));
+        assert_eq!(store.meta(3).unwrap(), Some(b"meta-2".to_vec()));
         assert_eq!(
-            store.dedup_records().unwrap(),
+            store.dedup_records(3).unwrap(),
             vec![(1, vec![("e3".to_string(), 30)])]
         );
-        let a = store.plugin_state("a");
+        let a = store.plugin_state("a", 3);
         assert_eq!(a.get(b"k1").unwrap(), Some(b"v1".to_vec()));
         assert_eq!(a.get(b"k2").unwrap(), None);
         assert_eq!(
@@ -756,24 +886,105 @@ mod tests {
             "`ab` is another namespace"
         );
         assert_eq!(
-            store.plugin_state("ab").get(b"k1").unwrap(),
+            store.plugin_state("ab", 3).get(b"k1").unwrap(),
             Some(b"other".to_vec())
         );
+        let at = |seq| Seq { part: 3, seq };
         let all = store.rejected(None, 10).unwrap();
-        assert_eq!(all, vec![(1, rejected(5)), (2, rejected(9))]);
-        assert_eq!(store.rejected(Some(1), 10).unwrap(), vec![(2, rejected(9))]);
+        assert_eq!(all, vec![(at(1), rejected(5)), (at(2), rejected(9))]);
+        assert_eq!(
+            store.rejected(Some(at(1)), 10).unwrap(),
+            vec![(at(2), rejected(9))]
+        );
         assert_eq!(store.rejected(None, 1).unwrap().len(), 1);
         assert_eq!(
             store.dead_letters("a", None, 10).unwrap(),
-            vec![(2, b"d2".to_vec())],
+            vec![(at(2), b"d2".to_vec())],
             "the first was replayed"
         );
-        assert_eq!(store.dead_letters("a", Some(2), 10).unwrap(), vec![]);
-        assert_eq!(store.count_dead_letters("a").unwrap(), 1);
+        assert_eq!(store.dead_letters("a", Some(at(2)), 10).unwrap(), vec![]);
+        assert_eq!(store.count_dead_letters("a", 3).unwrap(), 1);
+        assert_eq!(store.count_dead_letters("a", 4).unwrap(), 0);
         assert_eq!(
             store.dead_letters("ab", None, 10).unwrap(),
-            vec![(1, b"x".to_vec())]
+            vec![(at(1), b"x".to_vec())]
         );
+        assert_eq!(store.partitions().unwrap(), vec![3]);
+        assert_eq!(store.meta(4).unwrap(), None);
+        assert_eq!(store.plugin_state("a", 4).get(b"k1").unwrap(), None);
+    }
+
+    #[test]
+    fn partitions_are_apart_and_listings_run_across_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for part in [0u32, 1, 256] {
+            store
+                .checkpoint(
+                    part,
+                    Checkpoint {
+                        plugin_writes: vec![(
+                            "a".into(),
+                            vec![(b"k".to_vec(), Some(vec![part as u8]))],
+                        )],
+                        rejected: vec![(1, rejected(1)), (u64::MAX, rejected(2))],
+                        meta: vec![part as u8],
+                        ..Checkpoint::default()
+                    },
+                )
+                .unwrap();
+        }
+        assert_eq!(store.partitions().unwrap(), vec![0, 1, 256]);
+        assert_eq!(store.plugin_state("a", 1).get(b"k").unwrap(), Some(vec![1]));
+        let seqs = |after| -> Vec<String> {
+            store
+                .rejected(after, 100)
+                .unwrap()
+                .iter()
+                .map(|(s, _)| s.to_string())
+                .collect()
+        };
+        let max = u64::MAX;
+        assert_eq!(
+            seqs(None),
+            [
+                "0.1",
+                &format!("0.{max}"),
+                "1.1",
+                &format!("1.{max}"),
+                "256.1",
+                &format!("256.{max}")
+            ]
+        );
+        let cursor: Seq = format!("0.{max}").parse().unwrap();
+        assert_eq!(
+            seqs(Some(cursor))[0],
+            "1.1",
+            "after a partition's last sequence comes the next partition"
+        );
+        assert!("7".parse::<Seq>().is_err());
+    }
+
+    #[test]
+    fn the_layout_before_partitions_is_refused_with_the_way_out() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.tree.insert(OLD_META, b"{}".to_vec()).unwrap();
+            store.flush().unwrap();
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let error = loop {
+            match Store::open(dir.path()) {
+                Err(StateError::OldLayout(_)) => break Store::open(dir.path()).err().unwrap(),
+                Err(e) if std::time::Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(std::time::Duration::from_millis(5))
+                }
+                other => panic!("{:?}", other.map(|_| ())),
+            }
+        };
+        assert!(error.to_string().contains("new data directory"), "{error}");
     }
 
     #[test]
@@ -785,12 +996,15 @@ mod tests {
             .map(|k| (k.to_vec(), Some(b"old".to_vec())))
             .collect();
         store
-            .checkpoint(Checkpoint {
-                plugin_writes: vec![("x".into(), durable)],
-                ..Checkpoint::default()
-            })
+            .checkpoint(
+                3,
+                Checkpoint {
+                    plugin_writes: vec![("x".into(), durable)],
+                    ..Checkpoint::default()
+                },
+            )
             .unwrap();
-        let mut pending = PendingState::new(store.plugin_state("x"));
+        let mut pending = PendingState::new(store.plugin_state("x", 3));
         pending.delete(b"p2".to_vec());
         pending.set(b"p4".to_vec(), b"new".to_vec());
         pending.set(b"p1".to_vec(), b"new".to_vec());

@@ -2,9 +2,13 @@
 //! add_to_cart, checkout, purchase). A session reaches step k when its events
 //! contain steps 1..k in that order. Output
 //! `{"steps":[{"name","sessions","conversion_from_first","conversion_from_previous"}]}`.
+//!
+//! A session is one user's, so it is in one partition: a partition answers
+//! its sessions per step (with the steps' names), `merge` adds them up and
+//! works out the conversions.
 
-use serde::Deserialize;
-use weft_plugin::{Batch, Cell, Config, Map, Metric, Query, Result, serde_json};
+use serde::{Deserialize, Serialize};
+use weft_plugin::{Batch, Cell, Config, Error, Map, Metric, Query, Result, serde_json};
 
 #[derive(Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -74,10 +78,34 @@ impl Metric for Funnel {
 
     fn query(&mut self, _: &Query) -> Result<serde_json::Value> {
         let reached = self.reached.get();
-        let count = |i: usize| reached.get(i).copied().unwrap_or(0);
+        let partial = Partial {
+            steps: self.steps.clone(),
+            sessions: (0..self.steps.len())
+                .map(|i| reached.get(i).copied().unwrap_or(0))
+                .collect(),
+        };
+        Ok(serde_json::to_value(partial)?)
+    }
+
+    fn merge(_: &Query, partials: Vec<serde_json::Value>) -> Result<serde_json::Value> {
+        let mut total: Option<Partial> = None;
+        for partial in partials {
+            let partial: Partial = serde_json::from_value(partial)
+                .map_err(|e| Error(format!("a partial answer of funnel does not fit: {e}")))?;
+            match &mut total {
+                None => total = Some(partial),
+                Some(t) if t.steps == partial.steps => {
+                    for (n, m) in t.sessions.iter_mut().zip(partial.sessions) {
+                        *n += m;
+                    }
+                }
+                Some(_) => return Err("the partitions' funnel steps differ".into()),
+            }
+        }
+        let Partial { steps, sessions } = total.ok_or("no partial answers")?;
+        let count = |i: usize| sessions.get(i).copied().unwrap_or(0);
         let ratio = |n: u64, d: u64| if d == 0 { 0.0 } else { n as f64 / d as f64 };
-        let steps: Vec<_> = self
-            .steps
+        let steps: Vec<_> = steps
             .iter()
             .enumerate()
             .map(|(i, name)| {
@@ -92,6 +120,13 @@ impl Metric for Funnel {
             .collect();
         Ok(serde_json::json!({ "steps": steps }))
     }
+}
+
+/// A partition's answer: the steps and the sessions that reached each.
+#[derive(Serialize, Deserialize)]
+struct Partial {
+    steps: Vec<String>,
+    sessions: Vec<u64>,
 }
 
 weft_plugin::export_metric!(Funnel);

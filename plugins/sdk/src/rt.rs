@@ -3,7 +3,7 @@
 
 use std::{cell::RefCell, thread::LocalKey};
 
-use crate::{Config, Error, Result};
+use crate::{Config, Error, Query, Result};
 
 /// Runs `init` with the parsed config and keeps the instance.
 pub fn init<P: 'static>(
@@ -31,4 +31,26 @@ pub fn with<P: 'static, T>(
 pub fn checkpoint() -> Result<(), String> {
     crate::state::flush_all();
     Ok(())
+}
+
+/// Parses the partial answers, merges them with `merge` (a metric's
+/// [`Metric::merge`](crate::Metric::merge)) and writes the answer.
+pub fn merge(
+    params: Vec<(String, String)>,
+    partials: Vec<String>,
+    merge: fn(&Query, Vec<serde_json::Value>) -> Result<serde_json::Value>,
+) -> Result<String, String> {
+    let run = || {
+        let partials = partials
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                serde_json::from_str(text)
+                    .map_err(|e| Error(format!("partial answer {i} is not JSON: {e}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let value = merge(&Query(params), partials)?;
+        Ok(serde_json::to_string(&value)?)
+    };
+    run().map_err(|Error(e)| e)
 }

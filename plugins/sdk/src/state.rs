@@ -10,7 +10,7 @@
 //! Values are encoded with `postcard`; each container owns the key prefix
 //! `name` + `\0`.
 
-use std::{cell::RefCell, rc::Rc};
+use std::{cell::RefCell, collections::BTreeMap, rc::Rc};
 
 use rustc_hash::FxHashMap;
 use serde::{Serialize, de::DeserializeOwned};
@@ -190,6 +190,16 @@ impl<V: Serialize + DeserializeOwned + 'static> Map<V> {
         f(&mut slot.value)
     }
 
+    /// Runs `f` on the value for `key`, which starts as `V::default()` when
+    /// absent: `counts.update(name, |n| *n += 1)`. Changes are durable at the
+    /// next checkpoint.
+    pub fn update<R>(&self, key: &str, f: impl FnOnce(&mut V) -> R) -> R
+    where
+        V: Default,
+    {
+        self.with(key, |v| f(v.get_or_insert_with(V::default)))
+    }
+
     /// A copy of the value for `key`.
     pub fn get(&self, key: &str) -> Option<V>
     where
@@ -206,9 +216,10 @@ impl<V: Serialize + DeserializeOwned + 'static> Map<V> {
         self.inner.borrow_mut().put(key, None);
     }
 
-    /// Every entry, in key order (for queries). The first call reads every
-    /// entry the host holds into guest memory.
-    pub fn entries(&self) -> Vec<(String, V)>
+    /// Every entry, in key order (for queries; it serializes as a JSON
+    /// object). The first call reads every entry the host holds into guest
+    /// memory.
+    pub fn entries(&self) -> BTreeMap<String, V>
     where
         V: Clone,
     {
@@ -216,13 +227,11 @@ impl<V: Serialize + DeserializeOwned + 'static> Map<V> {
         if !inner.complete {
             inner.load_all();
         }
-        let mut all: Vec<(String, V)> = inner
+        inner
             .cache
             .iter()
             .filter_map(|(k, s)| Some((k.clone(), s.value.clone()?)))
-            .collect();
-        all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        all
+            .collect()
     }
 
     /// Removes the entries for which `keep` is false (use it to close

@@ -25,6 +25,9 @@ int weft_ingest(const weft_batch *batch) {
     return 0;
 }
 
+/* This instance's partition's counts: the host asks every partition and
+ * merges the answers. Counts add up, so the default merge (which adds numbers
+ * key by key) gives the total. */
 int weft_query(const weft_params *params, weft_json *out) {
     (void)params; /* the query's parameters: weft_param(params, "name", &value) */
     weft_str *names;
@@ -43,3 +46,23 @@ int weft_query(const weft_params *params, weft_json *out) {
     free(names);
     return 0;
 }
+
+/* For an answer that does not just add up (rates, means, maxima, top N),
+ * carry sums and counts (or all candidates) in weft_query and finish here:
+ *
+ * int weft_merge(const weft_params *params, const weft_value *partials, size_t n,
+ *                weft_json *out) {
+ *     const weft_value *total = weft_deep_sum(partials, n);
+ *     if (!total) return -1;
+ *     const weft_value *counts = weft_value_get(total, WEFT_STR("counts"));
+ *     int64_t events = 0;
+ *     for (size_t i = 0; counts && i < counts->len; i++) events += weft_value_int(&counts->items[i]);
+ *     weft_json_begin_object(out);
+ *     weft_json_key(out, WEFT_STR("counts"));
+ *     weft_json_value(out, counts);
+ *     weft_json_key(out, WEFT_STR("events"));
+ *     weft_json_int(out, events);
+ *     weft_json_end_object(out);
+ *     return 0;
+ * }
+ */

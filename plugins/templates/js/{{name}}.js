@@ -23,8 +23,19 @@ class Counts {
   }
 
   query(params) {
+    // This instance's partition's counts: the host asks every partition and
+    // merges the answers. Counts add up, so the default merge (which adds
+    // numbers key by key) gives the total.
     return { counts: Object.fromEntries(this.counts.entries()) };
   }
+
+  // For an answer that does not just add up (rates, means, maxima, top N),
+  // carry sums and counts (or all candidates) in `query` and finish here:
+  //
+  // merge(params, partials) {
+  //   const total = deepSum(partials); // import { deepSum } from './weft-plugin.js'
+  //   return { counts: total.counts, events: Object.values(total.counts).reduce((a, b) => a + b, 0) };
+  // }
 }
 
-export const { init, ingest, tick, checkpoint, query } = metric(new Counts());
+export const { init, ingest, tick, checkpoint, query, merge } = metric(new Counts());

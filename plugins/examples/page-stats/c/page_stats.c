@@ -10,7 +10,9 @@
  *
  * Answer: {"paths": {PATH: {"entries", "bounces", "bounce_rate", "views",
  * "timed_views", "time_on_page_ms"}}}; a rate or mean without a denominator
- * is null.
+ * is null. Each partition's `weft_query` answers its sums per path
+ * ({"paths": {PATH: {"entries", "bounces", "views", "timed_views",
+ * "time_ms"}}}), and `weft_merge` adds them up and divides.
  *
  * Build (in this directory; writes page_stats.wasm):
  *     make
@@ -115,14 +117,7 @@ int weft_ingest(const weft_batch *batch) {
     return 0;
 }
 
-/* num / den, or null without a denominator. */
-static void ratio(weft_json *out, double num, int64_t den) {
-    if (den > 0)
-        weft_json_double(out, num / (double)den);
-    else
-        weft_json_null(out);
-}
-
+/* A partial answer: this partition's sums per path, which add up exactly. */
 int weft_query(const weft_params *q, weft_json *out) {
     (void)q;
     weft_str *keys;
@@ -133,8 +128,56 @@ int weft_query(const weft_params *q, weft_json *out) {
     for (size_t i = 0; i < len; i++) {
         struct path_stats p;
         weft_map_read(paths, keys[i], &p, sizeof p);
-        /* Keys in byte order, as serde_json writes them. */
         weft_json_key(out, keys[i]);
+        weft_json_begin_object(out);
+        weft_json_key(out, WEFT_STR("bounces"));
+        weft_json_int(out, p.bounces);
+        weft_json_key(out, WEFT_STR("entries"));
+        weft_json_int(out, p.entries);
+        weft_json_key(out, WEFT_STR("time_ms"));
+        weft_json_int(out, p.time_ms);
+        weft_json_key(out, WEFT_STR("timed_views"));
+        weft_json_int(out, p.timed_views);
+        weft_json_key(out, WEFT_STR("views"));
+        weft_json_int(out, p.views);
+        weft_json_end_object(out);
+    }
+    weft_json_end_object(out);
+    weft_json_end_object(out);
+    free(keys);
+    return 0;
+}
+
+/* num / den, or null without a denominator. */
+static void ratio(weft_json *out, double num, int64_t den) {
+    if (den > 0)
+        weft_json_double(out, num / (double)den);
+    else
+        weft_json_null(out);
+}
+
+/* Sums the partitions' totals per path (weft_deep_sum adds them up key by
+ * key), then writes the rates and means. */
+int weft_merge(const weft_params *q, const weft_value *partials, size_t n, weft_json *out) {
+    (void)q;
+    const weft_value *sum = weft_deep_sum(partials, n);
+    if (!sum) return -1;
+    const weft_value *by_path = weft_value_get(sum, WEFT_STR("paths"));
+    if (!by_path || by_path->kind != WEFT_OBJECT) return weft_fail("a partial answer has no `paths`");
+    weft_json_begin_object(out);
+    weft_json_key(out, WEFT_STR("paths"));
+    weft_json_begin_object(out);
+    for (size_t i = 0; i < by_path->len; i++) {
+        const weft_value *t = &by_path->items[i];
+        struct path_stats p = {
+            .entries = weft_value_int(weft_value_get(t, WEFT_STR("entries"))),
+            .bounces = weft_value_int(weft_value_get(t, WEFT_STR("bounces"))),
+            .views = weft_value_int(weft_value_get(t, WEFT_STR("views"))),
+            .timed_views = weft_value_int(weft_value_get(t, WEFT_STR("timed_views"))),
+            .time_ms = weft_value_int(weft_value_get(t, WEFT_STR("time_ms"))),
+        };
+        /* Keys in byte order, as serde_json writes them. */
+        weft_json_key(out, by_path->keys[i]);
         weft_json_begin_object(out);
         weft_json_key(out, WEFT_STR("bounce_rate"));
         ratio(out, (double)p.bounces, p.entries);
@@ -152,6 +195,5 @@ int weft_query(const weft_params *q, weft_json *out) {
     }
     weft_json_end_object(out);
     weft_json_end_object(out);
-    free(keys);
     return 0;
 }

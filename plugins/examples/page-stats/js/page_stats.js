@@ -10,14 +10,16 @@
  *
  * Answer: {"paths": {PATH: {"entries", "bounces", "bounce_rate", "views",
  * "timed_views", "time_on_page_ms"}}}; a rate or mean without a denominator
- * is null.
+ * is null. Each partition's `query` answers its sums per path ({"paths":
+ * {PATH: {"entries", "bounces", "views", "timed_views", "time_ms"}}}), and
+ * `merge` adds them up and divides.
  *
  * Build (in this directory, after `npm install` once; writes page_stats.wasm):
  *     npm run build
  * (`npm run build:spidermonkey` builds page_stats_sm.wasm with the other engine.)
  */
 
-import { metric, StateMap, float } from '../../../js/weft-plugin.js';
+import { metric, StateMap, float, compareKeys } from '../../../js/weft-plugin.js';
 
 function newPath() {
   return { entries: 0, bounces: 0, views: 0, timed_views: 0, time_ms: 0 };
@@ -68,16 +70,30 @@ class PageStats {
   }
 
   query(params) {
-    const paths = this.paths.entries().map(([path, p]) => [path, {
-      entries: p.entries,
-      bounces: p.bounces,
-      bounce_rate: p.entries > 0 ? float(p.bounces / p.entries) : null,
-      views: p.views,
-      timed_views: p.timed_views,
-      time_on_page_ms: p.timed_views > 0 ? float(p.time_ms / p.timed_views) : null,
+    // A partial answer: this partition's sums, which add up exactly.
+    return { paths: Object.fromEntries(this.paths.entries()) };
+  }
+
+  merge(params, partials) {
+    // Sum the partitions' totals per path, then the rates and means.
+    const totals = new Map();
+    for (const partial of partials) {
+      for (const [path, p] of Object.entries(partial.paths)) {
+        let t = totals.get(path);
+        if (t === undefined) totals.set(path, (t = newPath()));
+        for (const field of Object.keys(t)) t[field] += p[field];
+      }
+    }
+    const paths = [...totals].sort((a, b) => compareKeys(a[0], b[0])).map(([path, t]) => [path, {
+      entries: t.entries,
+      bounces: t.bounces,
+      bounce_rate: t.entries > 0 ? float(t.bounces / t.entries) : null,
+      views: t.views,
+      timed_views: t.timed_views,
+      time_on_page_ms: t.timed_views > 0 ? float(t.time_ms / t.timed_views) : null,
     }]);
-    return { paths: Object.fromEntries(paths) };
+    return { paths: new Map(paths) };
   }
 }
 
-export const { init, ingest, tick, checkpoint, query } = metric(new PageStats());
+export const { init, ingest, tick, checkpoint, query, merge } = metric(new PageStats());

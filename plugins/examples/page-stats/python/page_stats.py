@@ -9,7 +9,9 @@ time on page per path, written the same way in Rust, JavaScript and C
 
 Answer: {"paths": {PATH: {"entries", "bounces", "bounce_rate", "views",
 "timed_views", "time_on_page_ms"}}}; a rate or mean without a denominator
-is null.
+is null. Each partition's `query` answers its sums per path ({"paths":
+{PATH: {"entries", "bounces", "views", "timed_views", "time_ms"}}}), and
+`merge` adds them up and divides.
 
 Build (in this directory; writes page_stats.wasm):
     componentize-py -d ../../../../wit -w metric componentize --stub-wasi -p . -p ../../../python page_stats -o page_stats.wasm
@@ -58,20 +60,32 @@ class PageStats:
                 visit["pending"] = [event.path, event.time]
 
     def query(self, params):
+        # A partial answer: this partition's sums, which add up exactly.
+        return {"paths": dict(self.paths.items())}
+
+    def merge(self, params, partials):
+        # Sum the partitions' totals per path, then the rates and means.
+        totals = {}
+        for partial in partials:
+            for path, p in partial["paths"].items():
+                t = totals.setdefault(path, new_path())
+                for field in t:
+                    t[field] += p[field]
+
         def ratio(n, d):
             return float(n) / float(d) if d else None
 
         return {
             "paths": {
                 path: {
-                    "entries": p["entries"],
-                    "bounces": p["bounces"],
-                    "bounce_rate": ratio(p["bounces"], p["entries"]),
-                    "views": p["views"],
-                    "timed_views": p["timed_views"],
-                    "time_on_page_ms": ratio(p["time_ms"], p["timed_views"]),
+                    "entries": t["entries"],
+                    "bounces": t["bounces"],
+                    "bounce_rate": ratio(t["bounces"], t["entries"]),
+                    "views": t["views"],
+                    "timed_views": t["timed_views"],
+                    "time_on_page_ms": ratio(t["time_ms"], t["timed_views"]),
                 }
-                for path, p in self.paths.items()
+                for path, t in totals.items()
             }
         }
 

@@ -9,10 +9,15 @@
 //!
 //! Answer: `{"paths": {PATH: {"entries", "bounces", "bounce_rate", "views",
 //! "timed_views", "time_on_page_ms"}}}`; a rate or mean without a denominator
-//! is `null`.
+//! is `null`. Every user's events are in one partition: a partition answers
+//! its sums per path (`entries`, `bounces`, `views`, `timed_views`,
+//! `time_ms`), and `merge` adds them up (the SDK's `merge::sum`) and works
+//! out the rates.
 //!
 //! Build: `cargo build --release --target wasm32-wasip2 -p page-stats` in
 //! `plugins/` (→ `plugins/target/wasm32-wasip2/release/page_stats.wasm`).
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use weft_plugin::{Batch, Config, Map, Metric, Query, Result, serde_json};
@@ -53,8 +58,7 @@ impl Metric for PageStats {
 
     fn ingest(&mut self, batch: &Batch) -> Result<()> {
         for event in batch.events() {
-            self.users.with(event.user(), |slot| {
-                let visit = slot.get_or_insert_with(Visit::default);
+            self.users.update(event.user(), |visit| {
                 if visit.session != event.session() {
                     *visit = Visit {
                         session: event.session().to_owned(),
@@ -62,8 +66,7 @@ impl Metric for PageStats {
                     };
                 }
                 if let Some((path, time)) = visit.pending.take() {
-                    self.paths.with(&path, |p| {
-                        let p = p.get_or_insert_with(PathStats::default);
+                    self.paths.update(&path, |p| {
                         p.timed_views += 1;
                         p.time_ms += event.time() - time;
                     });
@@ -74,8 +77,7 @@ impl Metric for PageStats {
                         visit.entry = event.path().to_owned();
                     }
                     let first = visit.page_views == 1;
-                    self.paths.with(event.path(), |p| {
-                        let p = p.get_or_insert_with(PathStats::default);
+                    self.paths.update(event.path(), |p| {
                         p.views += 1;
                         if first {
                             p.entries += 1;
@@ -98,12 +100,20 @@ impl Metric for PageStats {
     }
 
     fn query(&mut self, _: &Query) -> Result<serde_json::Value> {
-        let paths: serde_json::Map<String, serde_json::Value> = self
+        Ok(serde_json::json!({ "paths": self.paths.entries() }))
+    }
+
+    fn merge(_: &Query, partials: Vec<serde_json::Value>) -> Result<serde_json::Value> {
+        #[derive(Deserialize)]
+        struct Partial {
+            paths: BTreeMap<String, PathStats>,
+        }
+        let total: Partial = serde_json::from_value(weft_plugin::merge::sum(partials)?)?;
+        let ratio = |n: f64, d: u64| (d > 0).then(|| n / d as f64);
+        let paths: serde_json::Map<String, serde_json::Value> = total
             .paths
-            .entries()
             .into_iter()
             .map(|(path, p)| {
-                let ratio = |n: f64, d: u64| (d > 0).then(|| n / d as f64);
                 let stats = serde_json::json!({
                     "entries": p.entries,
                     "bounces": p.bounces,
