@@ -344,30 +344,56 @@ fn assert_quarantined(weft: &Weft, events: &[Event], on: &str) -> usize {
     );
     let letters = dead_letters(weft, name);
     assert_eq!(view["dead_letters"], json!(letters.len()), "{view}");
-    let errors: Vec<&str> = letters
-        .iter()
-        .map(|l| l["error"].as_str().expect("an error"))
-        .collect();
-    let failed = errors
-        .iter()
-        .position(|e| e.starts_with("quarantined: "))
-        .unwrap_or_else(|| panic!("{name}: no batch dead-lettered as quarantined: {errors:?}"));
+    // Each partition runs its own instance, failing and quarantined on its
+    // own: its letters (listed partition by partition) are its failures,
+    // then what came after its quarantine.
+    let mut by_partition: BTreeMap<u64, Vec<&Value>> = BTreeMap::new();
+    for letter in &letters {
+        let part = letter["partition"].as_u64().expect("a partition");
+        by_partition.entry(part).or_default().push(letter);
+    }
+    let mut failed_total = 0;
+    for (part, letters) in &by_partition {
+        let errors: Vec<&str> = letters
+            .iter()
+            .map(|l| l["error"].as_str().expect("an error"))
+            .collect();
+        let failed = errors
+            .iter()
+            .position(|e| e.starts_with("quarantined: "))
+            .unwrap_or(errors.len());
+        // No letter after the failures: nothing came after the quarantine,
+        // or too little failed for one.
+        if failed < errors.len() {
+            assert!(
+                failed >= QUARANTINE_AFTER,
+                "{name} in partition {part}: quarantined too early: {errors:?}"
+            );
+        }
+        for (i, error) in errors.iter().enumerate() {
+            let want = if i < failed {
+                failure.clone()
+            } else {
+                "quarantined: ".to_owned()
+            };
+            assert!(
+                error.contains(&want),
+                "{name} in partition {part}: dead letter {i}: {error}"
+            );
+        }
+        for letter in &letters[..failed] {
+            let events = letter["events"].as_array().expect("events");
+            assert!(events.iter().any(|e| e["name"] == on), "{name}: {letter}");
+        }
+        failed_total += failed;
+    }
     assert!(
-        failed >= QUARANTINE_AFTER,
-        "{name}: quarantined too early: {errors:?}"
+        letters.iter().any(|l| l["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("quarantined: "))),
+        "{name}: no batch dead-lettered as quarantined"
     );
-    for (i, error) in errors.iter().enumerate() {
-        let want = if i < failed {
-            failure.clone()
-        } else {
-            format!("quarantined: {reason}")
-        };
-        assert!(error.contains(&want), "{name}: dead letter {i}: {error}");
-    }
-    for letter in &letters[..failed] {
-        let events = letter["events"].as_array().expect("events");
-        assert!(events.iter().any(|e| e["name"] == on), "{name}: {letter}");
-    }
+    let failed = failed_total;
     for letter in &letters {
         assert_eq!(
             letter["digest"], view["digest"],
@@ -406,11 +432,28 @@ fn batches_after_a_quarantine_are_dead_lettered_and_the_pipeline_goes_on() {
     let weft = run_to_end(dir.path(), &source, &config, stream.events.len());
     assert_bundled_exact(&weft, &stream.events);
     let failed = assert_quarantined(&weft, &stream.events, "page_view");
-    assert_eq!(failed, QUARANTINE_AFTER, "back-to-back failures");
-    let batches = stream.events.len().div_ceil(BATCH_SIZE);
+    // Each of the 8 partitions runs its events as batches of its own.
+    let mut per_partition: BTreeMap<u32, usize> = BTreeMap::new();
+    for e in &stream.events {
+        *per_partition
+            .entry(weft_pipeline::partition_of(&e.user, 8))
+            .or_default() += 1;
+    }
+    let batches: Vec<usize> = per_partition
+        .values()
+        .map(|n| n.div_ceil(BATCH_SIZE))
+        .collect();
+    assert_eq!(
+        failed,
+        batches
+            .iter()
+            .map(|&b| b.min(QUARANTINE_AFTER))
+            .sum::<usize>(),
+        "back-to-back failures in every partition"
+    );
     assert_eq!(
         plugins(&weft)["faulty_always"]["dead_letters"],
-        json!(batches),
+        json!(batches.iter().sum::<usize>()),
         "every batch dead-lettered"
     );
 }

@@ -3,10 +3,11 @@
 //! - The `page_stats` example (bounce rate and time on page per path) in
 //!   Rust, Python, JavaScript (both engines) and C is built from source with
 //!   its documented command, loaded into one `weft` beside the bundled
-//!   plugins, fed a generated clickstream through the Kafka-protocol broker —
-//!   stopped with SIGKILL halfway and restarted on its data directory — and
-//!   every language must answer exactly what the plain reference below
-//!   computes.
+//!   plugins, fed a generated clickstream through the Kafka-protocol broker
+//!   (4 partitions keyed by user, so each language's `merge` combines four
+//!   partial answers) — stopped with SIGKILL halfway and restarted on its
+//!   data directory — and every language must answer exactly what the plain
+//!   reference below computes over the unsplit stream.
 //! - `weft plugin new` makes, for every language, a project that builds with
 //!   the command it prints and passes the test it prints.
 //! - `weft plugin check` names what is missing from a component of the wrong
@@ -152,7 +153,7 @@ fn page_stats_is_exact_in_every_language_across_a_restart() {
         want["paths"].as_object().is_some_and(|p| p.len() > 5),
         "the stream should cover many paths: {want}"
     );
-    let topic = create_topic(1);
+    let topic = create_topic(4);
     let brokers = brokers();
     let dir = tempfile::tempdir().expect("a temp dir");
     let config = config(dir.path(), &wasm);

@@ -211,6 +211,16 @@ fn hot_reload_under_load_is_exact() {
         ("core", false),
         ("core_rebuilt", false),
     ];
+    // Under load from the first swap on: the partition is open and busy.
+    let first = chunks[0].len() as u64;
+    wait_for(
+        "weft to read the first chunk",
+        Duration::from_secs(120),
+        || {
+            let status = weft.try_get("/api/status")?;
+            Ok((status["events"]["received"].as_u64() >= Some(first)).then_some(()))
+        },
+    );
     let mut expected_digests = vec![digest(&original)];
     for (k, chunk) in chunks[1..].iter().enumerate() {
         let (name, adds_field) = VARIANTS[k % VARIANTS.len()];

@@ -90,7 +90,8 @@ const BATCH: usize = 16;
 
 /// `batches` batches of [`sequential`] events, a `boom` in each batch `j`
 /// for which `boom_in(j)`, written to `dir/events.jsonl`, and a weft.toml
-/// that batches them so (`lateness_ms = 0`, `batch_size = BATCH`) followed
+/// that batches them so (`lateness_ms = 0`, `batch_size = BATCH`, one
+/// partition) followed
 /// by `plugins`; returns (events, `--source`, `--config`).
 fn boom_batches(
     dir: &Path,
@@ -109,7 +110,8 @@ fn boom_batches(
     let config = write(
         dir,
         "weft.toml",
-        &format!("[pipeline]\nlateness_ms = 0\nbatch_size = {BATCH}\n\n{plugins}"),
+        // One partition, so the file's batches are the plugins' batches.
+        &format!("[pipeline]\nlateness_ms = 0\nbatch_size = {BATCH}\npartitions = 1\n\n{plugins}"),
     );
     (events, source, config)
 }

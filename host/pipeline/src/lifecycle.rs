@@ -367,8 +367,18 @@ impl Shared {
         if self.role(name).is_none() {
             return Err(LifecycleError::NotFound(name.to_owned()));
         }
+        let role = self.role(name);
+        let replaced = self.digest(name);
         let result = self
             .request(name, |_| Some(Change::Remove))
+            .map(|applied| {
+                applied.unwrap_or_else(|| Applied {
+                    name: name.to_owned(),
+                    replaced,
+                    role,
+                    ..Applied::default()
+                })
+            })
             .and_then(|applied| {
                 record(&self.store, name, RecordChange::Remove)?;
                 lock(&self.running).retain(|r| r.name != name);
@@ -474,13 +484,24 @@ impl Shared {
         // A partition opened since the instances were made keeps the running
         // version until the next change (it is rare: a Kafka partition seen
         // first during the load).
-        let applied = self.request(name, |part| {
-            let instance = instances.remove(&part)?;
-            Some(Change::Deploy {
-                module: module.clone(),
-                instance,
-            })
-        })?;
+        let replaced = self.digest(name);
+        let applied = self
+            .request(name, |part| {
+                let instance = instances.remove(&part)?;
+                Some(Change::Deploy {
+                    module: module.clone(),
+                    instance,
+                })
+            })?
+            // No partition is open yet (a Kafka source before its first
+            // message): the partitions opened later start this version.
+            .unwrap_or_else(|| Applied {
+                name: name.to_owned(),
+                digest: Some(module.digest.clone()),
+                replaced,
+                role: Some(module.role()),
+                ..Applied::default()
+            });
         let running = Running {
             name: name.to_owned(),
             module: module.clone(),
@@ -530,7 +551,17 @@ impl Shared {
                 "plugin `{name}` is quarantined in partition {part} ({reason}); load a fixed version first (PUT), or POST /api/plugins/{name}/reload to restart this one"
             )));
         }
-        self.request(name, |_| Some(Change::ReplayDeadLetters))
+        let role = self.role(name);
+        Ok(self
+            .request(name, |_| Some(Change::ReplayDeadLetters))?
+            .unwrap_or_else(|| Applied {
+                name: name.to_owned(),
+                digest: self.digest(name),
+                role,
+                replayed: Some(0),
+                failed_again: Some(0),
+                ..Applied::default()
+            }))
     }
 
     /// Every version instance `name` ran, oldest first.
@@ -610,12 +641,13 @@ impl Shared {
     }
 
     /// Hands every partition its `change` and waits for their answers,
-    /// combined: the longest pause, the replays summed.
+    /// combined: the longest pause, the replays summed; `None` when no
+    /// partition is open.
     fn request(
         &self,
         name: &str,
         mut change: impl FnMut(weft_state::Part) -> Option<Change>,
-    ) -> Result<Applied, LifecycleError> {
+    ) -> Result<Option<Applied>, LifecycleError> {
         let mut answers = Vec::new();
         for view in self.views() {
             let Some(change) = change(view.part) else {
@@ -657,10 +689,8 @@ impl Shared {
             }
         }
         match combined {
-            Some(applied) if failures.is_empty() => Ok(applied),
-            None if failures.is_empty() => {
-                Err(LifecycleError::Unavailable("it has no partitions yet"))
-            }
+            Some(applied) if failures.is_empty() => Ok(Some(applied)),
+            None if failures.is_empty() => Ok(None),
             // Failed everywhere, most likely for one reason: that one.
             None => Err(failures.swap_remove(0).1),
             Some(_) => Err(LifecycleError::Conflict(format!(
