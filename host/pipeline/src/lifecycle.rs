@@ -306,7 +306,10 @@ pub(crate) struct Prepared {
 
 /// A change for one partition.
 pub(crate) enum Change {
-    Deploy { module: Module, instance: Plugin },
+    Deploy {
+        module: Module,
+        instance: Box<Plugin>,
+    },
     Remove,
     ReplayDeadLetters,
 }
@@ -490,7 +493,7 @@ impl Shared {
                 let instance = instances.remove(&part)?;
                 Some(Change::Deploy {
                     module: module.clone(),
-                    instance,
+                    instance: Box::new(instance),
                 })
             })?
             // No partition is open yet (a Kafka source before its first
@@ -857,7 +860,7 @@ impl Partition {
                 reply,
             } = request;
             let result = match change {
-                Change::Deploy { module, instance } => self.swap_in(&name, module, instance),
+                Change::Deploy { module, instance } => self.swap_in(&name, module, *instance),
                 Change::Remove => self.unload(&name).map(|a| (a, None)),
                 Change::ReplayDeadLetters => self.replay(&name).map(|a| (a, None)),
             };
