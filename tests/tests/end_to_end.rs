@@ -131,6 +131,53 @@ fn kafka_stream_gives_exact_results_and_survives_kill_9() {
     wait_until_done(&weft, &want);
     check_results(&weft, &want);
     check_api(&weft, &stream);
+    let health = &weft.get("/api/status")["health"];
+    assert_eq!(health["problems"], json!([]), "keyed by user: {health}");
+}
+
+/// A topic keyed by something other than the user splits users (and
+/// duplicate deliveries) across partitions: weft says so in the status
+/// health and in `/metrics`.
+#[test]
+fn a_topic_not_keyed_by_user_is_reported() {
+    let mut stream = generate(19, 60, LATENESS_MS);
+    for (i, d) in stream.deliveries.iter_mut().enumerate() {
+        d.key = format!("k{i}");
+    }
+    let want = expected(&stream);
+    let topic = create_topic(2);
+    produce(&topic, &stream.deliveries);
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let config = write_config(dir.path(), 1_000);
+    let group = format!("{topic}-unkeyed");
+    let weft = Weft::start(
+        &dir.path().join("u"),
+        &kafka_args(&topic, &group, &brokers(), &config),
+    );
+    // Not exact, which is the point: duplicates with different keys land in
+    // different partitions, each deduplicating alone.
+    wait_for("weft to read the stream", Duration::from_secs(300), || {
+        Ok((received(&weft)? == want.messages).then_some(()))
+    });
+    // Every message that normalizes has a user, and a key that is not it.
+    let unkeyed = want.counters["accepted"].as_u64().unwrap() + stream.duplicates;
+    let said = format!("not keyed by user: {unkeyed} messages");
+    let health = wait_for(
+        "the status to count them all",
+        Duration::from_secs(30),
+        || {
+            let health = weft.try_get("/api/status")?["health"].clone();
+            let what = health["problems"][0]["what"].as_str().unwrap_or_default();
+            Ok(what.contains(&said).then_some(health))
+        },
+    );
+    assert_eq!(health["degraded"], json!(true), "{health}");
+    assert!(
+        weft.metrics()
+            .contains(&format!("weft_unkeyed_messages_total {unkeyed}")),
+        "{}",
+        weft.metrics()
+    );
 }
 
 #[test]

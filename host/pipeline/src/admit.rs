@@ -20,6 +20,7 @@ impl Partition {
                     payload,
                     partition,
                     offset,
+                    ..
                 },
             outcome,
         } = routed;

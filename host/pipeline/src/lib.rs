@@ -325,6 +325,7 @@ impl Pipeline {
             source: Mutex::new(SourceView {
                 describe: source.describe(),
                 running: true,
+                unkeyed: 0,
             }),
             workers,
             store,
@@ -430,6 +431,7 @@ impl Pipeline {
             commits_tx,
             sent: BTreeMap::new(),
             next: Offsets::new(),
+            unkeyed: 0,
         };
         let result = reader.run(&mut *source, &mut normalizer, &commits, stop, &handles);
         // Dropping the queues tells every worker to checkpoint and stop.
@@ -581,6 +583,8 @@ struct Reader<'a> {
     sent: BTreeMap<Part, (bool, bool)>,
     /// Next offset per source partition, after everything read.
     next: Offsets,
+    /// Kafka messages whose key is not their user (since the start).
+    unkeyed: u64,
 }
 
 impl Reader<'_> {
@@ -617,6 +621,12 @@ impl Reader<'_> {
                         reason: r.reason.code(),
                         detail: r.detail,
                     });
+                    if let (Layout::Kafka, Ok(event)) = (self.layout, &outcome)
+                        && message.key.as_deref() != Some(event.user.as_bytes())
+                    {
+                        self.unkeyed += 1;
+                        self.shared.telemetry.unkeyed.inc();
+                    }
                     let part = self.layout.route(&message, &outcome);
                     routed
                         .entry(part)
@@ -644,6 +654,7 @@ impl Reader<'_> {
                 *lock(&self.shared.source) = SourceView {
                     describe: source.describe(),
                     running,
+                    unkeyed: self.unkeyed,
                 };
                 self.shared.update_gauges();
                 published = Instant::now();

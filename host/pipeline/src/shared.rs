@@ -95,6 +95,8 @@ pub(crate) struct PartitionView {
 pub(crate) struct SourceView {
     pub describe: serde_json::Value,
     pub running: bool,
+    /// Kafka messages read whose key was not their user id.
+    pub unkeyed: u64,
 }
 
 /// What keeps the pipeline from doing all of its work, if anything.
@@ -119,6 +121,18 @@ pub struct Problem {
 }
 
 impl Problem {
+    /// A Kafka topic whose messages are not keyed by their user.
+    pub(crate) fn unkeyed(messages: u64) -> Self {
+        Problem {
+            plugin: None,
+            what: format!(
+                "the Kafka topic is not keyed by user: {messages} messages had a key other than their user id"
+            ),
+            effect: "a user's events can be in several partitions, each with sessions of its own: sessions and per-user figures are wrong for such users".into(),
+            fix: "produce with the user id as the message key (weft keeps state per partition and expects each user in one)".into(),
+        }
+    }
+
     /// A quarantined plugin, its effect on the data and the way out.
     pub(crate) fn quarantined(
         slot: &PluginSlot,
@@ -431,8 +445,11 @@ impl Shared {
                 }
             }
         }
-        health.degraded = !health.problems.is_empty();
         let source = lock(&self.source);
+        if source.unkeyed > 0 && partitions.len() > 1 {
+            health.problems.push(Problem::unkeyed(source.unkeyed));
+        }
+        health.degraded = !health.problems.is_empty();
         Status {
             events,
             watermark: partitions.iter().filter_map(|p| p.watermark).min(),
@@ -458,6 +475,7 @@ impl Shared {
             t.source_lag.set(lag);
         }
         t.buffered.set(status.buffered as i64);
+        t.partitions.set(status.partitions.len() as i64);
         for r in lock(&self.running).iter() {
             let quarantined = self.quarantined(&r.name).is_some();
             t.quarantined

@@ -32,6 +32,10 @@ pub struct Telemetry {
     pub quarantined: IntGaugeVec,
     /// 1 while the pipeline is degraded (see `Status::health`).
     pub degraded: IntGauge,
+    /// Kafka messages whose key is not their user id.
+    pub unkeyed: IntCounter,
+    /// Partitions open on this host.
+    pub partitions: IntGauge,
 }
 
 impl Telemetry {
@@ -100,6 +104,13 @@ impl Telemetry {
             "degraded",
             "1 while part of the pipeline is out of action (see /api/status health).",
         )?;
+        let unkeyed = IntCounter::new(
+            "unkeyed_messages_total",
+            "Kafka messages whose key is not their user id (the topic must be keyed by user).",
+        )?;
+        let partitions = IntGauge::new("partitions", "Partitions open on this host.")?;
+        registry.register(Box::new(unkeyed.clone()))?;
+        registry.register(Box::new(partitions.clone()))?;
         registry.register(Box::new(query_errors.clone()))?;
         registry.register(Box::new(quarantined.clone()))?;
         registry.register(Box::new(degraded.clone()))?;
@@ -132,6 +143,8 @@ impl Telemetry {
             query_errors,
             quarantined,
             degraded,
+            unkeyed,
+            partitions,
         })
     }
 

@@ -145,6 +145,7 @@ impl Source for DemoSource {
                 payload: event.payload,
                 partition: 0,
                 offset: event.offset,
+                key: None,
             });
         }
         self.emitted += count;

@@ -109,6 +109,7 @@ impl<R: BufRead> Lines<R> {
                 payload: text.to_vec(),
                 partition: 0,
                 offset,
+                key: None,
             }));
         }
     }

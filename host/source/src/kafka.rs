@@ -227,6 +227,7 @@ impl Source for KafkaSource {
                         payload,
                         partition,
                         offset,
+                        key: message.key().map(<[u8]>::to_vec),
                     });
                     self.next.insert(partition, offset + 1);
                     self.caught_up.remove(&partition);

@@ -24,6 +24,8 @@ pub struct Message {
     pub payload: Vec<u8>,
     pub partition: i32,
     pub offset: i64,
+    /// A Kafka message's key (a topic keyed by user carries the user id).
+    pub key: Option<Vec<u8>>,
 }
 
 /// Next offset to read, per partition.
