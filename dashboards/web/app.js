@@ -167,6 +167,12 @@ function drawStrip(status, plugins) {
     stat("source lag", lag, "lag"),
     stat("last checkpoint", cp, "checkpoint"),
   ];
+  // Each partition's own figures, on hover.
+  const parts = status.partitions || [];
+  const detail = parts.map((p) => `partition ${p.partition}: ${p.events.received.toLocaleString()} received, ` +
+    `${p.buffered} buffered, checkpoint ${p.last_checkpoint ? ago(p.last_checkpoint.at) : "none yet"}`).join("\n");
+  items.push(el("div", { class: "stat", "data-stat": "partitions", title: detail },
+    el("b", { text: `${parts.length} on ${status.workers}` }), el("span", { text: "partitions on workers" })));
   for (const p of plugins) {
     const title = p.quarantined ? `quarantined: ${p.quarantined}` : p.last_error || `loaded ${new Date(p.loaded_at).toISOString()}`;
     items.push(

@@ -329,6 +329,17 @@ fn the_overview_renders_the_api_live_in_a_real_browser() {
         "{}",
         first["strip"]
     );
+    let status = weft.get("/api/status");
+    assert_eq!(
+        first["strip"]["partitions"],
+        json!(format!(
+            "{} on {}",
+            status["partitions"].as_array().map_or(0, Vec::len),
+            status["workers"]
+        )),
+        "{}",
+        first["strip"]
+    );
 
     // More events: the numbers move with no reload.
     let events_panel = |snapshot: &Value| {
