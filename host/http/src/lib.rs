@@ -611,10 +611,11 @@ async fn dead_letters(
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        shared.telemetry.render(),
-    )
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], {
+        // The gauges that sum over partitions, as of now.
+        shared.update_gauges();
+        shared.telemetry.render()
+    })
 }
 
 /// Lets a request through only with the configured bearer token.

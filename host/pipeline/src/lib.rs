@@ -656,7 +656,6 @@ impl Reader<'_> {
                     running,
                     unkeyed: self.unkeyed,
                 };
-                self.shared.update_gauges();
                 published = Instant::now();
             }
         }

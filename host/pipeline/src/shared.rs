@@ -463,8 +463,9 @@ impl Shared {
         }
     }
 
-    /// Sets the gauges of `/metrics` that sum or pick over the partitions.
-    pub(crate) fn update_gauges(&self) {
+    /// Sets the gauges of `/metrics` that sum or pick over the partitions
+    /// (called for every scrape).
+    pub fn update_gauges(&self) {
         let status = self.status();
         let t = &self.telemetry;
         t.degraded.set(i64::from(status.health.degraded));
