@@ -225,20 +225,40 @@ fn run_to_end(
         .expect("a pipeline")
         .start()
         .expect("a started pipeline");
-    loop {
-        assert!(!started.is_finished(), "the pipeline failed");
+    await_pipeline(&started, "every message processed", || {
         let status = started.shared.status();
-        if status.events.received as usize == messages && status.buffered == 0 {
-            let rate = per_second(messages, clock);
-            assert_no_failures(&started.shared);
-            return (rate, started, data);
-        }
         assert!(
-            status.source_running || status.buffered > 0,
+            status.source_running
+                || status.buffered > 0
+                || status.events.received as usize == messages,
             "the source ended after {} messages, not {messages}",
             status.events.received
         );
-        std::thread::sleep(Duration::from_millis(1));
+        (status.events.received as usize == messages && status.buffered == 0).then_some(())
+    });
+    let rate = per_second(messages, clock);
+    assert_no_failures(&started.shared);
+    (rate, started, data)
+}
+
+/// How long any timed pipeline run may take before the harness gives up.
+const RUN_DEADLINE: Duration = Duration::from_secs(600);
+
+/// Polls `done` every millisecond (figures are timed by it) until it gives
+/// a value; fails if `started` stops by itself or after [`RUN_DEADLINE`].
+fn await_pipeline<T>(started: &Started, what: &str, mut done: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + RUN_DEADLINE;
+    loop {
+        if let Some(value) = done() {
+            return value;
+        }
+        assert!(!started.is_finished(), "the pipeline failed before {what}");
+        assert!(
+            Instant::now() < deadline,
+            "no {what} after {RUN_DEADLINE:?}: {:?}",
+            started.shared.status().events
+        );
+        std::thread::park_timeout(Duration::from_millis(1));
     }
 }
 
@@ -380,10 +400,9 @@ fn open_sessions_child(users: usize, dir: &Path) {
         .start()
         .expect("a started pipeline");
     let shared = started.shared.clone();
-    while !started.is_done() {
-        assert!(!started.is_finished(), "the pipeline failed");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    await_pipeline(&started, "the end of the file", || {
+        started.is_done().then_some(())
+    });
     started.stop().expect("a last checkpoint");
     assert_no_failures(&shared);
     shared.store.flush().expect("a flush");
@@ -891,24 +910,15 @@ fn main() {
                 .start()
                 .expect("a started pipeline");
                 let shared = started.shared.clone();
-                let deadline = Instant::now() + Duration::from_secs(600);
-                loop {
-                    assert!(!started.is_finished(), "the pipeline failed");
-                    std::thread::sleep(Duration::from_millis(1));
+                let counters = await_pipeline(&started, "every clean message processed", || {
                     let status = shared.status();
-                    let counters = &status.events;
-                    if counters.received as usize == clean && status.buffered == 0 {
-                        assert_eq!(
-                            counters.accepted as usize, clean,
-                            "weft rejected clean messages: {counters:?}"
-                        );
-                        break;
-                    }
-                    assert!(
-                        Instant::now() < deadline,
-                        "weft has not processed the {clean} messages after 10 minutes: {counters:?}"
-                    );
-                }
+                    (status.events.received as usize == clean && status.buffered == 0)
+                        .then_some(status.events)
+                });
+                assert_eq!(
+                    counters.accepted as usize, clean,
+                    "weft rejected clean messages: {counters:?}"
+                );
                 let query = |name: &str| -> Value {
                     let answer = shared.query(name, &[]).expect("a query");
                     serde_json::from_str(&answer).expect("a JSON answer")
@@ -1297,16 +1307,15 @@ fn first_event(dir: &Path, cache: &Path, file: &Path, plugins: &[PluginSpec]) ->
     .expect("a pipeline")
     .start()
     .expect("a started pipeline");
-    loop {
-        assert!(!running.is_finished(), "the pipeline failed");
+    let ms = await_pipeline(&running, "an event through every plugin", || {
         let infos = running.shared.plugin_infos();
-        if infos.iter().all(|p| p.stats.events_in > 0) {
-            let ms = started.elapsed().as_secs_f64() * 1e3;
-            running.stop().expect("the pipeline stops");
-            return ms;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
+        infos
+            .iter()
+            .all(|p| p.stats.events_in > 0)
+            .then(|| started.elapsed().as_secs_f64() * 1e3)
+    });
+    running.stop().expect("the pipeline stops");
+    ms
 }
 
 fn median(runs: &[f64]) -> f64 {

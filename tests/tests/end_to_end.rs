@@ -60,6 +60,23 @@ fn wait_until_done(weft: &Weft, want: &Expected) {
     weft.wait_until_processed(want.messages, 0, accepted);
 }
 
+/// Starts weft on `data`, `kill -9`s it once it has read `at` messages, and
+/// returns how many it had read.
+fn kill_when_read<S: AsRef<str>>(data: &Path, args: &[S], at: u64) -> u64 {
+    let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
+    let weft = Weft::start(data, &args);
+    let seen = wait_for(
+        "weft to read into the input",
+        Duration::from_secs(300),
+        || {
+            let n = received(&weft)?;
+            Ok((n >= at).then_some(n))
+        },
+    );
+    weft.kill();
+    seen
+}
+
 fn check_results(weft: &Weft, want: &Expected) {
     let status = weft.get("/api/status");
     assert_eq!(status["events"], want.counters, "status counters");
@@ -103,17 +120,7 @@ fn kafka_stream_gives_exact_results_and_survives_kill_9() {
         (0.2, third, 2 * third),
         (0.5, 2 * third, stream.deliveries.len()),
     ] {
-        let weft = Weft::start(&data, &args);
-        let at = (want.messages as f64 * fraction) as u64;
-        wait_for(
-            "weft to read into the stream",
-            Duration::from_secs(300),
-            || {
-                let n = received(&weft)?;
-                Ok((n >= at).then_some(n))
-            },
-        );
-        weft.kill();
+        kill_when_read(&data, &args, (want.messages as f64 * fraction) as u64);
         produce(&topic, &stream.deliveries[produced..next]);
     }
     let weft = Weft::start(&data, &args);
@@ -409,21 +416,11 @@ fn partitions_of_a_file_resume_exactly_after_kill_9() {
     ];
     let data = dir.path().join("k");
     for fraction in [0.3, 0.6] {
-        let weft = Weft::start(&data, &args);
-        let at = (want.messages as f64 * fraction) as u64;
-        let seen = wait_for(
-            "weft to read into the file",
-            Duration::from_secs(300),
-            || {
-                let n = received(&weft)?;
-                Ok((n >= at).then_some(n))
-            },
-        );
+        let seen = kill_when_read(&data, &args, (want.messages as f64 * fraction) as u64);
         assert!(
             seen < want.messages,
             "weft read the whole file before the kill; make it longer"
         );
-        weft.kill();
     }
     let weft = Weft::start(&data, &args);
     wait_until_done(&weft, &want);
