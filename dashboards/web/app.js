@@ -173,6 +173,15 @@ function drawStrip(status, plugins) {
     `${p.buffered} buffered, checkpoint ${p.last_checkpoint ? ago(p.last_checkpoint.at) : "none yet"}`).join("\n");
   items.push(el("div", { class: "stat", "data-stat": "partitions", title: detail },
     el("b", { text: `${parts.length} on ${status.workers}` }), el("span", { text: "partitions on workers" })));
+  // The consumer group: its members and their partitions, restores under way.
+  const group = status.group;
+  if (group) {
+    const members = group.members.map((m) => `${m.me ? "this host" : m.url}: partitions ${m.partitions.join(", ") || "none"}`);
+    const restoring = group.restoring.map((r) => `restoring partition ${r.partition}: ${r.read.toLocaleString()} of ${r.total.toLocaleString()} records`);
+    const label = group.restoring.length ? `hosts · ${group.restoring.length} restoring` : `hosts in ${group.group}`;
+    items.push(el("div", { class: "stat", "data-stat": "group", title: [...members, ...restoring].join("\n") },
+      el("b", { text: `${group.members.length}` }), el("span", { text: label })));
+  }
   for (const p of plugins) {
     const title = p.quarantined ? `quarantined: ${p.quarantined}` : p.last_error || `loaded ${new Date(p.loaded_at).toISOString()}`;
     items.push(

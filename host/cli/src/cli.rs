@@ -96,8 +96,29 @@ fn run(args: config::RunArgs) -> Result<()> {
     }
     let runtime = Runtime::new(Some(config.data_dir.join("modules")))
         .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let listener = tokio
+        .block_on(tokio::net::TcpListener::bind(config.listen))
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
     let source = weft_source::open(&config.source).context("cannot open the source")?;
-    let pipeline = Pipeline::open(config.pipeline, source, config.plugins, store, &runtime)?;
+    let mut pipeline = Pipeline::open(config.pipeline, source, config.plugins, store, &runtime)?;
+    if let weft_source::SourceSpec::Kafka(kafka) = &config.source {
+        let url = config.advertise.clone().unwrap_or_else(|| {
+            if addr.ip().is_unspecified() {
+                tracing::warn!(listen = %addr, "Listening on every interface: other hosts of the group reach this one at the address given with --advertise, which is not set.");
+            }
+            format!("http://{addr}")
+        });
+        let group = weft_source::Group::open(kafka).context("cannot join the consumer group")?;
+        tracing::info!(group = %kafka.group, changelog = group.changelog_topic(), partitions = group.partitions(), url = %url, "Joining the consumer group.");
+        let me = kafka.instance_id.clone().unwrap_or_default();
+        pipeline = pipeline.join(group, &kafka.group, &me, &url);
+    }
     let shared = pipeline.shared();
     let _watcher = config
         .plugin_dir
@@ -109,16 +130,6 @@ fn run(args: config::RunArgs) -> Result<()> {
             "No admin token is set: the admin API (uploads, unloads, rollbacks) is refused."
         );
     }
-
-    let tokio = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let listener = tokio
-        .block_on(tokio::net::TcpListener::bind(config.listen))
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let addr = listener.local_addr()?;
     tracing::info!(
         listen = %addr,
         source = %config.source_label,

@@ -37,6 +37,9 @@ pub struct RunArgs {
     /// HTTP address [default: 127.0.0.1:8080]
     #[arg(long, env = "WEFT_LISTEN")]
     pub listen: Option<SocketAddr>,
+    /// The URL other hosts of the consumer group reach this one's HTTP API at, to answer queries for its partitions [default: http://LISTEN]
+    #[arg(long, env = "WEFT_ADVERTISE")]
+    pub advertise: Option<String>,
     /// A directory of plugin components (`NAME.wasm`, optional `NAME.toml` manifest), watched: adding, replacing or removing a file loads, swaps or unloads that instance
     #[arg(long = "plugins", env = "WEFT_PLUGINS")]
     pub plugin_dir: Option<PathBuf>,
@@ -64,6 +67,7 @@ struct FileConfig {
     group: Option<String>,
     data_dir: Option<PathBuf>,
     listen: Option<SocketAddr>,
+    advertise: Option<String>,
     plugin_dir: Option<PathBuf>,
     admin_token: Option<String>,
     /// Largest component upload through the admin API, in MiB [default: 32].
@@ -99,6 +103,8 @@ pub struct RunConfig {
     pub source_label: String,
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
+    /// Where other hosts of the group reach this one; `None`: the address listened on.
+    pub advertise: Option<String>,
     pub pipeline: Settings,
     pub plugins: Vec<PluginSpec>,
     /// The watched plugin directory, if any.
@@ -218,6 +224,7 @@ pub fn resolve(args: RunArgs, bundled: &[(&str, &[u8])]) -> Result<RunConfig> {
             .listen
             .or(file.listen)
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+        advertise: args.advertise.or(file.advertise),
         pipeline: Settings {
             reset_source: args.reset_source,
             workers: args

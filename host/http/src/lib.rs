@@ -8,7 +8,12 @@
 //!   whenever they change (coalesced);
 //! - `GET /api/status`: message counters, watermark, last checkpoint, source;
 //! - `GET /api/plugins`: each plugin instance with its role, digest and stats;
-//! - `GET /api/plugins/{name}/query?…`: a metric's answer (JSON);
+//! - `GET /api/plugins/{name}/query?…`: a metric's answer (JSON); in a
+//!   consumer group, over every partition of the group ([`group`]): 503
+//!   with `missing` when an owner does not answer, or with `partial=true`
+//!   `{"partial", "missing", "answer"}`;
+//! - `GET /api/internal/partials/{name}?…`: this host's partitions' own
+//!   answers, which the hosts of a group ask each other for;
 //! - `GET /api/plugins/{name}/dead-letters?limit=&after=`: batches the plugin
 //!   failed on, with the error and the module digest;
 //! - `GET /api/plugins/{name}/versions`: every version it ran;
@@ -37,6 +42,7 @@
 //! a component that does not load 422, a conflicting change 409.
 
 pub mod dashboards;
+mod group;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -197,6 +203,7 @@ pub fn app(shared: Arc<Shared>, options: Options, local: SocketAddr) -> Router {
         .route("/api/status", get(status))
         .route("/api/plugins", get(plugins))
         .route("/api/plugins/{name}/query", get(query))
+        .route("/api/internal/partials/{name}", get(partials))
         .route("/api/plugins/{name}/dead-letters", get(dead_letters))
         .route("/api/plugins/{name}/versions", get(versions))
         .route("/api/rejected", get(rejected))
@@ -470,7 +477,7 @@ async fn query(
     Path(name): Path<String>,
     Query(params): Query<Vec<(String, String)>>,
 ) -> ApiResult<Response> {
-    let answer = tokio::task::spawn_blocking(move || shared.query(&name, &params))
+    let answer = tokio::task::spawn_blocking(move || group::query(&shared, &name, params))
         .await
         .map_err(|e| {
             ApiError::new(
@@ -478,12 +485,53 @@ async fn query(
                 format!("query task failed: {e}"),
             )
         })?;
-    let error = match answer {
-        Ok(json) => {
-            return Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response());
+    match answer {
+        Ok(group::Answer::Whole(json)) => {
+            Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response())
         }
-        Err(error) => error,
-    };
+        Ok(group::Answer::Partial(body)) => Ok(Json(body).into_response()),
+        Ok(group::Answer::Missing(missing)) => Ok((
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({
+                "error": format!(
+                    "no answer from the owners of partitions {missing:?}: they are moving between hosts or their host is unreachable; ask again, or add partial=true for the answer of the others"
+                ),
+                "missing": missing,
+            })),
+        )
+            .into_response()),
+        Err(error) => Err(query_error(error)),
+    }
+}
+
+/// This host's partitions' own answers of a metric, for a query on another
+/// host of the group: `{"partials": [{"partition": P, "answer": …}]}`.
+async fn partials(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    Query(params): Query<Vec<(String, String)>>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let answer = tokio::task::spawn_blocking(move || shared.partials(&name, &params))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("query task failed: {e}"),
+            )
+        })?
+        .map_err(query_error)?;
+    let partials: Vec<_> = answer
+        .into_iter()
+        .map(|(partition, answer)| {
+            let answer: serde_json::Value =
+                serde_json::from_str(&answer).unwrap_or(serde_json::Value::String(answer));
+            serde_json::json!({ "partition": partition, "answer": answer })
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "partials": partials })))
+}
+
+fn query_error(error: QueryError) -> ApiError {
     let status = match &error {
         QueryError::NotFound(_) => StatusCode::NOT_FOUND,
         QueryError::NotMetric { .. } | QueryError::Declined(_) => StatusCode::BAD_REQUEST,
@@ -493,7 +541,7 @@ async fn query(
         QueryError::Stopping(_) => StatusCode::SERVICE_UNAVAILABLE,
         QueryError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
-    Err(ApiError::new(status, error.to_string()))
+    ApiError::new(status, error.to_string())
 }
 
 #[derive(Deserialize)]

@@ -34,8 +34,6 @@ impl Partition {
         self.offsets.insert(partition, offset + 1);
         self.counters.received += 1;
         self.unsaved += 1;
-        let telemetry = &self.shared.telemetry;
-        telemetry.received.inc();
         let event = match outcome {
             Ok(event) => event,
             Err(refusal) => {
@@ -52,7 +50,6 @@ impl Partition {
         }
         if !event.id.is_empty() && self.dedup.is_known(&event.id) {
             self.counters.duplicates += 1;
-            telemetry.duplicate.inc();
             return;
         }
         if self.reorder.is_late(event.time) {
@@ -67,7 +64,6 @@ impl Partition {
             self.dedup.accept(&event.id, event.time);
         }
         self.counters.accepted += 1;
-        telemetry.accepted.inc();
         self.reorder.push(Held {
             partition,
             offset,
@@ -82,9 +78,6 @@ impl Partition {
             .rejected_by_reason
             .entry(reason.to_owned())
             .or_default() += 1;
-        let telemetry = &self.shared.telemetry;
-        telemetry.rejected_any.inc();
-        telemetry.rejected.with_label_values(&[reason]).inc();
         tracing::trace!(reason, partition, offset, %detail, "Message rejected.");
         let record = Rejected::keeping(
             reason,

@@ -34,6 +34,10 @@ pub(crate) struct Meta {
     /// before weft recorded it.
     #[serde(default)]
     pub(crate) source: Option<Identity>,
+    /// Random, new at every checkpoint: two histories of a partition never
+    /// have the same metadata, so equal metadata means the same state.
+    #[serde(default)]
+    pub(crate) id: u64,
 }
 
 impl Partition {
@@ -86,6 +90,7 @@ impl Partition {
             dead_letter_seq.insert(s.name.clone(), lock(&s.stats).dead_letter_seq);
         }
         let meta = Meta {
+            id: rand::random(),
             offsets: self.offsets.clone(),
             counters: self.counters.clone(),
             reorder: self.reorder.state(),
@@ -116,7 +121,13 @@ impl Partition {
             dead_letters_removed: std::mem::take(&mut self.replayed),
             meta: serde_json::to_vec(&meta).map_err(PipelineError::Meta)?,
         };
-        self.shared.store.checkpoint(self.part, checkpoint)?;
+        // The changelog first: a crash after it leaves the local store
+        // behind the changelog, which the next owner (this host too) sees.
+        let records = checkpoint.into_writes(self.part)?;
+        if let Some(m) = self.shared.group.get() {
+            m.group.write(self.part as i32, &records)?;
+        }
+        self.shared.store.apply(self.part, records)?;
         drop(guards);
         for journal in &mut self.journals {
             journal.clear();

@@ -31,6 +31,7 @@
 pub mod admit;
 pub mod checkpoint;
 pub mod dedup;
+pub mod group;
 pub mod isolation;
 pub mod lifecycle;
 pub(crate) mod partition;
@@ -94,6 +95,8 @@ pub enum PipelineError {
         "this data directory splits its input {was}; this run would split it {now}. State is kept per partition, so users' state would be in the wrong partitions: keep the split (`partitions` in [pipeline]), or start with a new data directory"
     )]
     Layout { was: String, now: String },
+    #[error("a Kafka source needs its consumer group joined (`Pipeline::join`)")]
+    NoGroup,
     #[error("`partitions` must be between 1 and 4096, not {0}")]
     Partitions(u32),
 }
@@ -268,11 +271,14 @@ const POLL: Duration = Duration::from_millis(50);
 /// Work items a worker's queue holds before the reader waits.
 const WORK_QUEUE: usize = 64;
 
-/// What the reader hands a worker.
-enum Work {
+/// What the reader (or the rebalance owner) hands a worker.
+pub(crate) enum Work {
     Input(Part, Input),
-    /// A partition opened after the start (a Kafka partition seen first).
+    /// A partition opened after the start (a Kafka partition assigned).
     Adopt(Box<Partition>),
+    /// A partition taken away: process what it was handed, checkpoint it,
+    /// close it, then say so.
+    Release(Part, mpsc::Sender<()>),
 }
 
 pub struct Pipeline {
@@ -333,10 +339,13 @@ impl Pipeline {
             runtime: runtime.clone(),
             max_limits: settings.max_limits(),
             loading: Mutex::default(),
+            group: std::sync::OnceLock::new(),
         });
+        // A Kafka partition is opened when the group assigns it here
+        // (`group::Owner`), after its state is made current.
         let parts: Vec<Part> = match layout {
             Layout::Hashed(n) => (0..n).collect(),
-            Layout::Kafka => shared.store.partitions()?,
+            Layout::Kafka => Vec::new(),
         };
         let (commits_tx, commits) = mpsc::channel();
         let mut opened = Vec::with_capacity(parts.len());
@@ -375,6 +384,18 @@ impl Pipeline {
         self.shared.clone()
     }
 
+    /// Joins the Kafka consumer group whose topics `group` reaches, as
+    /// member `me`, reachable by other hosts at `url`: partitions are taken
+    /// and handed over as the group assigns them, their state through the
+    /// group's changelog. A Kafka source needs this before it runs.
+    pub fn join(self, group: weft_source::Group, name: &str, me: &str, url: &str) -> Self {
+        let membership = group::Membership::new(group, name.into(), me.into(), url.into());
+        if self.shared.group.set(membership).is_err() {
+            tracing::warn!("The pipeline joined its group already.");
+        }
+        self
+    }
+
     /// Runs the pipeline on a thread of its own until [`Started::stop`].
     pub fn start(self) -> Result<Started, PipelineError> {
         let stop = Arc::new(AtomicBool::new(false));
@@ -411,6 +432,9 @@ impl Pipeline {
         for partition in opened {
             owned[partition.part as usize % workers].push(partition);
         }
+        if layout == Layout::Kafka && shared.group.get().is_none() {
+            return Err(PipelineError::NoGroup);
+        }
         let mut queues = Vec::with_capacity(workers);
         let mut handles = Vec::with_capacity(workers);
         for (w, partitions) in owned.into_iter().enumerate() {
@@ -422,20 +446,33 @@ impl Pipeline {
             queues.push(tx);
             handles.push(handle);
         }
+        let router = Arc::new(group::Router {
+            queues: Mutex::new(queues),
+            open: Mutex::new(shared.part_ids().into_iter().collect()),
+        });
+        source.set_rebalance(Box::new(group::Owner {
+            settings: settings.clone(),
+            shared: shared.clone(),
+            router: router.clone(),
+            commits: commits_tx.clone(),
+            identity: source.identity(),
+        }));
+        let members = match shared.group.get() {
+            Some(_) => Some(group::Membership::announce(&shared)?),
+            None => None,
+        };
         let mut reader = Reader {
             settings: &settings,
             layout,
             shared: &shared,
-            queues,
-            known: shared.part_ids().into_iter().collect(),
-            commits_tx,
+            router: &router,
             sent: BTreeMap::new(),
             next: Offsets::new(),
             unkeyed: 0,
         };
         let result = reader.run(&mut *source, &mut normalizer, &commits, stop, &handles);
         // Dropping the queues tells every worker to checkpoint and stop.
-        drop(reader);
+        lock(&router.queues).clear();
         let mut error = result.err();
         for handle in handles {
             let outcome = handle.join().unwrap_or(Err(PipelineError::Panicked));
@@ -446,6 +483,13 @@ impl Pipeline {
         }
         for committed in commits.try_iter() {
             commit(&mut *source, &committed);
+        }
+        // Leaving the group hands over nothing more: every partition has
+        // written its last checkpoint.
+        drop(source);
+        if let (Some(m), Some(members)) = (shared.group.get(), members) {
+            m.stop.store(true, Ordering::Relaxed);
+            let _ = members.join();
         }
         match error {
             Some(e) => Err(e),
@@ -575,10 +619,7 @@ struct Reader<'a> {
     settings: &'a Settings,
     layout: Layout,
     shared: &'a Arc<Shared>,
-    queues: Vec<mpsc::SyncSender<Work>>,
-    /// The partitions open.
-    known: std::collections::BTreeSet<Part>,
-    commits_tx: mpsc::Sender<Committed>,
+    router: &'a group::Router,
     /// What each partition was last told: (caught up, running).
     sent: BTreeMap<Part, (bool, bool)>,
     /// Next offset per source partition, after everything read.
@@ -634,9 +675,6 @@ impl Reader<'_> {
                         .push(Routed { message, outcome });
                 }
                 for (part, messages) in routed {
-                    if !self.known.contains(&part) && !self.open(part)? {
-                        return Ok(());
-                    }
                     if !self.send(part, Input::Messages { received, messages }) {
                         return Ok(());
                     }
@@ -662,27 +700,9 @@ impl Reader<'_> {
         Ok(())
     }
 
-    /// Opens partition `part`, first seen now, and hands it to its worker;
-    /// false if the worker has stopped.
-    fn open(&mut self, part: Part) -> Result<bool, PipelineError> {
-        let (partition, _) =
-            Partition::open(part, self.settings, self.shared, self.commits_tx.clone())?;
-        self.shared.adopt(&partition.view);
-        self.known.insert(part);
-        tracing::info!(partition = part, "Partition opened.");
-        Ok(self
-            .queue(part)
-            .send(Work::Adopt(Box::new(partition)))
-            .is_ok())
-    }
-
-    fn queue(&self, part: Part) -> &mpsc::SyncSender<Work> {
-        &self.queues[part as usize % self.queues.len()]
-    }
-
     /// Hands `input` to `part`'s worker; false if it has stopped.
     fn send(&self, part: Part, input: Input) -> bool {
-        self.queue(part).send(Work::Input(part, input)).is_ok()
+        self.router.send(part, Work::Input(part, input))
     }
 
     /// Tells every partition how far the source is read, when that changed.
@@ -691,7 +711,13 @@ impl Reader<'_> {
         let caught_up = source.caught_up();
         let all_caught_up = !assigned.is_empty() && assigned.is_subset(caught_up);
         let identity = source.identity();
-        for &part in &self.known {
+        let open = lock(&self.router.open).clone();
+        // A partition handed over and taken again starts afresh.
+        self.sent.retain(|part, _| open.contains(part));
+        if self.layout == Layout::Kafka {
+            self.next.retain(|p, _| open.contains(&(*p as Part)));
+        }
+        for &part in &open {
             let (caught, read_to) = match self.layout {
                 Layout::Kafka => {
                     let p = part as i32;
@@ -726,9 +752,11 @@ fn work(mut partitions: Vec<Partition>, queue: mpsc::Receiver<Work>) -> Result<(
     let mut inboxes: BTreeMap<Part, Vec<Input>> = BTreeMap::new();
     loop {
         let mut closed = false;
+        let mut released = Vec::new();
         let mut take = |work: Work, partitions: &mut Vec<Partition>| match work {
             Work::Input(part, input) => inboxes.entry(part).or_default().push(input),
             Work::Adopt(partition) => partitions.push(*partition),
+            Work::Release(part, done) => released.push((part, done)),
         };
         match queue.recv_timeout(POLL) {
             Ok(w) => take(w, &mut partitions),
@@ -750,6 +778,13 @@ fn work(mut partitions: Vec<Partition>, queue: mpsc::Receiver<Work>) -> Result<(
         for partition in &mut partitions {
             let inputs = inboxes.remove(&partition.part).unwrap_or_default();
             partition.step(inputs)?;
+        }
+        for (part, done) in released {
+            if let Some(at) = partitions.iter().position(|p| p.part == part) {
+                let mut partition = partitions.swap_remove(at);
+                partition.checkpoint()?;
+            }
+            let _ = done.send(());
         }
         if closed && inboxes.is_empty() {
             for partition in &mut partitions {

@@ -155,18 +155,6 @@ impl Partition {
             )?));
         }
         let stage_count = slots.iter().filter(|s| s.role == Role::Stage).count();
-        let telemetry = &shared.telemetry;
-        let c = &meta.counters;
-        telemetry.received.inc_by(c.received);
-        telemetry.accepted.inc_by(c.accepted);
-        telemetry.rejected_any.inc_by(c.rejected);
-        telemetry.duplicate.inc_by(c.duplicates);
-        for (reason, n) in &c.rejected_by_reason {
-            telemetry
-                .rejected
-                .with_label_values(&[reason.as_str()])
-                .inc_by(*n);
-        }
         let reorder = Reorder::new(settings.lateness_ms, meta.reorder);
         if let Some(w) = reorder
             .watermark()
@@ -189,6 +177,7 @@ impl Partition {
                 buffered: reorder.len(),
                 offsets: meta.offsets.clone(),
                 last_checkpoint: None,
+                lag: None,
                 running: true,
             }),
             requests: Mutex::new(requests_tx),

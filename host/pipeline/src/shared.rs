@@ -17,6 +17,7 @@ use weft_state::{Part, Store};
 
 use crate::{
     Counters,
+    group::{GroupStatus, Membership, Owners},
     lifecycle::{self, Request},
     lock,
     telemetry::Telemetry,
@@ -53,6 +54,10 @@ pub struct Status {
     /// Worker threads stepping the partitions.
     pub workers: usize,
     pub partitions: Vec<PartitionStatus>,
+    /// The consumer group, for a Kafka source: its members, their
+    /// partitions, restores in progress.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<GroupStatus>,
 }
 
 /// One partition in `GET /api/status`.
@@ -65,6 +70,9 @@ pub struct PartitionStatus {
     /// Next offset per source partition.
     pub offsets: Offsets,
     pub last_checkpoint: Option<CheckpointInfo>,
+    /// Messages of its Kafka partition not read yet, when the end is known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lag: Option<i64>,
     /// False once the source has ended and this partition has processed
     /// and checkpointed all it was handed.
     #[serde(skip)]
@@ -326,6 +334,8 @@ pub struct Shared {
     pub(crate) max_limits: Limits,
     /// Loads in progress (compiling, checking, trying `init`), by name.
     pub(crate) loading: Mutex<BTreeMap<String, lifecycle::LoadingView>>,
+    /// The consumer group this host is a member of (a Kafka source).
+    pub(crate) group: std::sync::OnceLock<Membership>,
 }
 
 impl Shared {
@@ -335,6 +345,20 @@ impl Shared {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(view.part, view.clone());
+    }
+
+    /// Forgets a partition handed over to another host.
+    pub(crate) fn forget(&self, part: Part) {
+        self.partitions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&part);
+    }
+
+    /// Who owns which partitions of the group, for a query over all of
+    /// them; `None` when this host is in no group (it has every partition).
+    pub fn owners(&self) -> Option<Owners> {
+        self.group.get().map(Membership::owners)
     }
 
     pub(crate) fn views(&self) -> Vec<Arc<PartitionView>> {
@@ -399,8 +423,20 @@ impl Shared {
     /// The status, summed over the partitions, with each partition's.
     pub fn status(&self) -> Status {
         let views = self.views();
-        let partitions: Vec<PartitionStatus> =
-            views.iter().map(|v| lock(&v.status).clone()).collect();
+        let source = lock(&self.source);
+        let ends = source.describe.get("ends");
+        let partitions: Vec<PartitionStatus> = views
+            .iter()
+            .map(|v| {
+                let mut status = lock(&v.status).clone();
+                let end = ends
+                    .and_then(|e| e.get(v.part.to_string()))
+                    .and_then(|e| e.as_i64());
+                let next = status.offsets.get(&(v.part as i32)).copied();
+                status.lag = end.map(|end| (end - next.unwrap_or(0)).max(0));
+                status
+            })
+            .collect();
         let mut events = Counters::default();
         for p in &partitions {
             let e = &p.events;
@@ -445,7 +481,6 @@ impl Shared {
                 }
             }
         }
-        let source = lock(&self.source);
         if source.unkeyed > 0 && partitions.len() > 1 {
             health.problems.push(Problem::unkeyed(source.unkeyed));
         }
@@ -459,6 +494,10 @@ impl Shared {
             source_running: source.running || partitions.iter().any(|p| p.running),
             health,
             workers: self.workers,
+            group: self
+                .group
+                .get()
+                .map(|m| m.status(&partitions.iter().map(|p| p.partition).collect::<Vec<_>>())),
             partitions,
         }
     }
@@ -468,6 +507,11 @@ impl Shared {
     pub fn update_gauges(&self) {
         let status = self.status();
         let t = &self.telemetry;
+        t.count(&status.events);
+        if let Some(group) = &status.group {
+            t.members.set(group.members.len() as i64);
+            t.restoring.set(group.restoring.len() as i64);
+        }
         t.degraded.set(i64::from(status.health.degraded));
         if let Some(w) = status.watermark {
             t.watermark.set(w);
@@ -491,21 +535,68 @@ impl Shared {
     /// and the partition restarts the instance from its checkpoint
     /// (replaying what it saw since), which the next query waits for.
     pub fn query(&self, name: &str, params: &[(String, String)]) -> Result<String, QueryError> {
-        let slots = self.slots(name);
-        let Some((_, first)) = slots.first() else {
-            return Err(QueryError::NotFound(name.to_owned()));
-        };
-        if first.role != Role::Metric {
-            return Err(QueryError::NotMetric {
-                name: name.to_owned(),
-                role: first.role,
-            });
-        }
+        let partials: Vec<String> = self
+            .partials(name, params)?
+            .into_iter()
+            .map(|(_, a)| a)
+            .collect();
+        self.merge(name, params, &partials)
+    }
+
+    /// Each partition's own answer of metric `name` (`query`), by partition.
+    pub fn partials(
+        &self,
+        name: &str,
+        params: &[(String, String)],
+    ) -> Result<Vec<(Part, String)>, QueryError> {
+        let slots = self.metric_slots(name)?;
         let mut partials = Vec::with_capacity(slots.len());
-        for (_, slot) in &slots {
-            partials.push(self.ask(slot, |p| p.query(params))?);
+        for (part, slot) in &slots {
+            partials.push((*part, self.ask(slot, |p| p.query(params))?));
         }
-        self.ask(first, |p| p.merge(params, &partials))
+        Ok(partials)
+    }
+
+    /// Metric `name`'s answer from partitions' answers (its `merge`).
+    pub fn merge(
+        &self,
+        name: &str,
+        params: &[(String, String)],
+        partials: &[String],
+    ) -> Result<String, QueryError> {
+        if let Some((_, first)) = self.metric_slots(name)?.first() {
+            return self.ask(first, |p| p.merge(params, partials));
+        }
+        // No partition here (all are other hosts'): `merge` is pure, so an
+        // instance over no state does.
+        let running = lock(&self.running).iter().find(|r| r.name == name).cloned();
+        let running = running.ok_or_else(|| QueryError::NotFound(name.to_owned()))?;
+        let merged = Plugin::start(
+            &self.runtime,
+            name,
+            &running.module,
+            self.store.plugin_state(name, Part::MAX),
+            &running.config.to_string(),
+            running.limits,
+        )
+        .and_then(|mut plugin| plugin.merge(params, partials));
+        merged.map_err(|e| match e {
+            weft_runtime::Error::Failed { message, .. } => QueryError::Declined(message),
+            e => QueryError::Failed(e.to_string()),
+        })
+    }
+
+    /// Each partition's instance of metric `name` (none when no partition
+    /// is open here).
+    fn metric_slots(&self, name: &str) -> Result<Vec<(Part, Arc<PluginSlot>)>, QueryError> {
+        match self.role(name) {
+            None => Err(QueryError::NotFound(name.to_owned())),
+            Some(Role::Metric) => Ok(self.slots(name)),
+            Some(role) => Err(QueryError::NotMetric {
+                name: name.to_owned(),
+                role,
+            }),
+        }
     }
 
     /// Calls `f` on `slot`'s instance once it is usable, and says what a

@@ -8,13 +8,12 @@ use prometheus::{
 
 pub struct Telemetry {
     pub registry: Registry,
-    /// Messages by outcome: received, accepted, rejected, duplicate.
+    /// Messages by outcome (received, accepted, rejected, duplicate) and
+    /// rejected ones by reason: the partitions' checkpointed counters, set
+    /// at every scrape ([`Telemetry::count`]), so they count each message
+    /// once across restarts and hosts; a partition handed over takes its
+    /// counts with it (a drop a `rate()` reads as a reset).
     pub events: IntCounterVec,
-    /// The `events` counters by outcome, resolved once: they count per message.
-    pub received: IntCounter,
-    pub accepted: IntCounter,
-    pub duplicate: IntCounter,
-    pub rejected_any: IntCounter,
     pub rejected: IntCounterVec,
     pub source_lag: IntGauge,
     pub watermark: IntGauge,
@@ -36,6 +35,12 @@ pub struct Telemetry {
     pub unkeyed: IntCounter,
     /// Partitions open on this host.
     pub partitions: IntGauge,
+    /// Partitions restored from the group's changelog.
+    pub restores: IntCounter,
+    /// Members of the group heard from lately (this host included).
+    pub members: IntGauge,
+    /// Partitions being restored now.
+    pub restoring: IntGauge,
 }
 
 impl Telemetry {
@@ -109,6 +114,21 @@ impl Telemetry {
             "Kafka messages whose key is not their user id (the topic must be keyed by user).",
         )?;
         let partitions = IntGauge::new("partitions", "Partitions open on this host.")?;
+        let restores = IntCounter::new(
+            "restores_total",
+            "Partitions restored from the group's changelog (taken over from another host).",
+        )?;
+        let members = IntGauge::new(
+            "group_members",
+            "Members of the consumer group heard from lately.",
+        )?;
+        let restoring = IntGauge::new(
+            "restoring_partitions",
+            "Partitions being restored from the changelog.",
+        )?;
+        registry.register(Box::new(restores.clone()))?;
+        registry.register(Box::new(members.clone()))?;
+        registry.register(Box::new(restoring.clone()))?;
         registry.register(Box::new(unkeyed.clone()))?;
         registry.register(Box::new(partitions.clone()))?;
         registry.register(Box::new(query_errors.clone()))?;
@@ -125,10 +145,6 @@ impl Telemetry {
         registry.register(Box::new(plugin_errors.clone()))?;
         registry.register(Box::new(checkpoint.clone()))?;
         Ok(Telemetry {
-            received: events.with_label_values(&["received"]),
-            accepted: events.with_label_values(&["accepted"]),
-            duplicate: events.with_label_values(&["duplicate"]),
-            rejected_any: events.with_label_values(&["rejected"]),
             registry,
             events,
             rejected,
@@ -145,6 +161,9 @@ impl Telemetry {
             degraded,
             unkeyed,
             partitions,
+            restores,
+            members,
+            restoring,
         })
     }
 
@@ -155,6 +174,26 @@ impl Telemetry {
             self.plugin_reloads
                 .with_label_values(&[plugin, outcome])
                 .inc();
+        }
+    }
+
+    /// Sets the message counters to `counters`, this host's partitions' sum.
+    pub fn count(&self, counters: &crate::Counters) {
+        let set = |counter: prometheus::IntCounter, n: u64| {
+            counter.reset();
+            counter.inc_by(n);
+        };
+        for (outcome, n) in [
+            ("received", counters.received),
+            ("accepted", counters.accepted),
+            ("rejected", counters.rejected),
+            ("duplicate", counters.duplicates),
+        ] {
+            set(self.events.with_label_values(&[outcome]), n);
+        }
+        self.rejected.reset();
+        for (reason, &n) in &counters.rejected_by_reason {
+            set(self.rejected.with_label_values(&[reason.as_str()]), n);
         }
     }
 

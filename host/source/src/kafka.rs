@@ -20,7 +20,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Deserialize;
 
-use crate::{Identity, KafkaConfig, Message, Offsets, Source, SourceError};
+use crate::{Identity, KafkaConfig, Message, Offsets, Rebalance, Source, SourceError};
 
 /// Settings exactness relies on; extra options cannot change them.
 const FIXED_OPTIONS: [(&str, &str); 3] = [
@@ -33,9 +33,12 @@ const FIXED_OPTIONS: [(&str, &str); 3] = [
 /// librdkafka's own session timeout (45 s) left a member restarted after `kill -9` without
 /// partitions for as long (and, against the test broker, for minutes after several quick
 /// restarts).
-const DEFAULT_OPTIONS: [(&str, &str); 2] = [
+/// Cooperative-sticky assignment moves only the partitions a rebalance must
+/// move; the others keep being read through it.
+const DEFAULT_OPTIONS: [(&str, &str); 3] = [
     ("session.timeout.ms", "10000"),
     ("heartbeat.interval.ms", "1000"),
+    ("partition.assignment.strategy", "cooperative-sticky"),
 ];
 
 /// How often librdkafka reports statistics, which carry the high watermarks for the lag.
@@ -115,19 +118,32 @@ impl KafkaSource {
         })
     }
 
-    /// Brings `caught_up` up to date with partitions assigned or revoked by a rebalance.
-    fn apply_rebalances(context: &Context, caught_up: &mut BTreeSet<i32>) {
+    /// Applies the partitions assigned or revoked by a rebalance: one
+    /// assigned resumes where its state says and is not caught up until its
+    /// end is seen; one revoked yields nothing more here, so it holds
+    /// nothing back, and what this poll read of it (`out[start..]`) is
+    /// dropped: its state was checkpointed before, and its new owner reads it.
+    fn apply_rebalances(&mut self, out: &mut Vec<Message>, start: usize) {
+        let context = self.consumer.context();
         if !context.assignment_changed.swap(false, Ordering::AcqRel) {
             return;
         }
         let mut assignment = lock(&context.assignment);
-        // A newly assigned partition is not caught up until its end is seen; one that
-        // was taken away yields nothing more here, so it must not hold anything back.
-        for partition in std::mem::take(&mut assignment.added) {
-            caught_up.remove(&partition);
-        }
         for partition in std::mem::take(&mut assignment.removed) {
-            caught_up.insert(partition);
+            self.caught_up.insert(partition);
+            self.next.remove(&partition);
+            let mut at = start;
+            out.retain(|m| {
+                at += 1;
+                at <= start || m.partition != partition
+            });
+        }
+        for (partition, next) in std::mem::take(&mut assignment.added) {
+            self.caught_up.remove(&partition);
+            match next {
+                Some(next) => self.next.insert(partition, next),
+                None => self.next.remove(&partition),
+            };
         }
     }
 
@@ -174,8 +190,9 @@ impl Source for KafkaSource {
         if let Some(last) = last.filter(|l| **l != self.identity()) {
             return Err(last.changed(self.identity()));
         }
+        // Where each partition resumes is its state's to say, when it is
+        // assigned ([`Rebalance::assigned`]).
         self.next = offsets.clone();
-        *lock(&self.consumer.context().positions) = offsets.clone();
         Ok(())
     }
 
@@ -256,12 +273,14 @@ impl Source for KafkaSource {
                     tracing::trace!(%error, "Kafka consumer poll returned a transient error.");
                 }
             }
-            Self::apply_rebalances(self.consumer.context(), &mut self.caught_up);
+            self.apply_rebalances(out, start);
+            if lock(&self.consumer.context().failure).is_some() {
+                break;
+            }
         }
-        Self::apply_rebalances(self.consumer.context(), &mut self.caught_up);
-        if out.len() > start {
-            // Where a partition assigned by a later rebalance should start.
-            *lock(&self.consumer.context().positions) = self.next.clone();
+        self.apply_rebalances(out, start);
+        if let Some(failure) = lock(&self.consumer.context().failure).take() {
+            return Err(SourceError::Rebalance(failure));
         }
         Ok(true)
     }
@@ -294,6 +313,10 @@ impl Source for KafkaSource {
             .map_err(error)
     }
 
+    fn set_rebalance(&mut self, owner: Box<dyn Rebalance>) {
+        *lock(&self.consumer.context().owner) = Some(owner);
+    }
+
     fn describe(&self) -> serde_json::Value {
         let assigned = self.partitions();
         let mut description = serde_json::json!({
@@ -307,6 +330,16 @@ impl Source for KafkaSource {
         if let (Some(lag), Some(fields)) = (self.lag(), description.as_object_mut()) {
             fields.insert("lag".to_owned(), lag.into());
         }
+        // Each assigned partition's end, for its lag in the status.
+        let watermarks = lock(&self.consumer.context().high_watermarks);
+        let ends: BTreeMap<String, i64> = assigned
+            .iter()
+            .filter_map(|p| {
+                let end = watermarks.get(p).max(self.ends.get(p)).copied()?;
+                Some((p.to_string(), end))
+            })
+            .collect();
+        description["ends"] = serde_json::json!(ends);
         description
     }
 }
@@ -315,8 +348,10 @@ impl Source for KafkaSource {
 /// pipeline thread inside `poll`, except logging, which may come from librdkafka's own threads.
 struct Context {
     topic: String,
-    /// Where each partition starts when assigned: the source's next offsets.
-    positions: Mutex<Offsets>,
+    /// The owner of the partitions' state, asked at each rebalance.
+    owner: Mutex<Option<Box<dyn Rebalance>>>,
+    /// Why the owner could not take or give up a partition; the next poll fails with it.
+    failure: Mutex<Option<String>>,
     assignment: Mutex<Assignment>,
     /// Set when `assignment` has changes the source has not applied yet.
     assignment_changed: AtomicBool,
@@ -329,7 +364,8 @@ struct Context {
 #[derive(Default)]
 struct Assignment {
     assigned: BTreeSet<i32>,
-    added: Vec<i32>,
+    /// Assigned, with where each resumes (`None`: its beginning).
+    added: Vec<(i32, Option<i64>)>,
     removed: Vec<i32>,
 }
 
@@ -337,7 +373,8 @@ impl Context {
     fn new(topic: &str) -> Self {
         Self {
             topic: topic.to_owned(),
-            positions: Mutex::default(),
+            owner: Mutex::default(),
+            failure: Mutex::default(),
             assignment: Mutex::default(),
             assignment_changed: AtomicBool::new(false),
             high_watermarks: Mutex::default(),
@@ -345,13 +382,29 @@ impl Context {
         }
     }
 
+    fn partitions_of(&self, list: &TopicPartitionList) -> Vec<i32> {
+        list.elements_for_topic(&self.topic)
+            .iter()
+            .map(|element| element.partition())
+            .collect()
+    }
+
+    fn fail(&self, failure: String) {
+        tracing::error!(topic = %self.topic, %failure, "A rebalance could not be applied; the source stops.");
+        lock(&self.failure).get_or_insert(failure);
+    }
+
     fn record_assignment(&self, list: &TopicPartitionList, assigned: bool) {
         let mut assignment = lock(&self.assignment);
         for element in list.elements_for_topic(&self.topic) {
             let partition = element.partition();
             if assigned {
+                let next = match element.offset() {
+                    Offset::Offset(next) => Some(next),
+                    _ => None,
+                };
                 assignment.assigned.insert(partition);
-                assignment.added.push(partition);
+                assignment.added.push((partition, next));
             } else {
                 assignment.assigned.remove(&partition);
                 assignment.removed.push(partition);
@@ -432,27 +485,28 @@ impl ConsumerContext for Context {
         );
         let result = match event {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                {
-                    let positions = lock(&self.positions);
-                    let partitions: Vec<i32> = list
-                        .elements_for_topic(&self.topic)
-                        .iter()
-                        .map(|element| element.partition())
-                        .collect();
-                    for partition in partitions {
-                        if let Some(&next) = positions.get(&partition)
-                            && next >= 0
-                            && let Err(error) = list.set_partition_offset(
-                                &self.topic,
-                                partition,
-                                Offset::Offset(next),
-                            )
-                        {
-                            tracing::warn!(partition, next, %error, "Could not start a Kafka partition at the resumed offset.");
+                let partitions = self.partitions_of(list);
+                let resume = match lock(&self.owner).as_mut() {
+                    Some(owner) => owner.assigned(&partitions),
+                    None => Ok(Offsets::new()),
+                };
+                match resume {
+                    Ok(resume) => {
+                        for partition in partitions {
+                            let at = resume
+                                .get(&partition)
+                                .map_or(Offset::Beginning, |&n| Offset::Offset(n));
+                            if let Err(error) =
+                                list.set_partition_offset(&self.topic, partition, at)
+                            {
+                                tracing::warn!(partition, %error, "Could not start a Kafka partition where its state resumes.");
+                                self.fail(format!("cannot start partition {partition} where its state resumes: {error}"));
+                            }
                         }
+                        self.record_assignment(list, true);
                     }
+                    Err(failure) => self.fail(failure),
                 }
-                self.record_assignment(list, true);
                 tracing::debug!(topic = %self.topic, partitions = ?list.elements().iter().map(|e| (e.partition(), e.offset())).collect::<Vec<_>>(), "Kafka partitions assigned.");
                 if cooperative {
                     consumer.incremental_assign(list)
@@ -461,6 +515,12 @@ impl ConsumerContext for Context {
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let partitions = self.partitions_of(list);
+                if let Some(owner) = lock(&self.owner).as_mut()
+                    && let Err(failure) = owner.revoked(&partitions)
+                {
+                    self.fail(failure);
+                }
                 self.record_assignment(list, false);
                 tracing::debug!(topic = %self.topic, partitions = list.count(), "Kafka partitions revoked.");
                 if cooperative {

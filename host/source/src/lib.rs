@@ -8,6 +8,7 @@
 
 mod demo;
 mod file;
+mod group;
 mod kafka;
 mod stdin;
 
@@ -17,6 +18,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+pub use group::{Group, Record};
 
 /// One raw message: the bytes of one JSON event and where it was read from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,8 +74,25 @@ pub trait Source: Send {
         Ok(())
     }
 
+    /// Hands a Kafka source the owner of its partitions' state, asked
+    /// whenever the group moves partitions (other sources have none).
+    fn set_rebalance(&mut self, _owner: Box<dyn Rebalance>) {}
+
     /// A JSON description for the status API: {"kind": "kafka"|"file"|"stdin"|"demo", ... e.g. "topic","group","brokers","path","lag" (messages behind the end, when known)}.
     fn describe(&self) -> serde_json::Value;
+}
+
+/// What a Kafka source asks of the owner of its partitions' state when the
+/// group moves partitions. Called inside [`Source::poll`] (librdkafka's
+/// rebalance callback), before the assignment changes, so a partition is
+/// never read before its state is current nor given up before its last
+/// checkpoint. An error stops the source: its next poll returns it.
+pub trait Rebalance: Send {
+    /// `partitions` are now this host's: make their state current and say
+    /// where each resumes (one not in the answer starts at its beginning).
+    fn assigned(&mut self, partitions: &[i32]) -> Result<Offsets, String>;
+    /// `partitions` are being taken away: finish with them.
+    fn revoked(&mut self, partitions: &[i32]) -> Result<(), String>;
 }
 
 /// What a source reads, recorded in checkpoints: a data directory resumes by position only on
@@ -288,6 +308,10 @@ pub enum SourceError {
         #[source]
         source: rdkafka::error::KafkaError,
     },
+    #[error("consumer group {group}: {reason}")]
+    Group { group: String, reason: String },
+    #[error("{0}")]
+    Rebalance(String),
     #[error("cannot commit offsets of Kafka topic {topic}")]
     KafkaCommit {
         topic: String,

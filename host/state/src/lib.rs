@@ -92,7 +92,7 @@ const INSTANCE: &[u8] = b"i\0";
 const CHUNK: usize = 1_000;
 
 /// Writes by full key: a value to set, or `None` to remove the key.
-type Writes = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+pub type Writes = Vec<(Vec<u8>, Option<Vec<u8>>)>;
 
 /// A sled batch of `writes`.
 fn batch_of(writes: impl IntoIterator<Item = (Vec<u8>, Option<Vec<u8>>)>) -> sled::Batch {
@@ -196,6 +196,62 @@ pub struct Checkpoint {
     /// Dead letters replayed since the last checkpoint: (plugin, sequence).
     pub dead_letters_removed: Vec<(String, u64)>,
     pub meta: Vec<u8>,
+}
+
+impl Checkpoint {
+    /// The checkpoint of partition `part` as writes by full key, its
+    /// metadata last: what [`Store::apply`] makes durable and a changelog
+    /// carries.
+    pub fn into_writes(self, part: Part) -> Result<Writes, StateError> {
+        let p = part.to_be_bytes();
+        let mut writes: Writes = Vec::new();
+        for (plugin, plugin_writes) in self.plugin_writes {
+            for (k, v) in plugin_writes {
+                writes.push((key(&[PLUGIN, plugin.as_bytes(), b"\0", &p, &k]), v));
+            }
+        }
+        if let Some((seq, ids)) = self.dedup_added {
+            let bytes = encode("dedup record", &ids)?;
+            writes.push((key(&[DEDUP, &p, &seq.to_be_bytes()]), Some(bytes)));
+        }
+        for seq in self.dedup_removed {
+            writes.push((key(&[DEDUP, &p, &seq.to_be_bytes()]), None));
+        }
+        for (seq, r) in self.rejected {
+            let bytes = encode("rejected record", &r)?;
+            writes.push((key(&[REJECTED, &p, &seq.to_be_bytes()]), Some(bytes)));
+        }
+        for (plugin, seq, record) in self.dead_letters {
+            let k = key(&[DEAD, plugin.as_bytes(), b"\0", &p, &seq.to_be_bytes()]);
+            writes.push((k, Some(record)));
+        }
+        for (plugin, seq) in self.dead_letters_removed {
+            let k = key(&[DEAD, plugin.as_bytes(), b"\0", &p, &seq.to_be_bytes()]);
+            writes.push((k, None));
+        }
+        writes.push((meta_key(part), Some(self.meta)));
+        Ok(writes)
+    }
+}
+
+/// The key of partition `part`'s metadata: the last write of each of its
+/// checkpoints.
+pub fn meta_key(part: Part) -> Vec<u8> {
+    key(&[META, &part.to_be_bytes()])
+}
+
+/// The partition a key of partition state belongs to; `None` for keys of
+/// the whole store (layout, member id, modules, instances).
+fn part_of_key(k: &[u8]) -> Option<Part> {
+    let at = if let Some(rest) = k.strip_prefix(PLUGIN).or_else(|| k.strip_prefix(DEAD)) {
+        k.len() - rest.len() + rest.iter().position(|&b| b == 0)? + 1
+    } else {
+        [DEDUP, REJECTED, META, INTENT]
+            .iter()
+            .find(|prefix| k.starts_with(prefix))?
+            .len()
+    };
+    part_at(k, at, "key").ok()
 }
 
 /// The state store.
@@ -317,53 +373,81 @@ impl Store {
     }
 
     /// Writes partition `part`'s checkpoint `cp` atomically and makes it
-    /// durable.
+    /// durable (what the pipeline does, with a changelog between).
+    #[cfg(test)]
     pub fn checkpoint(&self, part: Part, cp: Checkpoint) -> Result<(), StateError> {
-        let p = part.to_be_bytes();
-        let mut writes: Writes = Vec::new();
-        for (plugin, plugin_writes) in cp.plugin_writes {
-            for (k, v) in plugin_writes {
-                writes.push((key(&[PLUGIN, plugin.as_bytes(), b"\0", &p, &k]), v));
-            }
-        }
-        if let Some((seq, ids)) = cp.dedup_added {
-            let bytes = encode("dedup record", &ids)?;
-            writes.push((key(&[DEDUP, &p, &seq.to_be_bytes()]), Some(bytes)));
-        }
-        for seq in cp.dedup_removed {
-            writes.push((key(&[DEDUP, &p, &seq.to_be_bytes()]), None));
-        }
-        for (seq, r) in cp.rejected {
-            let bytes = encode("rejected record", &r)?;
-            writes.push((key(&[REJECTED, &p, &seq.to_be_bytes()]), Some(bytes)));
-        }
-        for (plugin, seq, record) in cp.dead_letters {
-            let k = key(&[DEAD, plugin.as_bytes(), b"\0", &p, &seq.to_be_bytes()]);
-            writes.push((k, Some(record)));
-        }
-        for (plugin, seq) in cp.dead_letters_removed {
-            let k = key(&[DEAD, plugin.as_bytes(), b"\0", &p, &seq.to_be_bytes()]);
-            writes.push((k, None));
-        }
-        let meta = key(&[META, &p]);
+        self.apply(part, cp.into_writes(part)?)
+    }
+
+    /// Applies partition `part`'s checkpoint `writes` (as
+    /// [`Checkpoint::into_writes`] gives them: the metadata last) atomically
+    /// and makes them durable.
+    pub fn apply(&self, part: Part, mut writes: Writes) -> Result<(), StateError> {
+        let meta = writes
+            .pop()
+            .filter(|(k, v)| *k == meta_key(part) && v.is_some());
+        let Some((meta, Some(meta_value))) = meta else {
+            return Err(StateError::Corrupt {
+                what: "checkpoint",
+                detail: format!("partition {part}'s writes do not end with its metadata"),
+            });
+        };
         if writes.len() < CHUNK {
             let mut batch = batch_of(writes);
-            batch.insert(meta, cp.meta);
+            batch.insert(meta, meta_value);
             self.tree
                 .apply_batch(batch)
                 .map_err(self.io("apply checkpoint"))?;
             self.db.flush().map_err(self.io("flush checkpoint"))?;
             return Ok(());
         }
-        let intent = key(&[INTENT, &p]);
+        let intent = key(&[INTENT, &part.to_be_bytes()]);
         let mut batch = sled::Batch::default();
-        batch.insert(meta, cp.meta);
+        batch.insert(meta, meta_value);
         batch.insert(intent.clone(), encode("checkpoint intent", &writes)?);
         self.tree
             .apply_batch(batch)
             .map_err(self.io("commit checkpoint"))?;
         self.db.flush().map_err(self.io("flush checkpoint"))?;
         self.apply_intent(&intent, writes)
+    }
+
+    /// Replaces everything partition `part` has here with `writes`: the
+    /// partition's whole state as a changelog holds it, its metadata last
+    /// (none: the partition has no state).
+    /// The metadata goes first and comes back last, so a crash half-way
+    /// leaves a partition with no checkpoint, restored again on its next
+    /// assignment.
+    pub fn restore(&self, part: Part, writes: Writes) -> Result<(), StateError> {
+        if let Some((k, _)) = writes.iter().find(|(k, _)| part_of_key(k) != Some(part)) {
+            return Err(StateError::Corrupt {
+                what: "changelog record",
+                detail: format!("key {k:?} is not partition {part}'s"),
+            });
+        }
+        self.tree
+            .remove(meta_key(part))
+            .map_err(self.io("remove meta"))?;
+        self.db.flush().map_err(self.io("flush restore"))?;
+        let mut old = Vec::new();
+        for prefix in [PLUGIN, DEAD, DEDUP, REJECTED, INTENT] {
+            for item in self.tree.scan_prefix(prefix) {
+                let (k, _) = item.map_err(self.io("scan partition"))?;
+                if part_of_key(&k) == Some(part) {
+                    old.push((k.to_vec(), None));
+                }
+            }
+        }
+        let mut old = old.into_iter().peekable();
+        while old.peek().is_some() {
+            self.tree
+                .apply_batch(batch_of(old.by_ref().take(CHUNK)))
+                .map_err(self.io("clear partition"))?;
+        }
+        if writes.is_empty() {
+            return self.flush();
+        }
+        self.apply(part, writes)
     }
 
     /// How input is split into partitions, as last recorded.
@@ -401,7 +485,7 @@ impl Store {
     pub fn meta(&self, part: Part) -> Result<Option<Vec<u8>>, StateError> {
         Ok(self
             .tree
-            .get(key(&[META, &part.to_be_bytes()]))
+            .get(meta_key(part))
             .map_err(self.io("read meta"))?
             .map(|v| v.to_vec()))
     }
@@ -912,6 +996,41 @@ mod tests {
         assert_eq!(store.partitions().unwrap(), vec![3]);
         assert_eq!(store.meta(4).unwrap(), None);
         assert_eq!(store.plugin_state("a", 4).get(b"k1").unwrap(), None);
+    }
+
+    #[test]
+    fn a_restore_replaces_one_partition_and_leaves_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let cp = |k: &[u8], meta: &[u8]| Checkpoint {
+            plugin_writes: vec![("a".into(), vec![(k.to_vec(), Some(b"v".to_vec()))])],
+            rejected: vec![(1, rejected(5))],
+            dead_letters: vec![("a".into(), 1, b"d".to_vec())],
+            meta: meta.to_vec(),
+            ..Checkpoint::default()
+        };
+        // 256's partition bytes hold a NUL: keys must still be told apart.
+        for part in [1, 256] {
+            store.checkpoint(part, cp(b"old", b"m-old")).unwrap();
+        }
+        let changelog = cp(b"new", b"m-new").into_writes(256).unwrap();
+        assert_eq!(changelog.last().unwrap().0, meta_key(256));
+        store.restore(256, changelog).unwrap();
+        drop(store);
+        let store = reopen(dir.path());
+        let (a1, a256) = (store.plugin_state("a", 1), store.plugin_state("a", 256));
+        assert_eq!(a256.get(b"old").unwrap(), None, "replaced");
+        assert_eq!(a256.get(b"new").unwrap(), Some(b"v".to_vec()));
+        assert_eq!(a1.get(b"old").unwrap(), Some(b"v".to_vec()), "kept");
+        assert_eq!(store.meta(256).unwrap(), Some(b"m-new".to_vec()));
+        assert_eq!(store.meta(1).unwrap(), Some(b"m-old".to_vec()));
+        assert_eq!(store.count_dead_letters("a", 256).unwrap(), 1);
+        assert_eq!(store.rejected(None, 10).unwrap().len(), 2);
+        let foreign = cp(b"k", b"m").into_writes(1).unwrap();
+        assert!(matches!(
+            store.restore(256, foreign),
+            Err(StateError::Corrupt { .. })
+        ));
     }
 
     #[test]

@@ -1,0 +1,346 @@
+//! What hosts in one consumer group share through Kafka besides the input:
+//! the changelog topic (every partition's checkpoints, restored by the host
+//! the partition moves to) and the members topic (each host's HTTP address
+//! and partitions, so any host can ask the owner of a partition).
+//!
+//! Both are topics of the group, named after it (`{group}-changelog`,
+//! `{group}-members`), created if missing and compacted where the broker
+//! supports it. weft runs no protocol of its own between hosts: Kafka's
+//! group assignment says who owns a partition, these topics carry the rest.
+//! This module moves bytes; what they mean is the pipeline's.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use futures_executor::block_on;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::message::{DeliveryResult, Message as _};
+use rdkafka::producer::{BaseRecord, ProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode as Code;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::{KafkaConfig, SourceError};
+
+/// How long a metadata request, topic creation or watermark query may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A restore gives up after this long without a record.
+const RESTORE_STALL: Duration = Duration::from_secs(60);
+
+/// A record by key: a value, or `None` for a tombstone.
+pub type Record = (Vec<u8>, Option<Vec<u8>>);
+
+/// The group's changelog and members topics.
+pub struct Group {
+    config: KafkaConfig,
+    changelog: String,
+    members: String,
+    /// The input topic's partition count.
+    partitions: i32,
+    producer: ThreadedProducer<Deliveries>,
+}
+
+/// Delivery reports go back to the writer waiting for them.
+struct Deliveries;
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = Box<mpsc::Sender<KafkaResult<()>>>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, to: Self::DeliveryOpaque) {
+        let _ = to.send(result.as_ref().map(|_| ()).map_err(|(e, _)| e.clone()));
+    }
+}
+
+impl Group {
+    /// Connects to the group's topics, creating them if missing: the
+    /// changelog with as many partitions as the input topic.
+    pub fn open(config: &KafkaConfig) -> Result<Self, SourceError> {
+        let error = |reason: String| SourceError::Group {
+            group: config.group.clone(),
+            reason,
+        };
+        let mut client = ClientConfig::new();
+        client.set("bootstrap.servers", &config.brokers);
+        for (key, value) in &config.options {
+            // Security and connection settings apply; consumer ones do not.
+            if !key.starts_with("group.") && !key.contains("offset") && !key.contains("session") {
+                client.set(key, value);
+            }
+        }
+        let probe: BaseConsumer = client
+            .create()
+            .map_err(|e| error(format!("cannot connect: {e}")))?;
+        let partitions = topic_partitions(&probe, &config.topic)
+            .map_err(|e| error(format!("cannot read topic {:?}: {e}", config.topic)))?
+            .ok_or_else(|| {
+                error(format!(
+                    "the topic {:?} does not exist (create it with as many partitions as hosts may share)",
+                    config.topic
+                ))
+            })?;
+        let changelog = format!("{}-changelog", config.group);
+        let members = format!("{}-members", config.group);
+        let admin: AdminClient<DefaultClientContext> = client
+            .create()
+            .map_err(|e| error(format!("cannot connect: {e}")))?;
+        create_compacted(&admin, &changelog, partitions).map_err(|e| error(e))?;
+        create_compacted(&admin, &members, 1).map_err(|e| error(e))?;
+        match topic_partitions(&probe, &changelog) {
+            Ok(Some(n)) if n >= partitions => {}
+            Ok(n) => {
+                return Err(error(format!(
+                    "the changelog topic {changelog:?} has {} partitions but {:?} has {partitions}: give it as many (kafka-topics --alter --partitions {partitions})",
+                    n.unwrap_or(0),
+                    config.topic
+                )));
+            }
+            Err(e) => return Err(error(format!("cannot read topic {changelog:?}: {e}"))),
+        }
+        let producer: ThreadedProducer<Deliveries> = client
+            .clone()
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "1")
+            .create_with_context(Deliveries)
+            .map_err(|e| error(format!("cannot create the changelog producer: {e}")))?;
+        Ok(Group {
+            config: config.clone(),
+            changelog,
+            members,
+            partitions,
+            producer,
+        })
+    }
+
+    /// The input topic's partition count: the partitions a whole answer
+    /// covers.
+    pub fn partitions(&self) -> i32 {
+        self.partitions
+    }
+
+    pub fn changelog_topic(&self) -> &str {
+        &self.changelog
+    }
+
+    /// Appends `records` to changelog partition `part`, in order, and waits
+    /// until the broker has every one.
+    pub fn write(&self, part: i32, records: &[Record]) -> Result<(), SourceError> {
+        self.produce(&self.changelog.clone(), part, records)
+    }
+
+    fn produce(&self, topic: &str, part: i32, records: &[Record]) -> Result<(), SourceError> {
+        let (tx, rx) = mpsc::channel();
+        for (key, value) in records {
+            let mut record = BaseRecord::with_opaque_to(topic, Box::new(tx.clone()))
+                .partition(part)
+                .key(key.as_slice());
+            if let Some(value) = value {
+                record = record.payload(value.as_slice());
+            }
+            loop {
+                match self.producer.send(record) {
+                    Ok(()) => break,
+                    // The local queue is full: the background thread drains it.
+                    Err((KafkaError::MessageProduction(Code::QueueFull), back)) => {
+                        record = back;
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err((e, _)) => return Err(self.failed(topic, e)),
+                }
+            }
+        }
+        drop(tx);
+        for _ in records {
+            match rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(self.failed(topic, e)),
+                Err(_) => return Err(self.failed(topic, KafkaError::Canceled)),
+            }
+        }
+        Ok(())
+    }
+
+    fn failed(&self, topic: &str, e: KafkaError) -> SourceError {
+        SourceError::Group {
+            group: self.config.group.clone(),
+            reason: format!("cannot write to {topic:?}: {e}"),
+        }
+    }
+
+    /// Every record of changelog partition `part`, in order, up to its end
+    /// when asked; `progress(read, total)` is told along the way.
+    pub fn read(
+        &self,
+        part: i32,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Vec<Record>, SourceError> {
+        let error = |reason: String| SourceError::Group {
+            group: self.config.group.clone(),
+            reason: format!(
+                "restoring partition {part} from {:?}: {reason}",
+                self.changelog
+            ),
+        };
+        let consumer: BaseConsumer = self
+            .reader_config()
+            .create()
+            .map_err(|e| error(e.to_string()))?;
+        let (low, high) = consumer
+            .fetch_watermarks(&self.changelog, part, REQUEST_TIMEOUT)
+            .map_err(|e| error(e.to_string()))?;
+        let total = (high - low).max(0) as u64;
+        progress(0, total);
+        let mut records = Vec::new();
+        if high <= low {
+            return Ok(records);
+        }
+        let mut list = TopicPartitionList::new();
+        list.add_partition_offset(&self.changelog, part, Offset::Beginning)
+            .map_err(|e| error(e.to_string()))?;
+        consumer.assign(&list).map_err(|e| error(e.to_string()))?;
+        let mut last = Instant::now();
+        loop {
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => {
+                    last = Instant::now();
+                    records.push((
+                        m.key().unwrap_or_default().to_vec(),
+                        m.payload().map(<[u8]>::to_vec),
+                    ));
+                    if records.len() % 4096 == 0 {
+                        progress((m.offset() - low + 1) as u64, total);
+                    }
+                    if m.offset() + 1 >= high {
+                        progress(total, total);
+                        return Ok(records);
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => {
+                    progress(total, total);
+                    return Ok(records);
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, part, "Changelog read: transient error.")
+                }
+                None if last.elapsed() > RESTORE_STALL => {
+                    return Err(error(format!(
+                        "no record for {}s at {} of {total}",
+                        RESTORE_STALL.as_secs(),
+                        records.len()
+                    )));
+                }
+                None => {}
+            }
+        }
+    }
+
+    fn reader_config(&self) -> ClientConfig {
+        let mut client = ClientConfig::new();
+        client
+            .set("bootstrap.servers", &self.config.brokers)
+            .set("group.id", format!("{}-reader", self.config.group))
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .set("auto.offset.reset", "earliest");
+        client
+    }
+
+    /// Keeps this host's record (`announce()`, sent at least every
+    /// `every`) in the members topic and everyone's in `seen`, until `stop`;
+    /// then removes this host's record. Runs on the calling thread.
+    pub fn members(
+        &self,
+        me: &str,
+        every: Duration,
+        announce: &dyn Fn() -> Vec<u8>,
+        changed: &AtomicBool,
+        seen: &Mutex<BTreeMap<String, (Instant, Vec<u8>)>>,
+        stop: &AtomicBool,
+    ) -> Result<(), SourceError> {
+        let error = |reason: String| SourceError::Group {
+            group: self.config.group.clone(),
+            reason: format!("members topic {:?}: {reason}", self.members),
+        };
+        let consumer: BaseConsumer = self
+            .reader_config()
+            .create()
+            .map_err(|e| error(e.to_string()))?;
+        let mut list = TopicPartitionList::new();
+        list.add_partition_offset(&self.members, 0, Offset::Beginning)
+            .map_err(|e| error(e.to_string()))?;
+        consumer.assign(&list).map_err(|e| error(e.to_string()))?;
+        let members = self.members.clone();
+        let mut sent: Option<Instant> = None;
+        while !stop.load(Ordering::Relaxed) {
+            if sent.is_none_or(|at| at.elapsed() >= every) || changed.swap(false, Ordering::AcqRel)
+            {
+                let record = (me.as_bytes().to_vec(), Some(announce()));
+                if let Err(e) = self.produce(&members, 0, &[record]) {
+                    tracing::warn!(error = %e, "Could not announce this host to the group; retrying.");
+                }
+                sent = Some(Instant::now());
+            }
+            while let Some(item) = consumer.poll(Duration::from_millis(100)) {
+                let Ok(m) = item else { continue };
+                let id = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+                let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+                match m.payload() {
+                    Some(value) => seen.insert(id, (Instant::now(), value.to_vec())),
+                    None => seen.remove(&id),
+                };
+            }
+        }
+        let gone = (me.as_bytes().to_vec(), None);
+        self.produce(&members, 0, &[gone])
+    }
+}
+
+/// The partition count of `topic`, or `None` if it does not exist.
+fn topic_partitions(client: &BaseConsumer, topic: &str) -> KafkaResult<Option<i32>> {
+    let metadata = client.fetch_metadata(Some(topic), REQUEST_TIMEOUT)?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+        .map(|t| t.partitions().len() as i32))
+}
+
+/// Creates `topic` with `partitions` and `cleanup.policy=compact` unless it
+/// exists; a broker that refuses the policy gets the topic without it.
+fn create_compacted(
+    admin: &AdminClient<DefaultClientContext>,
+    topic: &str,
+    partitions: i32,
+) -> Result<(), String> {
+    let options = AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT));
+    let mut compact = true;
+    loop {
+        let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1));
+        if compact {
+            new = new.set("cleanup.policy", "compact");
+        }
+        let results = block_on(admin.create_topics([&new], &options))
+            .map_err(|e| format!("cannot create topic {topic:?}: {e}"))?;
+        match results.into_iter().next() {
+            Some(Ok(_)) => {
+                tracing::info!(topic, partitions, compact, "Created a topic of the group.");
+                return Ok(());
+            }
+            Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) | None => return Ok(()),
+            Some(Err((_, code))) if compact => {
+                tracing::warn!(topic, error = %code, "The broker refused a compacted topic; creating it without compaction (the changelog then keeps every checkpoint).");
+                compact = false;
+            }
+            Some(Err((_, code))) => return Err(format!("cannot create topic {topic:?}: {code}")),
+        }
+    }
+}
