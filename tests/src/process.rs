@@ -93,7 +93,11 @@ impl Weft {
             .arg(data_dir)
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
-            .env("WEFT_LOG", "info")
+            // WEFT_TEST_LOG (e.g. `info,weft_source=trace`) when debugging a test.
+            .env(
+                "WEFT_LOG",
+                std::env::var("WEFT_TEST_LOG").unwrap_or_else(|_| "info".to_owned()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -117,9 +121,14 @@ impl Weft {
     }
 
     pub fn try_get(&self, path: &str) -> Result<Value, String> {
-        let response = ureq::get(&format!("{}{path}", self.base))
-            .call()
-            .map_err(|e| e.to_string())?;
+        let response = match ureq::get(&format!("{}{path}", self.base)).call() {
+            Ok(response) => response,
+            Err(ureq::Error::Status(code, response)) => {
+                let body = response.into_string().unwrap_or_default();
+                return Err(format!("GET {path}: status {code}: {body}"));
+            }
+            Err(e) => return Err(format!("GET {path}: {e}")),
+        };
         response.into_json().map_err(|e| e.to_string())
     }
 

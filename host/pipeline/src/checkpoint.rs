@@ -124,10 +124,14 @@ impl Partition {
         // The changelog first: a crash after it leaves the local store
         // behind the changelog, which the next owner (this host too) sees.
         let records = checkpoint.into_writes(self.part)?;
-        if let Some(m) = self.shared.group.get() {
-            m.group.write(self.part as i32, &records)?;
-        }
+        let end = match self.shared.group.get() {
+            Some(m) => Some(m.group.write(self.part as i32, &records)?),
+            None => None,
+        };
         self.shared.store.apply(self.part, records)?;
+        if let Some(end) = end {
+            self.shared.store.set_changelog_end(self.part, end)?;
+        }
         drop(guards);
         for journal in &mut self.journals {
             journal.clear();

@@ -8,7 +8,9 @@
 //!   to the local store. A partition assigned here is restored before a
 //!   single event of it is read: if the local store's metadata is the
 //!   changelog's last, it is current and stays; otherwise the partition is
-//!   replaced by the changelog's state up to its last metadata record.
+//!   replaced by the changelog's state up to its last metadata record. (A
+//!   store that recorded the changelog's end after its last checkpoint, and
+//!   finds it still ends there, is current without reading it.)
 //!   Records after that one are a checkpoint cut short (its writer died
 //!   mid-append): they are not applied, and the restoring host appends the
 //!   restored values of their keys and the metadata again, so the
@@ -17,7 +19,7 @@
 //! - **Hand-over.** A partition revoked from this host writes a last
 //!   checkpoint before the group may give it to another ([`Owner::revoked`],
 //!   inside the rebalance), so its new owner restores everything this host
-//!   did. Cooperative-sticky assignment moves only the partitions that must.
+//!   did, whatever the assignment strategy.
 //! - **Members.** Each host keeps a record in the group's members topic:
 //!   its HTTP address and its partitions. A query on any host asks the
 //!   owners of the partitions it does not have ([`Shared::owners`]).
@@ -211,15 +213,26 @@ impl Membership {
 /// if it was restored from it.
 fn restore(shared: &Shared, m: &Membership, part: Part) -> Result<bool, PipelineError> {
     let started = Instant::now();
+    let store = &shared.store;
+    // Nothing was appended since this store's last checkpoint: current,
+    // without reading the changelog.
+    let end = m.group.end(part as i32)?;
+    if end > 0 && store.changelog_end(part)? == Some(end) && store.meta(part)?.is_some() {
+        tracing::info!(
+            partition = part,
+            "Partition state here is the changelog's last."
+        );
+        return Ok(false);
+    }
     lock(&m.restoring).insert(part, (0, 0));
-    let records = m.group.read(part as i32, &mut |read, total| {
+    let read = m.group.read(part as i32, &mut |read, total| {
         lock(&m.restoring).insert(part, (read, total));
     });
     lock(&m.restoring).remove(&part);
-    let records = records?;
+    let (records, mut end) = read?;
     let meta = meta_key(part);
-    let end = records.iter().rposition(|(k, v)| *k == meta && v.is_some());
-    let whole = end.map_or(0, |i| i + 1);
+    let last_meta = records.iter().rposition(|(k, v)| *k == meta && v.is_some());
+    let whole = last_meta.map_or(0, |i| i + 1);
     let mut state: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
     for (k, v) in &records[..whole] {
         match v {
@@ -228,7 +241,7 @@ fn restore(shared: &Shared, m: &Membership, part: Part) -> Result<bool, Pipeline
         };
     }
     let last = state.remove(&meta);
-    let current = last.is_some() && last == shared.store.meta(part)?;
+    let current = last.is_some() && last == store.meta(part)?;
     if !current {
         let mut writes: Vec<Record> = state
             .iter()
@@ -237,7 +250,7 @@ fn restore(shared: &Shared, m: &Membership, part: Part) -> Result<bool, Pipeline
         if let Some(last) = &last {
             writes.push((meta.clone(), Some(last.clone())));
         }
-        shared.store.restore(part, writes)?;
+        store.restore(part, writes)?;
     }
     let cut = &records[whole..];
     if !cut.is_empty() {
@@ -255,8 +268,9 @@ fn restore(shared: &Shared, m: &Membership, part: Part) -> Result<bool, Pipeline
             records = cut.len(),
             "The changelog ends in a checkpoint cut short; its records are not applied and are overwritten."
         );
-        m.group.write(part as i32, &repair)?;
+        end = m.group.write(part as i32, &repair)?;
     }
+    store.set_changelog_end(part, end)?;
     if last.is_none() {
         tracing::info!(
             partition = part,

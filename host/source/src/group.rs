@@ -44,6 +44,8 @@ pub struct Group {
     /// The input topic's partition count.
     partitions: i32,
     producer: ThreadedProducer<Deliveries>,
+    /// Asks the changelog's ends (made once: a rebalance waits for it).
+    probe: BaseConsumer,
 }
 
 /// Delivery reports go back to the writer waiting for them.
@@ -52,10 +54,15 @@ struct Deliveries;
 impl ClientContext for Deliveries {}
 
 impl ProducerContext for Deliveries {
-    type DeliveryOpaque = Box<mpsc::Sender<KafkaResult<()>>>;
+    type DeliveryOpaque = Box<mpsc::Sender<KafkaResult<i64>>>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, to: Self::DeliveryOpaque) {
-        let _ = to.send(result.as_ref().map(|_| ()).map_err(|(e, _)| e.clone()));
+        let _ = to.send(
+            result
+                .as_ref()
+                .map(|m| m.offset())
+                .map_err(|(e, _)| e.clone()),
+        );
     }
 }
 
@@ -91,8 +98,8 @@ impl Group {
         let admin: AdminClient<DefaultClientContext> = client
             .create()
             .map_err(|e| error(format!("cannot connect: {e}")))?;
-        create_compacted(&admin, &changelog, partitions).map_err(|e| error(e))?;
-        create_compacted(&admin, &members, 1).map_err(|e| error(e))?;
+        create_compacted(&admin, &changelog, partitions).map_err(error)?;
+        create_compacted(&admin, &members, 1).map_err(error)?;
         match topic_partitions(&probe, &changelog) {
             Ok(Some(n)) if n >= partitions => {}
             Ok(n) => {
@@ -117,6 +124,7 @@ impl Group {
             members,
             partitions,
             producer,
+            probe,
         })
     }
 
@@ -131,12 +139,22 @@ impl Group {
     }
 
     /// Appends `records` to changelog partition `part`, in order, and waits
-    /// until the broker has every one.
-    pub fn write(&self, part: i32, records: &[Record]) -> Result<(), SourceError> {
+    /// until the broker has every one; returns the partition's end after
+    /// them (the last one's offset + 1).
+    pub fn write(&self, part: i32, records: &[Record]) -> Result<i64, SourceError> {
         self.produce(&self.changelog.clone(), part, records)
     }
 
-    fn produce(&self, topic: &str, part: i32, records: &[Record]) -> Result<(), SourceError> {
+    /// Changelog partition `part`'s end offset: where the next record goes.
+    pub fn end(&self, part: i32) -> Result<i64, SourceError> {
+        let (_, high) = self
+            .probe
+            .fetch_watermarks(&self.changelog, part, REQUEST_TIMEOUT)
+            .map_err(|e| self.failed(&self.changelog, e))?;
+        Ok(high)
+    }
+
+    fn produce(&self, topic: &str, part: i32, records: &[Record]) -> Result<i64, SourceError> {
         let (tx, rx) = mpsc::channel();
         for (key, value) in records {
             let mut record = BaseRecord::with_opaque_to(topic, Box::new(tx.clone()))
@@ -158,14 +176,15 @@ impl Group {
             }
         }
         drop(tx);
+        let mut end = -1;
         for _ in records {
             match rx.recv() {
-                Ok(Ok(())) => {}
+                Ok(Ok(offset)) => end = end.max(offset + 1),
                 Ok(Err(e)) => return Err(self.failed(topic, e)),
                 Err(_) => return Err(self.failed(topic, KafkaError::Canceled)),
             }
         }
-        Ok(())
+        Ok(end)
     }
 
     fn failed(&self, topic: &str, e: KafkaError) -> SourceError {
@@ -176,12 +195,13 @@ impl Group {
     }
 
     /// Every record of changelog partition `part`, in order, up to its end
-    /// when asked; `progress(read, total)` is told along the way.
+    /// when asked, and that end; `progress(read, total)` is told along the
+    /// way.
     pub fn read(
         &self,
         part: i32,
         progress: &mut dyn FnMut(u64, u64),
-    ) -> Result<Vec<Record>, SourceError> {
+    ) -> Result<(Vec<Record>, i64), SourceError> {
         let error = |reason: String| SourceError::Group {
             group: self.config.group.clone(),
             reason: format!(
@@ -189,19 +209,20 @@ impl Group {
                 self.changelog
             ),
         };
-        let consumer: BaseConsumer = self
-            .reader_config()
-            .create()
-            .map_err(|e| error(e.to_string()))?;
-        let (low, high) = consumer
+        let (low, high) = self
+            .probe
             .fetch_watermarks(&self.changelog, part, REQUEST_TIMEOUT)
             .map_err(|e| error(e.to_string()))?;
         let total = (high - low).max(0) as u64;
         progress(0, total);
         let mut records = Vec::new();
         if high <= low {
-            return Ok(records);
+            return Ok((records, high));
         }
+        let consumer: BaseConsumer = self
+            .reader_config()
+            .create()
+            .map_err(|e| error(e.to_string()))?;
         let mut list = TopicPartitionList::new();
         list.add_partition_offset(&self.changelog, part, Offset::Beginning)
             .map_err(|e| error(e.to_string()))?;
@@ -220,12 +241,8 @@ impl Group {
                     }
                     if m.offset() + 1 >= high {
                         progress(total, total);
-                        return Ok(records);
+                        return Ok((records, high));
                     }
-                }
-                Some(Err(KafkaError::PartitionEOF(_))) => {
-                    progress(total, total);
-                    return Ok(records);
                 }
                 Some(Err(e)) => {
                     tracing::debug!(error = %e, part, "Changelog read: transient error.")
@@ -248,7 +265,7 @@ impl Group {
             .set("bootstrap.servers", &self.config.brokers)
             .set("group.id", format!("{}-reader", self.config.group))
             .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "true")
+            .set("enable.partition.eof", "false")
             .set("auto.offset.reset", "earliest");
         client
     }
@@ -299,7 +316,7 @@ impl Group {
             }
         }
         let gone = (me.as_bytes().to_vec(), None);
-        self.produce(&members, 0, &[gone])
+        self.produce(&members, 0, &[gone]).map(|_| ())
     }
 }
 

@@ -32,6 +32,8 @@
 //! - `m\0layout`: how input is split into partitions, opaque bytes to this
 //!   crate (a different split would find state under the wrong partitions);
 //! - `m\0member`: this data directory's member id in a Kafka consumer group;
+//! - `m\0clog\0{part}`: the group changelog's end (i64 BE) right after the
+//!   partition's last checkpoint here was appended to it (or restored);
 //! - `w\0{digest}`: a plugin component's bytes, by their SHA-256, so any
 //!   version ever loaded can be rolled back to;
 //! - `i\0{plugin}`: what runs under an instance name and its version
@@ -84,6 +86,7 @@ const META: &[u8] = b"m\0part\0";
 const INTENT: &[u8] = b"m\0intent\0";
 const LAYOUT: &[u8] = b"m\0layout";
 const MEMBER: &[u8] = b"m\0member";
+const CHANGELOG_END: &[u8] = b"m\0clog\0";
 const DEAD: &[u8] = b"x\0";
 const MODULE: &[u8] = b"w\0";
 const INSTANCE: &[u8] = b"i\0";
@@ -374,7 +377,6 @@ impl Store {
 
     /// Writes partition `part`'s checkpoint `cp` atomically and makes it
     /// durable (what the pipeline does, with a changelog between).
-    #[cfg(test)]
     pub fn checkpoint(&self, part: Part, cp: Checkpoint) -> Result<(), StateError> {
         self.apply(part, cp.into_writes(part)?)
     }
@@ -479,6 +481,29 @@ impl Store {
             .map_err(self.io("record member id"))?;
         self.flush()?;
         Ok(id)
+    }
+
+    /// Where the group's changelog of partition `part` ended right after this
+    /// store's last checkpoint of it: if it still ends there, this store is
+    /// current. Not flushed by itself (a stale one only costs a restore).
+    pub fn set_changelog_end(&self, part: Part, end: i64) -> Result<(), StateError> {
+        self.tree
+            .insert(
+                key(&[CHANGELOG_END, &part.to_be_bytes()]),
+                &end.to_be_bytes(),
+            )
+            .map_err(self.io("record changelog end"))?;
+        Ok(())
+    }
+
+    pub fn changelog_end(&self, part: Part) -> Result<Option<i64>, StateError> {
+        let value = self
+            .tree
+            .get(key(&[CHANGELOG_END, &part.to_be_bytes()]))
+            .map_err(self.io("read changelog end"))?;
+        Ok(value
+            .and_then(|v| v.as_ref().try_into().ok())
+            .map(i64::from_be_bytes))
     }
 
     /// Partition `part`'s metadata of its last checkpoint, if any.

@@ -1,0 +1,486 @@
+//! Several `weft` hosts in one consumer group, through the real binary, a
+//! real broker and real HTTP: Kafka spreads the topic's partitions over the
+//! hosts, each keeps the state of the partitions it owns, and a partition
+//! that moves is restored on its new owner from the `GROUP-changelog` topic
+//! and resumed at the offset recorded with that state.
+//!
+//! Whatever joins, leaves or is killed with SIGKILL mid-stream, the merged
+//! answers of `core`, `event_counts` and `funnel` on any host, and the status
+//! counters summed over the live hosts, must equal the plain reference
+//! implementation exactly: nothing lost, nothing counted twice.
+
+use std::{collections::BTreeMap, path::Path, time::Duration};
+
+use serde_json::{Value, json};
+use weft_tests::{
+    broker::{brokers, create_topic, kafka_args, produce},
+    clickstream::{Stream, generate},
+    process::Weft,
+    reference, wait_for,
+};
+
+const LATENESS_MS: i64 = 5_000;
+/// How long a rebalance, a restore or the rest of the stream may take on a
+/// busy machine.
+const DEADLINE: Duration = Duration::from_secs(300);
+/// How long a clean stop (SIGTERM) may take: the last state goes to the changelog.
+const STOP_WITHIN: Duration = Duration::from_secs(120);
+/// What a host logs when it takes over a partition whose state another host wrote.
+const RESTORED: &str = "Partition restored from the changelog";
+/// What a host logs when a partition is revoked from it.
+const HANDED_OVER: &str = "Partition handed over";
+/// The status counters that sum over the hosts.
+const COUNTERS: [&str; 4] = ["received", "accepted", "rejected", "duplicates"];
+
+/// What the whole group must answer for a stream.
+struct Expected {
+    /// The whole stream's `status["events"]`.
+    counters: Value,
+    /// Each plugin's answer.
+    answers: [(&'static str, Value); 3],
+}
+
+fn expected(stream: &Stream) -> Expected {
+    Expected {
+        counters: json!({
+            "received": stream.deliveries.len(),
+            "accepted": stream.events.len(),
+            "rejected": stream.malformed.values().sum::<u64>(),
+            "duplicates": stream.duplicates,
+            "rejected_by_reason": stream.malformed,
+        }),
+        answers: [
+            ("core", reference::core(&stream.events)),
+            ("event_counts", reference::event_counts(&stream.events)),
+            ("funnel", reference::funnel(&stream.events)),
+        ],
+    }
+}
+
+/// One `weft.toml` for every host of a group: checkpoints (and changelog
+/// writes) every 200 ms.
+fn write_config(dir: &Path) -> String {
+    let path = dir.join("weft.toml");
+    let text = format!(
+        "[pipeline]\nlateness_ms = {LATENESS_MS}\ncheckpoint_interval_ms = 200\nbatch_size = 256\n"
+    );
+    std::fs::write(&path, text).expect("write weft.toml");
+    path.display().to_string()
+}
+
+/// GET `path` on `host`: the status and the JSON answer, whatever the
+/// status (a 503 says which partitions are missing); `Err` if there is no
+/// JSON answer at all.
+fn ask(host: &Weft, path: &str) -> Result<(u16, Value), String> {
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(30))
+        .build();
+    let response = match agent.get(&format!("{}{path}", host.base)).call() {
+        Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => return Err(format!("GET {}{path}: {e}", host.base)),
+    };
+    let code = response.status();
+    let text = response
+        .into_string()
+        .map_err(|e| format!("GET {}{path}: {e}", host.base))?;
+    let json = serde_json::from_str(&text)
+        .map_err(|e| format!("GET {}{path}: {code} `{text}` is not JSON: {e}", host.base))?;
+    Ok((code, json))
+}
+
+/// How many messages `host` counts as received (its own partitions only).
+fn received(host: &Weft) -> Result<u64, String> {
+    let status = host.try_get("/api/status")?;
+    status["events"]["received"]
+        .as_u64()
+        .ok_or_else(|| format!("no received count in {status}"))
+}
+
+/// `host`'s view of the group: `status["group"]`.
+fn group(host: &Weft) -> Result<Value, String> {
+    let status = host.try_get("/api/status")?;
+    match &status["group"] {
+        group @ Value::Object(_) => Ok(group.clone()),
+        _ => Err(format!("no group in the status of {}: {status}", host.base)),
+    }
+}
+
+/// The partition numbers of `object[field]`, sorted.
+fn numbers(object: &Value, field: &str) -> Result<Vec<u64>, String> {
+    let list = object[field]
+        .as_array()
+        .ok_or_else(|| format!("no {field} list in {object}"))?;
+    let mut partitions = list
+        .iter()
+        .map(|p| {
+            p.as_u64()
+                .ok_or_else(|| format!("a partition {p} in {object}"))
+        })
+        .collect::<Result<Vec<u64>, String>>()?;
+    partitions.sort_unstable();
+    Ok(partitions)
+}
+
+/// A member's partitions, sorted.
+fn partitions(member: &Value) -> Result<Vec<u64>, String> {
+    numbers(member, "partitions")
+}
+
+/// The partitions the host whose view `group` is owns: its member marked `me`.
+fn owned(group: &Value) -> Result<Vec<u64>, String> {
+    let members = group["members"]
+        .as_array()
+        .ok_or_else(|| format!("no members in {group}"))?;
+    let mut me = members.iter().filter(|m| m["me"] == json!(true));
+    match (me.next(), me.next()) {
+        (Some(member), None) => partitions(member),
+        _ => Err(format!("not exactly one member is `me` in {group}")),
+    }
+}
+
+/// Waits until `hosts` own every one of the topic's `topic_partitions`
+/// partitions between them, each host at least one, none twice, and none
+/// restores any more; returns what each owns, in the order of `hosts`.
+fn settled(what: &str, hosts: &[&Weft], topic_partitions: u64) -> Vec<Vec<u64>> {
+    wait_for(what, DEADLINE, || {
+        let mut each = Vec::new();
+        for host in hosts {
+            let group = group(host)?;
+            let restoring = group["restoring"]
+                .as_array()
+                .ok_or_else(|| format!("no restoring list in {group}"))?;
+            let owned = owned(&group)?;
+            if owned.is_empty() || !restoring.is_empty() {
+                return Err(format!("{} owns {owned:?}: {group}", host.base));
+            }
+            each.push(owned);
+        }
+        let mut all: Vec<u64> = each.concat();
+        all.sort_unstable();
+        if all == (0..topic_partitions).collect::<Vec<u64>>() {
+            Ok(Some(each))
+        } else {
+            Err(format!("owned between them: {each:?}"))
+        }
+    })
+}
+
+/// Waits until `host`'s view of the group is `hosts`, by URL, owning every
+/// partition once between them, with `host` itself as `me`.
+fn wait_for_members(host: &Weft, hosts: &[&Weft], name: &str, topic_partitions: u64) {
+    let mut urls: Vec<&str> = hosts.iter().map(|h| h.base.as_str()).collect();
+    urls.sort_unstable();
+    wait_for(
+        &format!("{}'s view of the group to be {urls:?}", host.base),
+        DEADLINE,
+        || {
+            let group = group(host)?;
+            let members = group["members"]
+                .as_array()
+                .ok_or_else(|| format!("no members in {group}"))?;
+            let mut seen: Vec<&str> = members.iter().filter_map(|m| m["url"].as_str()).collect();
+            seen.sort_unstable();
+            let mut all = Vec::new();
+            for m in members {
+                all.extend(partitions(m)?);
+            }
+            all.sort_unstable();
+            let me_is_me = members
+                .iter()
+                .all(|m| (m["me"] == json!(true)) == (m["url"] == json!(host.base)));
+            let right = group["group"] == json!(name)
+                && group["topic_partitions"] == json!(topic_partitions)
+                && seen == urls
+                && me_is_me
+                && all == (0..topic_partitions).collect::<Vec<u64>>();
+            if right {
+                Ok(Some(()))
+            } else {
+                Err(group.to_string())
+            }
+        },
+    );
+}
+
+/// Polls until every merged answer on `host` equals the reference, then
+/// checks them all once more: they stay.
+fn wait_for_exact_answers(host: &Weft, name: &str, want: &Expected) {
+    for (plugin, answer) in &want.answers {
+        let path = format!("/api/plugins/{plugin}/query");
+        wait_for(
+            &format!("{name}'s merged {plugin} answer to equal the reference"),
+            DEADLINE,
+            || {
+                let (code, got) = ask(host, &path)?;
+                if code == 200 && got == *answer {
+                    Ok(Some(()))
+                } else {
+                    Err(format!("{code}: {got}"))
+                }
+            },
+        );
+    }
+    for (plugin, answer) in &want.answers {
+        let got = host.get(&format!("/api/plugins/{plugin}/query"));
+        assert_eq!(&got, answer, "{name}'s merged {plugin} answer");
+    }
+}
+
+/// `status["events"]` summed over `hosts`: the counters and the rejections
+/// by reason (reasons with none left out).
+fn summed_counters(hosts: &[&Weft]) -> Result<Value, String> {
+    let mut sums: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut by_reason: BTreeMap<String, u64> = BTreeMap::new();
+    for host in hosts {
+        let status = host.try_get("/api/status")?;
+        let events = &status["events"];
+        for counter in COUNTERS {
+            *sums.entry(counter).or_default() += events[counter]
+                .as_u64()
+                .ok_or_else(|| format!("no {counter} in {status}"))?;
+        }
+        let reasons = events["rejected_by_reason"]
+            .as_object()
+            .ok_or_else(|| format!("no rejected_by_reason in {status}"))?;
+        for (reason, n) in reasons {
+            *by_reason.entry(reason.clone()).or_default() += n
+                .as_u64()
+                .ok_or_else(|| format!("a count {n} in {status}"))?;
+        }
+    }
+    by_reason.retain(|_, n| *n > 0);
+    let mut counters = json!(sums);
+    counters["rejected_by_reason"] = json!(by_reason);
+    Ok(counters)
+}
+
+/// Polls until the status counters summed over `hosts` equal the whole stream's.
+fn wait_for_exact_counters(names: &str, hosts: &[&Weft], want: &Expected) {
+    wait_for(
+        &format!("the status counters summed over {names} to equal the reference"),
+        DEADLINE,
+        || {
+            let got = summed_counters(hosts)?;
+            if got == want.counters {
+                Ok(Some(()))
+            } else {
+                Err(format!("summed {got}; want {}", want.counters))
+            }
+        },
+    );
+}
+
+/// The partition of each line of `log` that says `what`, in order: its
+/// `partition=P` field.
+fn logged(log: &str, what: &str) -> Vec<u64> {
+    log.lines()
+        .filter(|line| line.contains(what))
+        .filter_map(|line| {
+            line.split_whitespace()
+                .find_map(|word| word.strip_prefix("partition=")?.parse().ok())
+        })
+        .collect()
+}
+
+/// How often `p` occurs in `list`.
+fn occurrences(list: &[u64], p: u64) -> usize {
+    list.iter().filter(|&&q| q == p).count()
+}
+
+/// Partitions move in every way a group moves them, mid-stream: B joins and
+/// takes partitions from A, C joins, B is killed with SIGKILL (its
+/// partitions are reported missing with a 503, then taken over from its last
+/// state in the changelog and re-read from the offset recorded with it), D
+/// joins with an empty data directory, C leaves cleanly. The survivors A and
+/// D each answer for the whole group exactly as the reference does, their
+/// counters sum to the whole stream's, each partition B or C held was
+/// restored from the changelog on its new owner, and both see the same
+/// group.
+#[test]
+#[ignore = "blocked on the test broker: after a static member stops (kill -9 or SIGTERM, which sends no LeaveGroup for static members), tansu 0.6 never hands its partitions to the others (300 s); run with --ignored against Kafka"]
+fn three_hosts_with_a_kill_a_join_and_a_leave_stay_exact() {
+    let stream = generate(23, 600, LATENESS_MS);
+    let want = expected(&stream);
+    let topic = create_topic(8);
+    let brokers = brokers();
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let config = write_config(dir.path());
+    let group_name = format!("{topic}-group");
+    let args = kafka_args(&topic, &group_name, &brokers, &config);
+    let start = |name: &str| Weft::start(&dir.path().join(name), &args);
+    // A third of the stream is there at the start, the next third comes
+    // after B is killed, the rest after C has left: every change falls
+    // before the end of the stream, however fast the hosts read.
+    let n = stream.deliveries.len();
+    let (first, second) = (n / 3, 2 * n / 3);
+
+    produce(&topic, &stream.deliveries[..first]);
+    let a = start("a");
+    let b = start("b");
+    let c = start("c");
+    let owned = settled("A, B and C to share the partitions", &[&a, &b, &c], 8);
+    let b_owned = owned[1].clone();
+    wait_for("B to read", DEADLINE, || {
+        Ok((received(&b)? > 0).then_some(()))
+    });
+    b.kill();
+
+    // Until the group notices, B's partitions have no owner that answers.
+    let missing = wait_for(
+        "A to answer 503 for B's partitions",
+        Duration::from_secs(60),
+        || {
+            let (code, body) = ask(&a, "/api/plugins/core/query")?;
+            if code != 503 {
+                return Err(format!("{code}: {body}"));
+            }
+            let error = body["error"].as_str().unwrap_or_default();
+            assert!(!error.is_empty(), "an error message in {body}");
+            numbers(&body, "missing").map(Some)
+        },
+    );
+    assert!(
+        !missing.is_empty() && missing.iter().all(|p| b_owned.contains(p)),
+        "missing {missing:?}, B owned {b_owned:?}; A sees {}",
+        a.get("/api/status")["group"]
+    );
+
+    produce(&topic, &stream.deliveries[first..second]);
+    let d = start("d");
+    let owned = settled("A, C and D to share the partitions", &[&a, &c, &d], 8);
+    let c_owned = owned[1].clone();
+    let status = c.terminate(STOP_WITHIN);
+    assert!(status.success(), "C stops cleanly: {status}");
+    produce(&topic, &stream.deliveries[second..]);
+
+    let d_owned = settled("A and D to share the partitions", &[&a, &d], 8)[1].clone();
+    for (host, name) in [(&a, "A"), (&d, "D")] {
+        wait_for_exact_answers(host, name, &want);
+    }
+    wait_for_exact_counters("A and D", &[&a, &d], &want);
+    for host in [&a, &d] {
+        wait_for_members(host, &[&a, &d], &group_name, 8);
+    }
+
+    let (a_log, d_log) = (a.log(), d.log());
+    let restored = [logged(&a_log, RESTORED), logged(&d_log, RESTORED)].concat();
+    for p in b_owned.iter().chain(&c_owned) {
+        assert!(
+            restored.contains(p),
+            "partition {p} (B had {b_owned:?}, C had {c_owned:?}) restored from the changelog:\nA:\n{a_log}\nD:\n{d_log}"
+        );
+    }
+    // D started empty: all it owns was written by others.
+    let d_restored = logged(&d_log, RESTORED);
+    for p in &d_owned {
+        assert!(d_restored.contains(p), "D restored partition {p}:\n{d_log}");
+    }
+    let count = group(&d).expect("D's group")["restored"].as_u64();
+    assert!(
+        count >= Some(d_owned.len() as u64),
+        "D counts its restores: {count:?}, owns {d_owned:?}"
+    );
+}
+
+/// A partition moving back and forth does not drift: B joins, leaves
+/// cleanly and rejoins on the same data directory (its local state stale by
+/// then) while the stream arrives in slices, so partitions go from A to B and
+/// back at least five times, each time restored from the changelog. A and B
+/// together, and then A alone, answer exactly as the reference does with
+/// counters summing to the whole stream's; A logs every move.
+#[test]
+#[ignore = "blocked on the test broker: after a static member stops (kill -9 or SIGTERM, which sends no LeaveGroup for static members), tansu 0.6 never hands its partitions to the others (300 s); run with --ignored against Kafka"]
+fn a_partition_bouncing_between_two_hosts_stays_exact() {
+    let stream = generate(29, 480, LATENESS_MS);
+    let want = expected(&stream);
+    let topic = create_topic(4);
+    let brokers = brokers();
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let config = write_config(dir.path());
+    let group_name = format!("{topic}-group");
+    let args = kafka_args(&topic, &group_name, &brokers, &config);
+    let n = stream.deliveries.len();
+    let slice = |i: usize| &stream.deliveries[n * i / 6..n * (i + 1) / 6];
+
+    produce(&topic, slice(0));
+    let a = Weft::start(&dir.path().join("a"), &args);
+    settled("A to own every partition", &[&a], 4);
+    wait_for("A to read", DEADLINE, || {
+        Ok((received(&a)? > 0).then_some(()))
+    });
+
+    let b_data = dir.path().join("b");
+    // B with what it owns, while it runs.
+    let mut b: Option<(Weft, Vec<u64>)> = None;
+    // One entry per move, the partition moved.
+    let (mut to_b, mut to_a) = (Vec::new(), Vec::new());
+    for i in 1..6 {
+        match b.take() {
+            None => {
+                // B joins and takes partitions from A, restoring what A
+                // wrote: its own data directory is empty or stale.
+                let host = Weft::start(&b_data, &args);
+                let owned = settled("A and B to share the partitions", &[&a, &host], 4)[1].clone();
+                wait_for("B to count its restores", DEADLINE, || {
+                    let group = group(&host)?;
+                    if group["restored"].as_u64() >= Some(owned.len() as u64) {
+                        Ok(Some(()))
+                    } else {
+                        Err(group.to_string())
+                    }
+                });
+                to_b.extend(&owned);
+                let before = received(&host).unwrap_or_else(|e| panic!("B's status: {e}"));
+                produce(&topic, slice(i));
+                wait_for("B to read into the new slice", DEADLINE, || {
+                    Ok((received(&host)? > before).then_some(()))
+                });
+                b = Some((host, owned));
+            }
+            Some((host, owned)) => {
+                // B leaves in the middle of a slice; A takes everything back.
+                produce(&topic, slice(i));
+                let status = host.terminate(STOP_WITHIN);
+                assert!(status.success(), "B stops cleanly: {status}");
+                settled("A to own every partition again", &[&a], 4);
+                to_a.extend(owned);
+            }
+        }
+    }
+
+    let (b, b_owned) = b.expect("B runs at the end");
+    for (host, name) in [(&a, "A"), (&b, "B")] {
+        wait_for_exact_answers(host, name, &want);
+    }
+    wait_for_exact_counters("A and B", &[&a, &b], &want);
+
+    // B leaves for the last time: A alone holds the whole group's state.
+    let status = b.terminate(STOP_WITHIN);
+    assert!(status.success(), "B stops cleanly: {status}");
+    to_a.extend(b_owned);
+    settled("A to own every partition at the end", &[&a], 4);
+    wait_for_exact_answers(&a, "A alone", &want);
+    wait_for_exact_counters("A alone", &[&a], &want);
+
+    assert!(
+        to_b.len() + to_a.len() >= 5,
+        "moves A to B {to_b:?}, B to A {to_a:?}"
+    );
+    let log = a.log();
+    let (handed, restored) = (logged(&log, HANDED_OVER), logged(&log, RESTORED));
+    for p in 0..4 {
+        assert!(
+            occurrences(&handed, p) >= occurrences(&to_b, p),
+            "A logs handing partition {p} over each time B took it ({to_b:?}):\n{log}"
+        );
+        assert!(
+            occurrences(&restored, p) >= occurrences(&to_a, p),
+            "A logs restoring partition {p} each time it came back ({to_a:?}):\n{log}"
+        );
+    }
+    let count = group(&a).expect("A's group")["restored"].as_u64();
+    assert!(
+        count >= Some(to_a.len() as u64),
+        "A counts its restores: {count:?}, took back {to_a:?}"
+    );
+}
