@@ -196,9 +196,10 @@ impl Source for KafkaSource {
         if let Some(last) = last.filter(|l| **l != self.identity()) {
             return Err(last.changed(self.identity()));
         }
-        // Where each partition resumes is its state's to say, when it is
-        // assigned ([`Rebalance::assigned`]).
+        // Where each partition resumes is its owner's to say, when it is
+        // assigned ([`Rebalance::assigned`]); without an owner, these offsets.
         self.next = offsets.clone();
+        *lock(&self.consumer.context().resumed) = offsets.clone();
         Ok(())
     }
 
@@ -356,6 +357,8 @@ struct Context {
     topic: String,
     /// The owner of the partitions' state, asked at each rebalance.
     owner: Mutex<Option<Box<dyn Rebalance>>>,
+    /// Where a partition starts when there is no owner: the offsets given to `resume`.
+    resumed: Mutex<Offsets>,
     /// Why the owner could not take or give up a partition; the next poll fails with it.
     failure: Mutex<Option<String>>,
     assignment: Mutex<Assignment>,
@@ -380,6 +383,7 @@ impl Context {
         Self {
             topic: topic.to_owned(),
             owner: Mutex::default(),
+            resumed: Mutex::default(),
             failure: Mutex::default(),
             assignment: Mutex::default(),
             assignment_changed: AtomicBool::new(false),
@@ -494,7 +498,7 @@ impl ConsumerContext for Context {
                 let partitions = self.partitions_of(list);
                 let resume = match lock(&self.owner).as_mut() {
                     Some(owner) => owner.assigned(&partitions),
-                    None => Ok(Offsets::new()),
+                    None => Ok(lock(&self.resumed).clone()),
                 };
                 match resume {
                     Ok(resume) => {
