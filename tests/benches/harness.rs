@@ -208,6 +208,27 @@ fn answers(
         .collect()
 }
 
+/// Opens a pipeline over `spec`, joining its consumer group when it is
+/// Kafka, as `weft run` does.
+fn open_pipeline(
+    settings: &Settings,
+    spec: &SourceSpec,
+    plugins: Vec<PluginSpec>,
+    store: Store,
+    runtime: &Runtime,
+) -> Pipeline {
+    let source = weft_source::open(spec).expect("the source");
+    let pipeline =
+        Pipeline::open(settings.clone(), source, plugins, store, runtime).expect("a pipeline");
+    match spec {
+        SourceSpec::Kafka(kafka) => {
+            let group = weft_source::Group::open(kafka).expect("the consumer group");
+            pipeline.join(group, &kafka.group, "bench", "http://127.0.0.1:0")
+        }
+        _ => pipeline,
+    }
+}
+
 /// [`source_rate`], also returning the pipeline and its data directory.
 fn run_to_end(
     dir: &Path,
@@ -219,12 +240,9 @@ fn run_to_end(
 ) -> (f64, Started, tempfile::TempDir) {
     let data = tempfile::tempdir_in(dir).expect("a data dir");
     let store = Store::open(&data.path().join("state")).expect("a store");
-    let source = weft_source::open(source).expect("the source");
+    let pipeline = open_pipeline(settings, source, plugins.to_vec(), store, runtime);
     let clock = Instant::now();
-    let started = Pipeline::open(settings.clone(), source, plugins.to_vec(), store, runtime)
-        .expect("a pipeline")
-        .start()
-        .expect("a started pipeline");
+    let started = pipeline.start().expect("a started pipeline");
     await_pipeline(&started, "every message processed", || {
         let status = started.shared.status();
         assert!(
@@ -898,15 +916,13 @@ fn main() {
                 // (these runs also warm caches: they are not counted).
                 let data = tempfile::tempdir_in(tmp.path()).expect("a data dir");
                 let store = Store::open(&data.path().join("state")).expect("a store");
-                let source = weft_source::open(&weft_source()).expect("the source");
-                let started = Pipeline::open(
-                    kafka_settings.clone(),
-                    source,
+                let started = open_pipeline(
+                    &kafka_settings,
+                    &weft_source(),
                     default.clone(),
                     store,
                     &runtime,
                 )
-                .expect("a pipeline")
                 .start()
                 .expect("a started pipeline");
                 let shared = started.shared.clone();
