@@ -51,6 +51,13 @@
 //!     sessionizer with 1, 4 and 16 `core` instances;
 //! 12. **workers**: the default pipeline over 8 partitions with `--workers
 //!     2` against `--workers 1` (target ≥ 1.7 on 2 cores);
+//! 13. **restore**: a host with an empty data directory taking over a
+//!     partition holding 100k users' state (every user's open session,
+//!     counters and distinct users) from the group's changelog: seconds and
+//!     MB/s, against a raw rdkafka consumer draining the same changelog;
+//! 14. **group query**: item 9's query asked of one of three `weft`
+//!     processes in one consumer group (8 partitions), merged from all
+//!     three, while they ingest the stream as it is produced;
 //! - **languages**: the `page_stats` example in Rust, Python, JavaScript
 //!   (QuickJS, SpiderMonkey) and C, built from source, each fed the whole
 //!   sessionized stream in batches of 1024 through `ingest` with a checkpoint
@@ -78,7 +85,7 @@ use weft_runtime::{BatchBuilder, Limits, Plugin, Role, Runtime};
 use weft_source::{KafkaConfig, SourceSpec};
 use weft_state::Store;
 use weft_tests::{
-    clickstream::generate,
+    clickstream::{Delivery, generate},
     languages::build_examples,
     peers::{self, Answer, Peer},
     reference::{GAP_MS, with_sessions},
@@ -325,6 +332,39 @@ fn drain_rate(brokers: &str, topic: &str, messages: usize) -> f64 {
     per_second(messages, started)
 }
 
+/// A plain rdkafka consumer, assigned (no group joined), reading partition 0 of `topic` from
+/// the start until it has seen `records`; records per second.
+fn read_rate(brokers: &str, topic: &str, records: usize) -> f64 {
+    use rdkafka::{
+        ClientConfig, Offset, TopicPartitionList,
+        consumer::{BaseConsumer, Consumer},
+    };
+    // librdkafka wants a group id even for an assignment; no group is joined.
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set(
+            "group.id",
+            format!("{topic}-read-{:x}", rand::random::<u64>()),
+        )
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("a consumer");
+    let started = Instant::now();
+    let mut partition = TopicPartitionList::new();
+    partition
+        .add_partition_offset(topic, 0, Offset::Beginning)
+        .expect("partition 0");
+    consumer.assign(&partition).expect("assign");
+    let mut seen = 0;
+    while seen < records {
+        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+            message.expect("a record");
+            seen += 1;
+        }
+    }
+    per_second(records, started)
+}
+
 /// Whether any of `brokers` (`host:port,…`) accepts a TCP connection.
 fn answers_tcp(brokers: &str) -> bool {
     brokers
@@ -455,6 +495,233 @@ fn write_events(file: &Path, n: usize, spacing_ms: i64, user: impl Fn(usize) -> 
         .expect("write an event");
     }
     out.flush().expect("write the events");
+}
+
+/// Item 13, restore: one partition's state built by one host, then taken over
+/// from the changelog by hosts with empty data directories, one per run.
+fn restore(
+    dir: &Path,
+    plugins: &[PluginSpec],
+    runtime: &Runtime,
+    smoke: bool,
+    runs: usize,
+    figures: &mut Vec<Figure>,
+) {
+    let brokers = weft_tests::broker::brokers();
+    if !answers_tcp(&brokers) {
+        eprintln!(
+            "13. restore: SKIPPED, no broker at {brokers} (set WEFT_TEST_BROKERS, or run scripts/test.sh, which starts one)"
+        );
+        return;
+    }
+    let users = if smoke { 2_000 } else { 100_000 };
+    eprintln!("13. restore ({users} users' state, {brokers})…");
+    let topic = weft_tests::broker::create_topic(1);
+    let deliveries: Vec<Delivery> = (0..users)
+        .map(|i| Delivery {
+            key: format!("u{i}"),
+            payload: format!(
+                r#"{{"event_id":"r{i}","ts":{},"user_id":"u{i}","event":"page_view","path":"/p/{}","platform":"web"}}"#,
+                weft_tests::clickstream::START_MS + i as i64 * 10,
+                i % 100
+            )
+            .into_bytes(),
+        })
+        .collect();
+    weft_tests::broker::produce(&topic, &deliveries);
+    let kafka = KafkaConfig {
+        brokers: brokers.clone(),
+        topic: topic.clone(),
+        group: format!("{topic}-restore"),
+        options: Default::default(),
+        instance_id: None,
+    };
+    let source = SourceSpec::Kafka(kafka.clone());
+    let settings = Settings {
+        idle_ms: 100,
+        ..Settings::default()
+    };
+    // The host that builds the state; its stop writes the last checkpoint.
+    let (_, built, _data) = run_to_end(dir, &source, plugins, &settings, runtime, users);
+    built.stop().expect("the pipeline stops");
+    let changelog = weft_source::Group::open(&kafka)
+        .expect("the consumer group")
+        .changelog_topic()
+        .to_owned();
+    let (mut seconds, mut rates, mut raw, mut sizes) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let data = tempfile::tempdir_in(dir).expect("a data dir");
+        let store = Store::open(&data.path().join("state")).expect("a store");
+        let started = open_pipeline(&settings, &source, plugins.to_vec(), store, runtime)
+            .start()
+            .expect("a started pipeline");
+        let done = await_pipeline(&started, "the partition restored", || {
+            started.shared.status().group?.last_restore
+        });
+        assert!(
+            done.keys as usize >= users,
+            "restored {} keys of {users} users' state",
+            done.keys
+        );
+        started.stop().expect("the pipeline stops");
+        let s = done.ms.max(1) as f64 / 1000.0;
+        seconds.push(s);
+        rates.push(done.records as f64 / s);
+        sizes.push(done.bytes as f64 / 1e6 / s);
+        raw.push(read_rate(&brokers, &changelog, done.records as usize));
+    }
+    let raw = Figure {
+        item: "13".into(),
+        name: "raw rdkafka consumer reading the same changelog partition".into(),
+        unit: "records/s".into(),
+        runs: raw,
+        ratio: None,
+    };
+    figures.push(Figure {
+        item: "13".into(),
+        name: format!("restore of one partition with {users} users' state (vs raw)"),
+        unit: "records/s".into(),
+        ratio: Some((median(&rates) / raw.median(), None)),
+        runs: rates,
+    });
+    figures.push(raw);
+    figures.push(Figure {
+        item: "13".into(),
+        name: "restore time".into(),
+        unit: "s".into(),
+        runs: seconds,
+        ratio: None,
+    });
+    figures.push(Figure {
+        item: "13".into(),
+        name: "restore throughput (keys and values)".into(),
+        unit: "MB/s".into(),
+        runs: sizes,
+        ratio: None,
+    });
+}
+
+/// Item `item`'s figures of query latency runs: p50 and p99 under ingest
+/// (the p99's target 20 ms), against the p99 idle; `on` says where.
+fn latency_figures(item: &str, on: &str, runs: &[Latencies], figures: &mut Vec<Figure>) {
+    let pick = |f: fn(&Latencies) -> f64| -> Vec<f64> { runs.iter().map(f).collect() };
+    let query = "`GET /api/plugins/core/query`";
+    let idle = Figure {
+        item: item.into(),
+        name: format!("{query}{on} p99, pipeline idle (after the stream)"),
+        unit: "ms".into(),
+        runs: pick(|l| l.idle_p99),
+        ratio: None,
+    };
+    let busy_p99 = pick(|l| l.busy_p99);
+    let met = median(&busy_p99) <= 20.0;
+    figures.push(Figure {
+        item: item.into(),
+        name: format!("{query}{on} p50, under full ingest"),
+        unit: "ms".into(),
+        ratio: Some((median(&pick(|l| l.busy_p50)) / idle.median(), None)),
+        runs: pick(|l| l.busy_p50),
+    });
+    figures.push(Figure {
+        item: item.into(),
+        name: format!(
+            "{query}{on} p99, under full ingest (target ≤ 20 ms: {})",
+            if met { "met" } else { "NOT met" }
+        ),
+        unit: "ms".into(),
+        ratio: Some((median(&busy_p99) / idle.median(), None)),
+        runs: busy_p99,
+    });
+    figures.push(idle);
+}
+
+/// Item 14: a query merged over three `weft` hosts in one group (the real
+/// binary, 8 partitions): asked of one host while the stream is produced
+/// and all three ingest it, then idle. One run per fresh topic.
+fn group_query(
+    dir: &Path,
+    stream: &weft_tests::clickstream::Stream,
+    runs: usize,
+    figures: &mut Vec<Figure>,
+) {
+    use weft_tests::{group, process::Weft};
+    let brokers = weft_tests::broker::brokers();
+    if !answers_tcp(&brokers) {
+        eprintln!(
+            "14. group query: SKIPPED, no broker at {brokers} (set WEFT_TEST_BROKERS, or run scripts/test.sh, which starts one)"
+        );
+        return;
+    }
+    eprintln!("14. a query merged over 3 hosts ({brokers})…");
+    let messages = stream.deliveries.len() as u64;
+    let latencies: Vec<Latencies> = (0..runs)
+        .map(|run| {
+            let topic = weft_tests::broker::create_topic(8);
+            let name = format!("{topic}-hosts");
+            let args = [
+                "--source",
+                "kafka",
+                "--brokers",
+                &brokers,
+                "--topic",
+                &topic,
+                "--group",
+                &name,
+            ];
+            let hosts: Vec<Weft> = ["a", "b", "c"]
+                .iter()
+                .map(|h| Weft::start(&dir.join(format!("group-{run}-{h}")), &args))
+                .collect();
+            let all: Vec<&Weft> = hosts.iter().collect();
+            group::settled("three hosts to share the partitions", &all, 8);
+            let url = format!("{}/api/plugins/core/query", hosts[0].base);
+            let agent = ureq::agent();
+            let ask = || {
+                let started = Instant::now();
+                let answer = agent.get(&url).call().expect("a whole answer");
+                std::hint::black_box(answer.into_string().expect("an answer"));
+                started.elapsed().as_secs_f64() * 1000.0
+            };
+            // Whole answers first: every host has heard of the others.
+            weft_tests::wait_for("a whole answer", group::DEADLINE, || {
+                Ok(agent.get(&url).call().is_ok().then_some(()))
+            });
+            let producer = {
+                let (topic, deliveries) = (topic.clone(), stream.deliveries.clone());
+                std::thread::spawn(move || weft_tests::broker::produce(&topic, &deliveries))
+            };
+            let deadline = Instant::now() + RUN_DEADLINE;
+            let mut busy = Vec::new();
+            loop {
+                for _ in 0..20 {
+                    busy.push(ask());
+                }
+                let received: u64 = all
+                    .iter()
+                    .map(|h| group::received(h).expect("a status"))
+                    .sum();
+                if received >= messages {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{received} of {messages} after {RUN_DEADLINE:?}"
+                );
+            }
+            producer.join().expect("the producer");
+            let mut idle: Vec<f64> = (0..100).map(|_| ask()).collect();
+            for host in hosts {
+                host.terminate(Duration::from_secs(120));
+            }
+            Latencies {
+                busy_p50: percentile(&mut busy, 0.5),
+                busy_p99: percentile(&mut busy, 0.99),
+                idle_p99: percentile(&mut idle, 0.99),
+            }
+        })
+        .collect();
+    latency_figures("14", " merged over 3 hosts", &latencies, figures);
 }
 
 /// Query latencies of one run, in ms.
@@ -779,6 +1046,17 @@ fn main() {
         figures.push(one);
     }
 
+    if wanted(&["13"]) {
+        restore(
+            tmp.path(),
+            &default,
+            &runtime,
+            smoke,
+            config.runs,
+            &mut figures,
+        );
+    }
+
     if wanted(&["5"]) {
         // 5. The CPU guard: epoch interruption on (what weft runs) and off.
         eprintln!("5. guards…");
@@ -1090,34 +1368,11 @@ fn main() {
         let runs: Vec<Latencies> = (0..config.runs)
             .map(|_| query_latency(tmp.path(), &file, &default, &settings, &runtime))
             .collect();
-        let pick = |f: fn(&Latencies) -> f64| -> Vec<f64> { runs.iter().map(f).collect() };
-        let idle = Figure {
-            item: "9".into(),
-            name: "`GET /api/plugins/core/query` p99, pipeline idle (after the file)".into(),
-            unit: "ms".into(),
-            runs: pick(|l| l.idle_p99),
-            ratio: None,
-        };
-        let busy_p99 = pick(|l| l.busy_p99);
-        let met = median(&busy_p99) <= 20.0;
-        figures.push(Figure {
-            item: "9".into(),
-            name: "`GET /api/plugins/core/query` p50, under full ingest".into(),
-            unit: "ms".into(),
-            ratio: Some((median(&pick(|l| l.busy_p50)) / idle.median(), None)),
-            runs: pick(|l| l.busy_p50),
-        });
-        figures.push(Figure {
-            item: "9".into(),
-            name: format!(
-                "`GET /api/plugins/core/query` p99, under full ingest (target ≤ 20 ms: {})",
-                if met { "met" } else { "NOT met" }
-            ),
-            unit: "ms".into(),
-            ratio: Some((median(&busy_p99) / idle.median(), None)),
-            runs: busy_p99,
-        });
-        figures.push(idle);
+        latency_figures("9", "", &runs, &mut figures);
+    }
+
+    if wanted(&["14"]) {
+        group_query(tmp.path(), &stream, config.runs, &mut figures);
     }
 
     if wanted(&["4"]) {
@@ -1252,7 +1507,7 @@ fn main() {
 }
 
 /// Every item, in the order the full run takes them (`1` is items 1 and 2).
-const ITEMS: [&str; 12] = [
+const ITEMS: [&str; 14] = [
     "1",
     "3",
     "5",
@@ -1261,7 +1516,9 @@ const ITEMS: [&str; 12] = [
     "8",
     "11",
     "12",
+    "13",
     "9",
+    "14",
     "4",
     "10",
     "languages",

@@ -8,11 +8,13 @@
 //! - [`reference`]: what `core`, `event_counts` and `funnel` must answer;
 //! - [`broker`]: topics and producing on the Kafka-protocol test broker;
 //! - [`process`]: starting, polling and killing the `weft` binary;
+//! - [`group`]: a host's view of its consumer group, and waiting for it to settle;
 //! - [`languages`]: the `page_stats` example in every language, built from source;
 //! - [`peers`]: Quix Streams and Bytewax on the same metrics, for the harness.
 
 pub mod broker;
 pub mod clickstream;
+pub mod group;
 pub mod languages;
 pub mod peers;
 pub mod process;

@@ -65,6 +65,7 @@ pub(crate) struct Membership {
     pub(crate) restoring: Mutex<BTreeMap<Part, (u64, u64)>>,
     /// Partitions restored from the changelog since the start.
     pub(crate) restored: AtomicU64,
+    pub(crate) last_restore: Mutex<Option<RestoreDone>>,
     pub(crate) stop: AtomicBool,
 }
 
@@ -85,6 +86,21 @@ pub struct GroupStatus {
     pub restoring: Vec<RestoreStatus>,
     /// Partitions restored from the changelog since this host started.
     pub restored: u64,
+    /// The latest of those restores.
+    pub last_restore: Option<RestoreDone>,
+}
+
+/// A partition restored from the changelog.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreDone {
+    pub partition: Part,
+    /// Changelog records read, and their keys' and values' bytes.
+    pub records: u64,
+    pub bytes: u64,
+    /// Keys the partition's state has after it.
+    pub keys: u64,
+    /// From asking for the changelog's end to the state written here.
+    pub ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -124,6 +140,7 @@ impl Membership {
             changed: AtomicBool::new(true),
             restoring: Mutex::default(),
             restored: AtomicU64::new(0),
+            last_restore: Mutex::default(),
             stop: AtomicBool::new(false),
         }
     }
@@ -170,6 +187,7 @@ impl Membership {
                 })
                 .collect(),
             restored: self.restored.load(Ordering::Relaxed),
+            last_restore: lock(&self.last_restore).clone(),
         }
     }
 
@@ -286,15 +304,27 @@ fn restore(shared: &Shared, m: &Membership, part: Part) -> Result<bool, Pipeline
         );
         return Ok(false);
     }
-    m.restored.fetch_add(1, Ordering::Relaxed);
-    shared.telemetry.restores.inc();
+    let done = RestoreDone {
+        partition: part,
+        records: records.len() as u64,
+        bytes: records
+            .iter()
+            .map(|(k, v)| (k.len() + v.as_ref().map_or(0, Vec::len)) as u64)
+            .sum(),
+        keys: state.len() as u64,
+        ms: started.elapsed().as_millis() as u64,
+    };
     tracing::info!(
         partition = part,
-        records = records.len(),
-        keys = state.len(),
-        ms = started.elapsed().as_millis() as u64,
+        records = done.records,
+        bytes = done.bytes,
+        keys = done.keys,
+        ms = done.ms,
         "Partition restored from the changelog."
     );
+    *lock(&m.last_restore) = Some(done);
+    m.restored.fetch_add(1, Ordering::Relaxed);
+    shared.telemetry.restores.inc();
     Ok(true)
 }
 
