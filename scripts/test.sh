@@ -17,7 +17,7 @@
 #                                which resuming from a checkpoint does)
 #
 # Idempotent: installs only what is missing: the wasm32-wasip2 target; the
-# tansu broker (~21 min to build the first time on 2 cores); Chromium and
+# tansu broker (patched, see scripts/tansu/; ~21 min to build the first time on 2 cores); Chromium and
 # playwright-core for the dashboard test; the plugin toolchains (clang, lld,
 # wasi-libc from Debian, wit-bindgen-cli and wasm-tools from crates.io, ~8 min
 # the first time; componentize-py from PyPI); the benchmark harness's peers
@@ -98,12 +98,39 @@ free_port() {
 
 accepts() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-find_tansu() {
-  if command -v tansu >/dev/null 2>&1; then
-    command -v tansu
-  elif [[ -x "$CARGO_BIN/tansu" ]]; then
-    echo "$CARGO_BIN/tansu"
-  fi
+# The test broker: tansu 0.6.0 from crates.io with its group coordinator
+# patched (scripts/tansu/group-coordinator.patch says what and why), built
+# once into $CARGO_BIN under a name of its own. A new patch gets a new name.
+TANSU_VERSION=0.6.0
+TANSU_BIN="$CARGO_BIN/tansu-$TANSU_VERSION-weft.1"
+TANSU_SHA256=4fdd85473ec265140488cf8d55e82b844f5c051c8916fabdd4a71156ac053f6d
+TANSU_BROKER_SHA256=93c1e91b40c2a706dfdbe9a795c08c70918c874ad23f6e0e87564cc0a180e720
+
+install_tansu() {
+  local work crate sum
+  work="$(mktemp -d "${TMPDIR:-/tmp}/weft-tansu-build.XXXXXX")"
+  for crate in tansu:$TANSU_SHA256 tansu-broker:$TANSU_BROKER_SHA256; do
+    sum="${crate#*:}" crate="${crate%%:*}"
+    curl -fsSL --retry 3 -o "$work/$crate.crate" \
+      "https://static.crates.io/crates/$crate/$crate-$TANSU_VERSION.crate" ||
+      die "could not download $crate $TANSU_VERSION from crates.io"
+    echo "$sum  $work/$crate.crate" | sha256sum -c --quiet - ||
+      die "$crate-$TANSU_VERSION.crate does not have the checksum crates.io's index gives"
+    tar -xzf "$work/$crate.crate" -C "$work"
+  done
+  (cd "$work/tansu-broker-$TANSU_VERSION" && git apply -p1 "$OLDPWD/scripts/tansu/group-coordinator.patch") ||
+    die "scripts/tansu/group-coordinator.patch does not apply to tansu-broker $TANSU_VERSION"
+  printf '\n[patch.crates-io]\ntansu-broker = { path = "../tansu-broker-%s" }\n' "$TANSU_VERSION" \
+    >>"$work/tansu-$TANSU_VERSION/Cargo.toml"
+  # Not --locked: the patch moves tansu-broker's lock entry to the path;
+  # every other crate keeps the version tansu's Cargo.lock pins.
+  echo "running: cargo build --release --features dynostore,libsql (tansu $TANSU_VERSION, patched)"
+  (cd "$work/tansu-$TANSU_VERSION" &&
+    CARGO_TARGET_DIR="$work/target" cargo build --release --features dynostore,libsql) ||
+    die "building the patched tansu failed (above)"
+  mkdir -p "$CARGO_BIN"
+  cp "$work/target/release/tansu" "$TANSU_BIN.tmp" && mv "$TANSU_BIN.tmp" "$TANSU_BIN"
+  rm -rf "$work"
 }
 
 # Starts tansu on a free port; sets broker_pid and WEFT_TEST_BROKERS.
@@ -257,18 +284,14 @@ fi
 if [[ -n "${WEFT_TEST_BROKERS:-}" ]]; then
   log "using the broker at WEFT_TEST_BROKERS=$WEFT_TEST_BROKERS (starting none)"
 else
-  tansu="$(find_tansu)"
-  if [[ -z "$tansu" ]]; then
+  if [[ ! -x "$TANSU_BIN" ]]; then
     phase "install the tansu broker (first time only: ~21 min on 2 cores)"
-    echo "running: cargo install tansu --locked --features dynostore,libsql"
-    cargo install tansu --locked --features dynostore,libsql
-    tansu="$(find_tansu)"
-    [[ -n "$tansu" ]] || die "cargo install tansu finished but no tansu binary is in $CARGO_BIN or on PATH"
+    install_tansu
   else
-    log "tansu found: $tansu"
+    log "tansu found: $TANSU_BIN"
   fi
   phase "start the tansu broker"
-  start_broker "$tansu"
+  start_broker "$TANSU_BIN"
 fi
 
 # --- 4. tests -------------------------------------------------------------------

@@ -38,9 +38,32 @@ pub struct Stream {
     pub duplicates: u64,
     /// Rejected messages by reason.
     pub malformed: BTreeMap<String, u64>,
+    /// Each delivery's event time (none for a malformed one).
+    times: Vec<Option<i64>>,
 }
 
 impl Stream {
+    /// The first index from `near` on where the deliveries are in event-time
+    /// order: every event before it is older than every event from it on
+    /// (so none of a duplicated pair is on each side). A stream produced in
+    /// slices cut there loses nothing to a pause between them: a host that
+    /// has been quiet for `idle_ms` releases all it buffered, and an event
+    /// older than those is late.
+    pub fn in_order_cut(&self, near: usize) -> usize {
+        let mut newest_after = vec![i64::MAX; self.times.len() + 1];
+        for (i, t) in self.times.iter().enumerate().rev() {
+            newest_after[i] = newest_after[i + 1].min(t.unwrap_or(i64::MAX));
+        }
+        let mut newest_before = i64::MIN;
+        for (i, t) in self.times.iter().enumerate() {
+            if i >= near && newest_before < newest_after[i] {
+                return i;
+            }
+            newest_before = newest_before.max(t.unwrap_or(i64::MIN));
+        }
+        self.times.len()
+    }
+
     /// Writes the deliveries, in order, to `dir/events.jsonl`; returns the
     /// `--source` of it, `file:PATH`.
     pub fn write_file(&self, dir: &Path) -> String {
@@ -359,18 +382,27 @@ pub fn generate(seed: u64, users: usize, lateness_ms: i64) -> Stream {
         })
         .collect();
     deliveries.sort_by_key(|(t, _)| *t);
+    let times: BTreeMap<&[u8], i64> = messages
+        .iter()
+        .map(|(e, payload)| (payload.as_slice(), e.time))
+        .collect();
     let mut out: Vec<Delivery> = Vec::with_capacity(deliveries.len() * 11 / 10);
+    let mut out_times = Vec::with_capacity(out.capacity());
     let mut duplicates = 0;
     let mut malformed = BTreeMap::new();
     for (i, (_, d)) in deliveries.into_iter().enumerate() {
+        let time = times.get(d.payload.as_slice()).copied();
         out.push(d.clone());
+        out_times.push(time);
         if rng.random_bool(0.03) {
             duplicates += 1;
             out.push(d);
+            out_times.push(time);
         }
         if i % 50 == 7 {
             let reason = MALFORMED_REASONS[(i / 50) % MALFORMED_REASONS.len()];
             *malformed.entry(reason.to_string()).or_insert(0) += 1;
+            out_times.push(None);
             out.push(Delivery {
                 key: format!("bad{i}"),
                 payload: malformed_payload(reason, i).into_bytes(),
@@ -382,6 +414,7 @@ pub fn generate(seed: u64, users: usize, lateness_ms: i64) -> Stream {
         deliveries: out,
         duplicates,
         malformed,
+        times: out_times,
     }
 }
 
