@@ -125,7 +125,7 @@ impl Partition {
         // behind the changelog, which the next owner (this host too) sees.
         let records = checkpoint.into_writes(self.part)?;
         let end = match self.shared.group.get() {
-            Some(m) => Some(m.group.write(self.part as i32, &records)?),
+            Some(m) => Some(m.append(&self.shared.store, self.part, &records)?),
             None => None,
         };
         self.shared.store.apply(self.part, records)?;

@@ -35,8 +35,8 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
-use weft_source::{Group, Identity, Offsets, Rebalance, Record};
-use weft_state::{Part, meta_key};
+use weft_source::{Group, Identity, Logged, Offsets, Rebalance, Record};
+use weft_state::{Part, Store, meta_key};
 
 use crate::{
     PipelineError, Settings, Shared, Work, lock,
@@ -66,6 +66,8 @@ pub(crate) struct Membership {
     /// Partitions restored from the changelog since the start.
     pub(crate) restored: AtomicU64,
     pub(crate) last_restore: Mutex<Option<RestoreDone>>,
+    /// The partitions this host may write the changelog of: its claims.
+    writers: Mutex<BTreeMap<Part, Writer>>,
     pub(crate) stop: AtomicBool,
 }
 
@@ -141,6 +143,7 @@ impl Membership {
             restoring: Mutex::default(),
             restored: AtomicU64::new(0),
             last_restore: Mutex::default(),
+            writers: Mutex::default(),
             stop: AtomicBool::new(false),
         }
     }
@@ -227,15 +230,184 @@ impl Membership {
     }
 }
 
-/// Makes partition `part`'s local state current with the changelog; true
-/// if it was restored from it.
+/// The changelog key of `writer`'s claim on `part`: `c\0{part}{writer}`,
+/// never a state key, and distinct per claim so compaction keeps them all.
+fn claim_key(part: Part, writer: u64) -> Vec<u8> {
+    [
+        b"c\0".as_slice(),
+        &part.to_be_bytes(),
+        &writer.to_be_bytes(),
+    ]
+    .concat()
+}
+
+/// Whether `key` is a claim on `part`.
+fn is_claim(part: Part, key: &[u8]) -> bool {
+    key.len() == 14 && key.starts_with(b"c\0") && key[2..6] == part.to_be_bytes()
+}
+
+/// Which of changelog partition `part`'s `records` (in offset order) count
+/// as state. A claim names its writer and the end of the changelog its
+/// writer read before it (its value, i64 BE): each writer's records count
+/// from its claim until the first end read by a later claimer (what a later
+/// owner did not see, it did not restore, and so it never happened);
+/// records without a writer (written before writers were named) count until
+/// the first claim's end. Claims themselves are not state.
+fn valid(part: Part, records: &[Logged]) -> Vec<bool> {
+    let mut windows: BTreeMap<u64, (i64, i64)> = BTreeMap::new();
+    let mut until = i64::MAX;
+    for r in records.iter().rev() {
+        if let (true, Some(writer), Some(v)) = (is_claim(part, &r.key), r.writer, &r.value) {
+            let from = v.as_slice().try_into().map_or(r.offset, i64::from_be_bytes);
+            windows.entry(writer).or_insert((r.offset, until));
+            until = until.min(from);
+        }
+    }
+    records
+        .iter()
+        .map(|r| {
+            let (start, end) = match r.writer {
+                Some(w) => windows.get(&w).copied().unwrap_or((i64::MAX, i64::MAX)),
+                None => (-1, until),
+            };
+            !is_claim(part, &r.key) && start < r.offset && r.offset < end
+        })
+        .collect()
+}
+
+/// This host's right to write a partition's changelog: its claim, and the
+/// changelog's end after its last write.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Writer {
+    id: u64,
+    claim: i64,
+    end: i64,
+}
+
+impl Membership {
+    /// Claims changelog partition `part` as writer `id`, having read it to
+    /// `from`, with `repair` right after the claim; the store's state is
+    /// what the changelog says then.
+    fn claim(
+        &self,
+        store: &Store,
+        part: Part,
+        id: u64,
+        from: i64,
+        repair: Vec<Record>,
+    ) -> Result<(), PipelineError> {
+        let mut records = vec![(claim_key(part, id), Some(from.to_be_bytes().to_vec()))];
+        records.extend(repair);
+        let offsets = self.group.write(part as i32, id, &records)?;
+        let writer = Writer {
+            id,
+            claim: offsets[0],
+            end: from,
+        };
+        lock(&self.writers).insert(part, writer);
+        let end = self.settle(store, part, writer, &offsets, &records)?;
+        store.set_changelog_end(part, end)?;
+        Ok(())
+    }
+
+    /// Appends a checkpoint's `records` to changelog partition `part`;
+    /// returns the changelog's end after them. [`PipelineError::Fenced`] if
+    /// another host claimed the partition since this one did.
+    pub(crate) fn append(
+        &self,
+        store: &Store,
+        part: Part,
+        records: &[Record],
+    ) -> Result<i64, PipelineError> {
+        let writer = lock(&self.writers)
+            .get(&part)
+            .copied()
+            .ok_or(PipelineError::Fenced(part))?;
+        let offsets = self.group.write(part as i32, writer.id, records)?;
+        self.settle(store, part, writer, &offsets, records)
+    }
+
+    /// Checks that `writer`'s write of `records` at `offsets` is the only
+    /// thing appended since its last one. A later claim means this host no
+    /// longer owns the partition: it is fenced. Anything else is a host
+    /// that owned it before and has not noticed yet: what it wrote does not
+    /// count, and its keys are written again after it, so the changelog
+    /// read (or compacted) key by key ends in this host's values.
+    fn settle(
+        &self,
+        store: &Store,
+        part: Part,
+        mut writer: Writer,
+        offsets: &[i64],
+        records: &[Record],
+    ) -> Result<i64, PipelineError> {
+        let mut offsets = offsets.to_vec();
+        loop {
+            let alone = offsets
+                .iter()
+                .enumerate()
+                .all(|(i, &o)| o == writer.end + i as i64);
+            if alone {
+                writer.end += offsets.len() as i64;
+                break;
+            }
+            let (seen, high) = self
+                .group
+                .read(part as i32, Some(writer.end), &mut |_, _| {})?;
+            let mut strays = BTreeSet::new();
+            for r in seen.iter().filter(|r| r.writer != Some(writer.id)) {
+                if !is_claim(part, &r.key) {
+                    strays.insert(r.key.clone());
+                } else if r.offset > writer.claim {
+                    lock(&self.writers).remove(&part);
+                    return Err(PipelineError::Fenced(part));
+                }
+            }
+            writer.end = high;
+            if strays.is_empty() {
+                break;
+            }
+            tracing::warn!(
+                partition = part,
+                keys = strays.len(),
+                "A host that owned this partition before wrote to its changelog after this one took it; its writes do not count and are overwritten."
+            );
+            let meta = meta_key(part);
+            let mut rewrite = Vec::with_capacity(strays.len());
+            for key in strays
+                .iter()
+                .filter(|k| **k != meta)
+                .chain(strays.get(&meta))
+            {
+                let value = match records.iter().rev().find(|(k, _)| k == key) {
+                    Some((_, v)) => v.clone(),
+                    None => store.value(key)?,
+                };
+                rewrite.push((key.clone(), value));
+            }
+            offsets = self.group.write(part as i32, writer.id, &rewrite)?;
+        }
+        if let Some(w) = lock(&self.writers)
+            .get_mut(&part)
+            .filter(|w| w.id == writer.id)
+        {
+            w.end = writer.end;
+        }
+        Ok(writer.end)
+    }
+}
+
+/// Makes partition `part`'s local state current with the changelog and
+/// claims it for this host; true if it was restored from it.
 fn restore(shared: &Shared, m: &Membership, part: Part) -> Result<bool, PipelineError> {
     let started = Instant::now();
     let store = &shared.store;
+    let writer = rand::random::<u64>();
     // Nothing was appended since this store's last checkpoint: current,
     // without reading the changelog.
     let end = m.group.end(part as i32)?;
     if end > 0 && store.changelog_end(part)? == Some(end) && store.meta(part)?.is_some() {
+        m.claim(store, part, writer, end, Vec::new())?;
         tracing::info!(
             partition = part,
             "Partition state here is the changelog's last."
@@ -243,19 +415,27 @@ fn restore(shared: &Shared, m: &Membership, part: Part) -> Result<bool, Pipeline
         return Ok(false);
     }
     lock(&m.restoring).insert(part, (0, 0));
-    let read = m.group.read(part as i32, &mut |read, total| {
+    let read = m.group.read(part as i32, None, &mut |read, total| {
         lock(&m.restoring).insert(part, (read, total));
     });
     lock(&m.restoring).remove(&part);
-    let (records, mut end) = read?;
+    let (records, end) = read?;
+    let valid = valid(part, &records);
     let meta = meta_key(part);
-    let last_meta = records.iter().rposition(|(k, v)| *k == meta && v.is_some());
+    let last_meta = (0..records.len())
+        .rev()
+        .find(|&i| valid[i] && records[i].key == meta && records[i].value.is_some());
     let whole = last_meta.map_or(0, |i| i + 1);
     let mut state: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
-    for (k, v) in &records[..whole] {
-        match v {
-            Some(v) => state.insert(k.clone(), v.clone()),
-            None => state.remove(k),
+    for r in records[..whole]
+        .iter()
+        .zip(&valid)
+        .filter(|(_, ok)| **ok)
+        .map(|(r, _)| r)
+    {
+        match &r.value {
+            Some(v) => state.insert(r.key.clone(), v.clone()),
+            None => state.remove(&r.key),
         };
     }
     let last = state.remove(&meta);
@@ -270,25 +450,37 @@ fn restore(shared: &Shared, m: &Membership, part: Part) -> Result<bool, Pipeline
         }
         store.restore(part, writes)?;
     }
-    let cut = &records[whole..];
-    if !cut.is_empty() {
-        let mut keys: BTreeSet<&Vec<u8>> = cut.iter().map(|(k, _)| k).collect();
-        keys.remove(&meta);
-        let mut repair: Vec<Record> = keys
-            .into_iter()
-            .map(|k| (k.clone(), state.get(k).cloned()))
-            .collect();
-        if let Some(last) = last.clone() {
-            repair.push((meta, Some(last)));
+    // Written again after the claim: the keys of a checkpoint cut short
+    // (its writer died mid-append) and those whose last record does not
+    // count, so the changelog read (or compacted) key by key ends in the
+    // restored state.
+    let mut last_counts: BTreeMap<&[u8], bool> = BTreeMap::new();
+    for (r, &ok) in records.iter().zip(&valid) {
+        if !is_claim(part, &r.key) {
+            last_counts.insert(&r.key, ok);
         }
+    }
+    let mut keys: BTreeSet<&[u8]> = records[whole..]
+        .iter()
+        .zip(&valid[whole..])
+        .filter(|(_, ok)| **ok)
+        .map(|(r, _)| r.key.as_slice())
+        .collect();
+    keys.extend(last_counts.iter().filter(|(_, ok)| !**ok).map(|(k, _)| *k));
+    let mut repair: Vec<Record> = keys
+        .iter()
+        .filter(|k| **k != meta.as_slice())
+        .map(|k| (k.to_vec(), state.get(*k).cloned()))
+        .collect();
+    if !keys.is_empty() {
         tracing::warn!(
             partition = part,
-            records = cut.len(),
-            "The changelog ends in a checkpoint cut short; its records are not applied and are overwritten."
+            keys = keys.len(),
+            "The changelog ends in a checkpoint cut short or in writes that do not count; they are not applied and are overwritten."
         );
-        end = m.group.write(part as i32, &repair)?;
+        repair.push((meta, last.clone()));
     }
-    store.set_changelog_end(part, end)?;
+    m.claim(store, part, writer, end, repair)?;
     if last.is_none() {
         tracing::info!(
             partition = part,
@@ -309,7 +501,7 @@ fn restore(shared: &Shared, m: &Membership, part: Part) -> Result<bool, Pipeline
         records: records.len() as u64,
         bytes: records
             .iter()
-            .map(|(k, v)| (k.len() + v.as_ref().map_or(0, Vec::len)) as u64)
+            .map(|r| (r.key.len() + r.value.as_ref().map_or(0, Vec::len)) as u64)
             .sum(),
         keys: state.len() as u64,
         ms: started.elapsed().as_millis() as u64,
@@ -362,7 +554,14 @@ pub(crate) struct Owner {
 impl Owner {
     fn take(&self, part: Part) -> Result<Option<i64>, PipelineError> {
         if let Some(m) = self.shared.group.get() {
-            restore(&self.shared, m, part)?;
+            match restore(&self.shared, m, part) {
+                // Another host claimed it right after this one: it is theirs.
+                Err(e @ PipelineError::Fenced(_)) => {
+                    tracing::warn!(partition = part, "{e}");
+                    return Ok(None);
+                }
+                r => r?,
+            };
         }
         let (partition, resume) =
             Partition::open(part, &self.settings, &self.shared, self.commits.clone())?;
@@ -408,11 +607,68 @@ impl Rebalance for Owner {
                 ));
             }
             self.shared.forget(part);
+            if let Some(m) = self.shared.group.get() {
+                lock(&m.writers).remove(&part);
+            }
             tracing::info!(partition = p, "Partition handed over.");
         }
         if let Some(m) = self.shared.group.get() {
             m.changed.store(true, Ordering::Release);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P: Part = 3;
+
+    fn put(offset: i64, writer: Option<u64>) -> Logged {
+        Logged {
+            offset,
+            key: b"p\0k".to_vec(),
+            value: Some(vec![1]),
+            writer,
+        }
+    }
+
+    fn claim(offset: i64, writer: u64, from: i64) -> Logged {
+        Logged {
+            offset,
+            key: claim_key(P, writer),
+            value: Some(from.to_be_bytes().to_vec()),
+            writer: Some(writer),
+        }
+    }
+
+    #[test]
+    fn a_writer_counts_from_its_claim_to_what_the_next_claimer_read() {
+        let (a, b, c, d) = (Some(1), Some(2), Some(3), Some(4));
+        let records = [
+            put(0, None),
+            put(1, None),
+            claim(2, 1, 1), // a read offset 0 only: offset 1 is lost
+            put(3, a),
+            put(4, None), // a host from before writers, after a's claim
+            put(5, a),
+            claim(6, 2, 6), // b read everything
+            put(7, a),      // a, stalled, after b's claim
+            put(8, b),
+            claim(9, 3, 9), // c and d claim at once, both having read to 9
+            claim(10, 4, 9),
+            put(11, c),
+            put(12, d),
+            put(13, Some(5)), // a writer that never claimed
+        ];
+        let expected = [
+            true, false, false, true, false, true, false, false, true, false, false, false, true,
+            false,
+        ];
+        assert_eq!(valid(P, &records), expected);
+        let other = [claim(0, 1, 0), put(1, a)];
+        assert!(!is_claim(P + 1, &other[0].key));
+        assert_eq!(valid(P + 1, &other), [false, false]);
     }
 }

@@ -99,6 +99,10 @@ pub enum PipelineError {
     NoGroup,
     #[error("`partitions` must be between 1 and 4096, not {0}")]
     Partitions(u32),
+    #[error(
+        "partition {0} was taken by another host while this one still held it (this host stalled past the group's session timeout); this host drops it, and its new owner goes on from the changelog"
+    )]
+    Fenced(Part),
 }
 
 /// Pipeline settings (the `[pipeline]` section of `weft.toml`).
@@ -775,22 +779,44 @@ fn work(mut partitions: Vec<Partition>, queue: mpsc::Receiver<Work>) -> Result<(
                 }
             }
         }
+        let mut fenced = Vec::new();
         for partition in &mut partitions {
             let inputs = inboxes.remove(&partition.part).unwrap_or_default();
-            partition.step(inputs)?;
+            if let Err(e) = partition.step(inputs) {
+                fenced.push(drop_fenced(e, partition)?);
+            }
         }
+        partitions.retain(|p| !fenced.contains(&p.part));
+        // Inputs left are of partitions dropped: their new owners read them.
+        inboxes.clear();
         for (part, done) in released {
             if let Some(at) = partitions.iter().position(|p| p.part == part) {
                 let mut partition = partitions.swap_remove(at);
-                partition.checkpoint()?;
+                if let Err(e) = partition.checkpoint() {
+                    drop_fenced(e, &partition)?;
+                }
             }
             let _ = done.send(());
         }
-        if closed && inboxes.is_empty() {
+        if closed {
             for partition in &mut partitions {
-                partition.checkpoint()?;
+                if let Err(e) = partition.checkpoint() {
+                    drop_fenced(e, partition)?;
+                }
             }
             return Ok(());
         }
     }
+}
+
+/// A partition's error that is not the end of the pipeline: another host
+/// took it ([`PipelineError::Fenced`]), so this one forgets it; any other
+/// error is returned.
+fn drop_fenced(e: PipelineError, partition: &Partition) -> Result<Part, PipelineError> {
+    let PipelineError::Fenced(part) = e else {
+        return Err(e);
+    };
+    tracing::warn!(partition = part, "{e}");
+    partition.shared.forget(part);
+    Ok(part)
 }

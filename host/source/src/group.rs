@@ -20,7 +20,7 @@ use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
-use rdkafka::message::{DeliveryResult, Message as _};
+use rdkafka::message::{DeliveryResult, Header, Headers, Message as _, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode as Code;
 use rdkafka::{Offset, TopicPartitionList};
@@ -35,6 +35,20 @@ const RESTORE_STALL: Duration = Duration::from_secs(60);
 
 /// A record by key: a value, or `None` for a tombstone.
 pub type Record = (Vec<u8>, Option<Vec<u8>>);
+
+/// The header naming a changelog record's writer (u64 BE): who owned the
+/// partition when it was written (see the pipeline's claims).
+const WRITER: &str = "weft-writer";
+
+/// A changelog record as read back: where it is, what it says, who wrote
+/// it (`None`: a record from before writers were named).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Logged {
+    pub offset: i64,
+    pub key: Vec<u8>,
+    pub value: Option<Vec<u8>>,
+    pub writer: Option<u64>,
+}
 
 /// The group's changelog and members topics.
 pub struct Group {
@@ -54,15 +68,18 @@ struct Deliveries;
 impl ClientContext for Deliveries {}
 
 impl ProducerContext for Deliveries {
-    type DeliveryOpaque = Box<mpsc::Sender<KafkaResult<i64>>>;
+    /// The record's place in its write, and where to report.
+    type DeliveryOpaque = Box<(usize, mpsc::Sender<(usize, KafkaResult<i64>)>)>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, to: Self::DeliveryOpaque) {
-        let _ = to.send(
+        let (at, to) = *to;
+        let _ = to.send((
+            at,
             result
                 .as_ref()
                 .map(|m| m.offset())
                 .map_err(|(e, _)| e.clone()),
-        );
+        ));
     }
 }
 
@@ -138,11 +155,16 @@ impl Group {
         &self.changelog
     }
 
-    /// Appends `records` to changelog partition `part`, in order, and waits
-    /// until the broker has every one; returns the partition's end after
-    /// them (the last one's offset + 1).
-    pub fn write(&self, part: i32, records: &[Record]) -> Result<i64, SourceError> {
-        self.produce(&self.changelog.clone(), part, records)
+    /// Appends `records` to changelog partition `part` as `writer`'s, in
+    /// order, and waits until the broker has every one; returns their
+    /// offsets.
+    pub fn write(
+        &self,
+        part: i32,
+        writer: u64,
+        records: &[Record],
+    ) -> Result<Vec<i64>, SourceError> {
+        self.produce(&self.changelog, part, Some(writer), records)
     }
 
     /// Changelog partition `part`'s end offset: where the next record goes.
@@ -154,12 +176,25 @@ impl Group {
         Ok(high)
     }
 
-    fn produce(&self, topic: &str, part: i32, records: &[Record]) -> Result<i64, SourceError> {
+    fn produce(
+        &self,
+        topic: &str,
+        part: i32,
+        writer: Option<u64>,
+        records: &[Record],
+    ) -> Result<Vec<i64>, SourceError> {
         let (tx, rx) = mpsc::channel();
-        for (key, value) in records {
-            let mut record = BaseRecord::with_opaque_to(topic, Box::new(tx.clone()))
+        let writer = writer.map(u64::to_be_bytes);
+        for (at, (key, value)) in records.iter().enumerate() {
+            let mut record = BaseRecord::with_opaque_to(topic, Box::new((at, tx.clone())))
                 .partition(part)
                 .key(key.as_slice());
+            if let Some(writer) = &writer {
+                record = record.headers(OwnedHeaders::new().insert(Header {
+                    key: WRITER,
+                    value: Some(writer),
+                }));
+            }
             if let Some(value) = value {
                 record = record.payload(value.as_slice());
             }
@@ -176,15 +211,15 @@ impl Group {
             }
         }
         drop(tx);
-        let mut end = -1;
+        let mut offsets = vec![-1; records.len()];
         for _ in records {
             match rx.recv() {
-                Ok(Ok(offset)) => end = end.max(offset + 1),
-                Ok(Err(e)) => return Err(self.failed(topic, e)),
+                Ok((at, Ok(offset))) => offsets[at] = offset,
+                Ok((_, Err(e))) => return Err(self.failed(topic, e)),
                 Err(_) => return Err(self.failed(topic, KafkaError::Canceled)),
             }
         }
-        Ok(end)
+        Ok(offsets)
     }
 
     fn failed(&self, topic: &str, e: KafkaError) -> SourceError {
@@ -194,25 +229,24 @@ impl Group {
         }
     }
 
-    /// Every record of changelog partition `part`, in order, up to its end
-    /// when asked, and that end; `progress(read, total)` is told along the
-    /// way.
+    /// The records of changelog partition `part` from `from` (or its
+    /// beginning) to its end when asked, in order, and that end;
+    /// `progress(read, total)` is told along the way.
     pub fn read(
         &self,
         part: i32,
+        from: Option<i64>,
         progress: &mut dyn FnMut(u64, u64),
-    ) -> Result<(Vec<Record>, i64), SourceError> {
+    ) -> Result<(Vec<Logged>, i64), SourceError> {
         let error = |reason: String| SourceError::Group {
             group: self.config.group.clone(),
-            reason: format!(
-                "restoring partition {part} from {:?}: {reason}",
-                self.changelog
-            ),
+            reason: format!("reading partition {part} of {:?}: {reason}", self.changelog),
         };
         let (low, high) = self
             .probe
             .fetch_watermarks(&self.changelog, part, REQUEST_TIMEOUT)
             .map_err(|e| error(e.to_string()))?;
+        let low = from.map_or(low, |from| from.max(low));
         let total = (high - low).max(0) as u64;
         progress(0, total);
         let mut records = Vec::new();
@@ -224,7 +258,7 @@ impl Group {
             .create()
             .map_err(|e| error(e.to_string()))?;
         let mut list = TopicPartitionList::new();
-        list.add_partition_offset(&self.changelog, part, Offset::Beginning)
+        list.add_partition_offset(&self.changelog, part, Offset::Offset(low))
             .map_err(|e| error(e.to_string()))?;
         consumer.assign(&list).map_err(|e| error(e.to_string()))?;
         let mut last = Instant::now();
@@ -232,10 +266,17 @@ impl Group {
             match consumer.poll(Duration::from_millis(200)) {
                 Some(Ok(m)) => {
                     last = Instant::now();
-                    records.push((
-                        m.key().unwrap_or_default().to_vec(),
-                        m.payload().map(<[u8]>::to_vec),
-                    ));
+                    let writer = m.headers().and_then(|h| {
+                        h.iter()
+                            .find(|h| h.key == WRITER)
+                            .and_then(|h| Some(u64::from_be_bytes(h.value?.try_into().ok()?)))
+                    });
+                    records.push(Logged {
+                        offset: m.offset(),
+                        key: m.key().unwrap_or_default().to_vec(),
+                        value: m.payload().map(<[u8]>::to_vec),
+                        writer,
+                    });
                     if records.len() % 4096 == 0 {
                         progress((m.offset() - low + 1) as u64, total);
                     }
@@ -300,7 +341,7 @@ impl Group {
             if sent.is_none_or(|at| at.elapsed() >= every) || changed.swap(false, Ordering::AcqRel)
             {
                 let record = (me.as_bytes().to_vec(), Some(announce()));
-                if let Err(e) = self.produce(&members, 0, &[record]) {
+                if let Err(e) = self.produce(&members, 0, None, &[record]) {
                     tracing::warn!(error = %e, "Could not announce this host to the group; retrying.");
                 }
                 sent = Some(Instant::now());
@@ -316,7 +357,7 @@ impl Group {
             }
         }
         let gone = (me.as_bytes().to_vec(), None);
-        self.produce(&members, 0, &[gone]).map(|_| ())
+        self.produce(&members, 0, None, &[gone]).map(|_| ())
     }
 }
 

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use group::{Group, Record};
+pub use group::{Group, Logged, Record};
 
 /// One raw message: the bytes of one JSON event and where it was read from.
 #[derive(Debug, Clone, PartialEq, Eq)]

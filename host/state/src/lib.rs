@@ -34,6 +34,8 @@
 //! - `m\0member`: this data directory's member id in a Kafka consumer group;
 //! - `m\0clog\0{part}`: the group changelog's end (i64 BE) right after the
 //!   partition's last checkpoint here was appended to it (or restored);
+//! - `c\0{part}{writer u64 BE}`: never stored here; reserved for the
+//!   group changelog's claims (a host taking a partition, weft-pipeline);
 //! - `w\0{digest}`: a plugin component's bytes, by their SHA-256, so any
 //!   version ever loaded can be rolled back to;
 //! - `i\0{plugin}`: what runs under an instance name and its version
@@ -504,6 +506,15 @@ impl Store {
         Ok(value
             .and_then(|v| v.as_ref().try_into().ok())
             .map(i64::from_be_bytes))
+    }
+
+    /// The value under `key` (a full key, as a checkpoint's writes name it).
+    pub fn value(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
+        Ok(self
+            .tree
+            .get(key)
+            .map_err(self.io("read a value"))?
+            .map(|v| v.to_vec()))
     }
 
     /// Partition `part`'s metadata of its last checkpoint, if any.
