@@ -303,13 +303,15 @@ fn assert_no_failures(shared: &weft_pipeline::Shared) {
     }
 }
 
-/// A plain rdkafka consumer in a fresh group reading `topic` from the start
-/// until it has seen `messages`; messages per second.
-fn drain_rate(brokers: &str, topic: &str, messages: usize) -> f64 {
+/// A plain rdkafka consumer reading `topic` from the start until it has
+/// seen `messages`: the whole topic through a fresh group, or only
+/// `partition` by assignment (no group joined); messages per second.
+fn read_rate(brokers: &str, topic: &str, partition: Option<i32>, messages: usize) -> f64 {
     use rdkafka::{
-        ClientConfig,
+        ClientConfig, Offset, TopicPartitionList,
         consumer::{BaseConsumer, Consumer},
     };
+    // librdkafka wants a group id even for an assignment.
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set(
@@ -321,7 +323,15 @@ fn drain_rate(brokers: &str, topic: &str, messages: usize) -> f64 {
         .create()
         .expect("a consumer");
     let started = Instant::now();
-    consumer.subscribe(&[topic]).expect("subscribe");
+    match partition {
+        None => consumer.subscribe(&[topic]).expect("subscribe"),
+        Some(p) => {
+            let mut list = TopicPartitionList::new();
+            list.add_partition_offset(topic, p, Offset::Beginning)
+                .expect("the partition");
+            consumer.assign(&list).expect("assign");
+        }
+    }
     let mut seen = 0;
     while seen < messages {
         if let Some(message) = consumer.poll(Duration::from_millis(100)) {
@@ -330,39 +340,6 @@ fn drain_rate(brokers: &str, topic: &str, messages: usize) -> f64 {
         }
     }
     per_second(messages, started)
-}
-
-/// A plain rdkafka consumer, assigned (no group joined), reading partition 0 of `topic` from
-/// the start until it has seen `records`; records per second.
-fn read_rate(brokers: &str, topic: &str, records: usize) -> f64 {
-    use rdkafka::{
-        ClientConfig, Offset, TopicPartitionList,
-        consumer::{BaseConsumer, Consumer},
-    };
-    // librdkafka wants a group id even for an assignment; no group is joined.
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set(
-            "group.id",
-            format!("{topic}-read-{:x}", rand::random::<u64>()),
-        )
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("a consumer");
-    let started = Instant::now();
-    let mut partition = TopicPartitionList::new();
-    partition
-        .add_partition_offset(topic, 0, Offset::Beginning)
-        .expect("partition 0");
-    consumer.assign(&partition).expect("assign");
-    let mut seen = 0;
-    while seen < records {
-        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
-            message.expect("a record");
-            seen += 1;
-        }
-    }
-    per_second(records, started)
 }
 
 /// Whether any of `brokers` (`host:port,…`) accepts a TCP connection.
@@ -569,7 +546,12 @@ fn restore(
         seconds.push(s);
         rates.push(done.records as f64 / s);
         sizes.push(done.bytes as f64 / 1e6 / s);
-        raw.push(read_rate(&brokers, &changelog, done.records as usize));
+        raw.push(read_rate(
+            &brokers,
+            &changelog,
+            Some(0),
+            done.records as usize,
+        ));
     }
     let raw = Figure {
         item: "13".into(),
@@ -659,16 +641,7 @@ fn group_query(
         .map(|run| {
             let topic = weft_tests::broker::create_topic(8);
             let name = format!("{topic}-hosts");
-            let args = [
-                "--source",
-                "kafka",
-                "--brokers",
-                &brokers,
-                "--topic",
-                &topic,
-                "--group",
-                &name,
-            ];
+            let args = weft_tests::broker::kafka_args(&topic, &name, &brokers, None);
             let hosts: Vec<Weft> = ["a", "b", "c"]
                 .iter()
                 .map(|h| Weft::start(&dir.join(format!("group-{run}-{h}")), &args))
@@ -1115,7 +1088,7 @@ fn main() {
             };
             let (mut raw, mut weft) = (Vec::new(), Vec::new());
             for _ in 0..config.runs {
-                raw.push(drain_rate(&brokers, &topic, messages));
+                raw.push(read_rate(&brokers, &topic, None, messages));
                 let source = SourceSpec::Kafka(KafkaConfig {
                     brokers: brokers.clone(),
                     topic: topic.clone(),

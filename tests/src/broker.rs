@@ -17,14 +17,14 @@ pub fn brokers() -> String {
 }
 
 /// The `weft run` arguments to consume `topic` as `group` from `brokers`,
-/// with the settings in `config`.
+/// with the settings in `config` if given.
 pub fn kafka_args<'a>(
     topic: &'a str,
     group: &'a str,
     brokers: &'a str,
-    config: &'a str,
+    config: Option<&'a str>,
 ) -> Vec<&'a str> {
-    vec![
+    let mut args = vec![
         "--source",
         "kafka",
         "--brokers",
@@ -33,9 +33,11 @@ pub fn kafka_args<'a>(
         topic,
         "--group",
         group,
-        "--config",
-        config,
-    ]
+    ];
+    if let Some(config) = config {
+        args.extend(["--config", config]);
+    }
+    args
 }
 
 /// A new topic with a random name and `partitions` partitions.

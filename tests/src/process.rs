@@ -216,13 +216,18 @@ impl Weft {
         self.child.id()
     }
 
-    /// SIGTERM, then waits for the exit (at most `within`); returns its status.
-    pub fn terminate(mut self, within: Duration) -> std::process::ExitStatus {
+    /// Sends `signal` (`STOP`, `CONT`, `TERM`, ...).
+    pub fn signal(&self, signal: &str) {
         let sent = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
             .status()
             .expect("run kill");
-        assert!(sent.success(), "kill -TERM failed");
+        assert!(sent.success(), "kill -{signal} failed");
+    }
+
+    /// SIGTERM, then waits for the exit (at most `within`); returns its status.
+    pub fn terminate(mut self, within: Duration) -> std::process::ExitStatus {
+        self.signal("TERM");
         let child = &mut self.child;
         wait_for("weft to exit after SIGTERM", within, || {
             child.try_wait().map_err(|e| e.to_string())

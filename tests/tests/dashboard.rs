@@ -221,7 +221,7 @@ fn the_overview_renders_the_api_live_in_a_real_browser() {
     let half = stream.deliveries.len() / 2;
     produce(&topic, &stream.deliveries[..half]);
     let group = format!("{topic}-ui");
-    let mut args = kafka_args(&topic, &group, &brokers, &config);
+    let mut args = kafka_args(&topic, &group, &brokers, Some(&config));
     args.extend(["--plugins", &plugin_dir]);
     let weft = Weft::start(&dir.path().join("data"), &args);
     let received = |weft: &Weft| weft.get("/api/status")["events"]["received"].as_u64();

@@ -115,7 +115,7 @@ fn kafka_stream_gives_exact_results_and_survives_kill_9() {
     let config = write_config(dir.path(), 50);
     let data = dir.path().join("b");
     let group_b = format!("{topic}-b");
-    let args = kafka_args(&topic, &group_b, &brokers, &config);
+    let args = kafka_args(&topic, &group_b, &brokers, Some(&config));
     for (fraction, produced, next) in [
         (0.2, third, 2 * third),
         (0.5, 2 * third, stream.deliveries.len()),
@@ -133,7 +133,7 @@ fn kafka_stream_gives_exact_results_and_survives_kill_9() {
     let group_a = format!("{topic}-a");
     let weft = Weft::start(
         &dir.path().join("a"),
-        &kafka_args(&topic, &group_a, &brokers, &config),
+        &kafka_args(&topic, &group_a, &brokers, Some(&config)),
     );
     wait_until_done(&weft, &want);
     check_results(&weft, &want);
@@ -159,7 +159,7 @@ fn a_topic_not_keyed_by_user_is_reported() {
     let group = format!("{topic}-unkeyed");
     let weft = Weft::start(
         &dir.path().join("u"),
-        &kafka_args(&topic, &group, &brokers(), &config),
+        &kafka_args(&topic, &group, &brokers(), Some(&config)),
     );
     // Not exact, which is the point: duplicates with different keys land in
     // different partitions, each deduplicating alone.

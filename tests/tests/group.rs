@@ -25,6 +25,8 @@ const LATENESS_MS: i64 = 5_000;
 const STOP_WITHIN: Duration = Duration::from_secs(120);
 /// What a host logs when it takes over a partition whose state another host wrote.
 const RESTORED: &str = "Partition restored from the changelog";
+/// What a host logs when it finds another host took a partition it still held.
+const FENCED: &str = "was taken by another host while this one still held it";
 /// What a host logs when a partition is revoked from it.
 const HANDED_OVER: &str = "Partition handed over";
 /// The status counters that sum over the hosts.
@@ -58,9 +60,14 @@ fn expected(stream: &Stream) -> Expected {
 /// One `weft.toml` for every host of a group: checkpoints (and changelog
 /// writes) every 200 ms.
 fn write_config(dir: &Path) -> String {
-    let path = dir.join("weft.toml");
+    write_config_as(dir, "weft.toml", 200)
+}
+
+/// `dir/name`, checkpointing every `interval_ms`.
+fn write_config_as(dir: &Path, name: &str, interval_ms: u64) -> String {
+    let path = dir.join(name);
     let text = format!(
-        "[pipeline]\nlateness_ms = {LATENESS_MS}\ncheckpoint_interval_ms = 200\nbatch_size = 256\n"
+        "[pipeline]\nlateness_ms = {LATENESS_MS}\ncheckpoint_interval_ms = {interval_ms}\nbatch_size = 256\n"
     );
     std::fs::write(&path, text).expect("write weft.toml");
     path.display().to_string()
@@ -206,7 +213,7 @@ fn three_hosts_with_a_kill_a_join_and_a_leave_stay_exact() {
     let dir = tempfile::tempdir().expect("a temp dir");
     let config = write_config(dir.path());
     let group_name = format!("{topic}-group");
-    let args = kafka_args(&topic, &group_name, &brokers, &config);
+    let args = kafka_args(&topic, &group_name, &brokers, Some(&config));
     let start = |name: &str| Weft::start(&dir.path().join(name), &args);
     // A third of the stream is there at the start, the next third comes
     // after B is killed, the rest after C has left: every change falls
@@ -298,7 +305,7 @@ fn a_partition_bouncing_between_two_hosts_stays_exact() {
     let dir = tempfile::tempdir().expect("a temp dir");
     let config = write_config(dir.path());
     let group_name = format!("{topic}-group");
-    let args = kafka_args(&topic, &group_name, &brokers, &config);
+    let args = kafka_args(&topic, &group_name, &brokers, Some(&config));
     let n = stream.deliveries.len();
     // Each slice ends where the stream is in order (see `in_order_cut`).
     let cuts: Vec<usize> = (0..=6).map(|i| stream.in_order_cut(n * i / 6)).collect();
@@ -385,4 +392,65 @@ fn a_partition_bouncing_between_two_hosts_stays_exact() {
         count >= Some(to_a.len() as u64),
         "A counts its restores: {count:?}, took back {to_a:?}"
     );
+}
+
+/// A host that stalls past its session keeps what it read unsaved while
+/// the group gives its partitions to another host; when it wakes, its late
+/// checkpoint of them lands in the changelog after the new owner's claim.
+/// It must not count: B (checkpointing only when a partition leaves it) is
+/// stopped with SIGSTOP holding unsaved events, A takes everything and goes
+/// on with more of the stream, B is woken with SIGCONT, finds A's claim
+/// when its write settles, logs that it was fenced and drops the
+/// partitions. The group's answers stay exact, on A and B together and on
+/// A alone after B leaves.
+#[test]
+fn a_host_that_stalls_past_its_session_is_fenced_and_counts_nothing_twice() {
+    let stream = generate(31, 400, LATENESS_MS);
+    let want = expected(&stream);
+    let topic = create_topic(4);
+    let brokers = brokers();
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let config = write_config(dir.path());
+    let lazy = write_config_as(dir.path(), "lazy.toml", 600_000);
+    let group_name = format!("{topic}-group");
+    let n = stream.deliveries.len();
+    let cuts: Vec<usize> = (0..=3).map(|i| stream.in_order_cut(n * i / 3)).collect();
+    let slice = |i: usize| &stream.deliveries[cuts[i]..cuts[i + 1]];
+
+    produce(&topic, slice(0));
+    let a = Weft::start(
+        &dir.path().join("a"),
+        &kafka_args(&topic, &group_name, &brokers, Some(&config)),
+    );
+    settled("A to own every partition", &[&a], 4);
+    let b = Weft::start(
+        &dir.path().join("b"),
+        &kafka_args(&topic, &group_name, &brokers, Some(&lazy)),
+    );
+    settled("A and B to share the partitions", &[&a, &b], 4);
+    let before = received(&b).unwrap_or_else(|e| panic!("B's status: {e}"));
+    produce(&topic, slice(1));
+    wait_for("B to read into the second slice", DEADLINE, || {
+        Ok((received(&b)? > before).then_some(()))
+    });
+
+    b.signal("STOP");
+    settled("A to own every partition while B is stalled", &[&a], 4);
+    produce(&topic, slice(2));
+    b.signal("CONT");
+    wait_for("B to find it was fenced", DEADLINE, || {
+        let log = b.log();
+        Ok(log.contains(FENCED).then_some(()))
+    });
+
+    settled("A and B to share the partitions again", &[&a, &b], 4);
+    for (host, name) in [(&a, "A"), (&b, "B")] {
+        wait_for_exact_answers(host, name, &want);
+    }
+    wait_for_exact_counters("A and B", &[&a, &b], &want);
+    let status = b.terminate(STOP_WITHIN);
+    assert!(status.success(), "B stops cleanly: {status}");
+    settled("A to own every partition at the end", &[&a], 4);
+    wait_for_exact_answers(&a, "A alone", &want);
+    wait_for_exact_counters("A alone", &[&a], &want);
 }

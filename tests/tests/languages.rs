@@ -158,7 +158,7 @@ fn page_stats_is_exact_in_every_language_across_a_restart() {
     let dir = tempfile::tempdir().expect("a temp dir");
     let config = config(dir.path(), &wasm);
     let group = format!("{topic}-languages");
-    let args = kafka_args(&topic, &group, &brokers, &config);
+    let args = kafka_args(&topic, &group, &brokers, Some(&config));
     let data = dir.path().join("data");
 
     // The first half, then SIGKILL: what was not checkpointed is read again.

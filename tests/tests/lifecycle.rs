@@ -178,7 +178,7 @@ fn hot_reload_under_load_is_exact() {
     let brokers = brokers();
     let plugin_dir_arg = plugin_dir.display().to_string();
     let group = format!("{topic}-reload");
-    let mut args = kafka_args(&topic, &group, &brokers, &config);
+    let mut args = kafka_args(&topic, &group, &brokers, Some(&config));
     args.extend(["--plugins", &plugin_dir_arg, "--admin-token", TOKEN]);
     let weft = Weft::start(&dir.path().join("data"), &args);
     assert_eq!(

@@ -5,6 +5,7 @@
 //! number.
 
 use std::collections::BTreeMap;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -13,6 +14,11 @@ use weft_state::Part;
 
 /// How long a query waits for another host.
 const PEER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One HTTP client for every query's fan-out: it keeps connections to the
+/// other hosts open between queries.
+static PEERS: LazyLock<ureq::Agent> =
+    LazyLock::new(|| ureq::AgentBuilder::new().timeout(PEER_TIMEOUT).build());
 
 pub(crate) enum Answer {
     /// The metric's answer over every partition.
@@ -96,8 +102,7 @@ pub(crate) fn query(
 
 /// Another host's partitions' own answers.
 fn ask(url: &str, name: &str, params: &[(String, String)]) -> Result<Vec<(Part, String)>, String> {
-    let mut request =
-        ureq::get(&format!("{url}/api/internal/partials/{name}")).timeout(PEER_TIMEOUT);
+    let mut request = PEERS.get(&format!("{url}/api/internal/partials/{name}"));
     for (k, v) in params {
         request = request.query(k, v);
     }
