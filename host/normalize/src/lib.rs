@@ -165,16 +165,26 @@ impl Normalizer {
 
     /// Normalizes one message, or says why it cannot be used. Never panics.
     pub fn normalize(&mut self, raw: &[u8]) -> Result<Event, Rejection> {
-        let value: Value = serde_json::from_slice(raw)
-            .map_err(|e| reject(Reason::NotJson, clip(&e.to_string(), MAX_DETAIL_VALUE)))?;
-        let mut map = match value {
-            Value::Object(map) => map,
-            other => {
-                let detail = format!("expected a JSON object, got {}", kind(&other));
-                return Err(reject(Reason::NotObject, detail));
-            }
-        };
+        self.normalize_parsed(parse(raw)?)
+    }
 
+    /// The user of a parsed message, as [`Normalizer::normalize`] would
+    /// find it (or its rejection for the user), without the rest: enough to
+    /// route the message to its user's partition.
+    pub fn user(&self, parsed: &Parsed) -> Result<String, Rejection> {
+        let user = text(
+            &parsed.0,
+            &self.paths.user,
+            Reason::MissingUser,
+            "user",
+            true,
+        )?;
+        Ok(user.1)
+    }
+
+    /// [`Normalizer::normalize`] of a message already [`parse`]d.
+    pub fn normalize_parsed(&mut self, parsed: Parsed) -> Result<Event, Rejection> {
+        let mut map = parsed.0;
         let p = &self.paths;
         let user = required(&mut map, &p.user, Reason::MissingUser, "user", true)?;
         let name = required(
@@ -218,8 +228,24 @@ fn reject(reason: Reason, detail: String) -> Rejection {
     Rejection { reason, detail }
 }
 
-/// A mandatory text field: a non-empty string, or (if `integer_ok`) an integer as its decimal
-/// text. The first non-null candidate decides; a bad or empty value is not skipped over.
+/// A message parsed into a JSON object: the first step of normalizing it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Parsed(Map<String, Value>);
+
+/// Parses one message, or rejects it as not JSON or not an object.
+pub fn parse(raw: &[u8]) -> Result<Parsed, Rejection> {
+    let value: Value = serde_json::from_slice(raw)
+        .map_err(|e| reject(Reason::NotJson, clip(&e.to_string(), MAX_DETAIL_VALUE)))?;
+    match value {
+        Value::Object(map) => Ok(Parsed(map)),
+        other => {
+            let detail = format!("expected a JSON object, got {}", kind(&other));
+            Err(reject(Reason::NotObject, detail))
+        }
+    }
+}
+
+/// A mandatory text field, consumed: see [`text`].
 fn required(
     map: &mut Map<String, Value>,
     candidates: &Candidates,
@@ -227,6 +253,20 @@ fn required(
     what: &str,
     integer_ok: bool,
 ) -> Result<String, Rejection> {
+    let (path, text) = text(map, candidates, reason, what, integer_ok)?;
+    fields::take(map, path);
+    Ok(text)
+}
+
+/// A mandatory text field: a non-empty string, or (if `integer_ok`) an integer as its decimal
+/// text. The first non-null candidate decides; a bad or empty value is not skipped over.
+fn text<'c>(
+    map: &Map<String, Value>,
+    candidates: &'c Candidates,
+    reason: Reason,
+    what: &str,
+    integer_ok: bool,
+) -> Result<(&'c fields::Path, String), Rejection> {
     let Some((path, value)) = candidates.first(map) else {
         let detail = format!("no {what} field (tried {})", candidates.names());
         return Err(reject(reason, detail));
@@ -251,8 +291,7 @@ fn required(
             return Err(reject(reason, detail));
         }
     };
-    fields::take(map, path);
-    Ok(text)
+    Ok((path, text))
 }
 
 /// An optional text field: a string as-is or a number as its JSON text. Any other type

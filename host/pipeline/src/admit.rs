@@ -1,28 +1,29 @@
-//! Admission: one normalized message becomes an accepted event in the reorder
+//! Admission: one message, normalized here, becomes an accepted event in the reorder
 //! buffer, a duplicate (counted), or a rejection (counted and kept with its
 //! reason): never a silent drop.
 
+use weft_normalize::Normalizer;
 use weft_source::Message;
 use weft_state::Rejected;
 
 use crate::{
-    partition::{Partition, Routed},
+    partition::{Partition, Refusal, Routed},
     reorder::Held,
 };
 
 impl Partition {
-    /// Validates and dedups one message the reader normalized, received at
+    /// Normalizes, validates and dedups one message, received at
     /// wall-clock time `received` (epoch ms), then buffers it.
-    pub(crate) fn admit(&mut self, routed: Routed, received: i64) {
+    pub(crate) fn admit(&mut self, routed: Routed, received: i64, normalizer: &mut Normalizer) {
         let Routed {
             message:
                 Message {
                     payload,
                     partition,
                     offset,
-                    ..
+                    key,
                 },
-            outcome,
+            parsed,
         } = routed;
         if self
             .offsets
@@ -34,12 +35,21 @@ impl Partition {
         self.offsets.insert(partition, offset + 1);
         self.counters.received += 1;
         self.unsaved += 1;
-        let event = match outcome {
-            Ok(event) => event,
-            Err(refusal) => {
+        let outcome = match parsed {
+            None => normalizer.normalize(&payload),
+            Some(Ok(parsed)) => normalizer.normalize_parsed(parsed),
+            Some(Err(refusal)) => {
                 return self.reject(refusal.reason, refusal.detail, partition, offset, payload);
             }
         };
+        let event = match outcome.map_err(Refusal::from) {
+            Ok(event) => event,
+            Err(r) => return self.reject(r.reason, r.detail, partition, offset, payload),
+        };
+        // A Kafka partition holds whole sessions only if keyed by user.
+        if self.shared.group.get().is_some() && key.as_deref() != Some(event.user.as_bytes()) {
+            self.shared.telemetry.unkeyed.inc();
+        }
         let ahead = event.time.saturating_sub(received);
         if ahead > self.settings.max_future_ms {
             let detail = format!(

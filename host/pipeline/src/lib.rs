@@ -1,6 +1,6 @@
 //! weft's pipeline: the way every event takes.
 //!
-//! source → normalize → route to a partition → dedup → event-time order →
+//! source → route to a partition → normalize → dedup → event-time order →
 //! stage plugins → metric plugins. The input is split into partitions (a
 //! Kafka topic's own; for file, stdin and demo sources `partitions` virtual
 //! ones, chosen by a hash of the user, so a user's events, and sessions,
@@ -11,13 +11,14 @@
 //! and nothing counted twice.
 //!
 //! Threads: the reader (the caller of [`Pipeline::run`]) owns the source and
-//! the normalizer and routes messages; `workers` threads each own the
-//! partitions `p % workers` and step them. Plugin instances sit behind
+//! routes messages (parsing them when the partition is the user's); `workers`
+//! threads each own the partitions `p % workers`, normalize their messages
+//! and step them. Plugin instances sit behind
 //! mutexes in [`Shared`] so the HTTP layer can query them between batches.
 //!
 //! Layout (this file: the settings, the pipeline, the reader and workers):
 //! - [`partition`]: one partition and its step;
-//! - [`admit`]: a normalized message to an accepted, duplicate or rejected event;
+//! - [`admit`]: a message to an accepted, duplicate or rejected event;
 //! - [`reorder`]: the event-time buffer and watermark;
 //! - [`dedup`]: accepted event ids within the dedup horizon;
 //! - [`isolation`]: plugin calls, journals, dead letters and quarantine of
@@ -253,11 +254,12 @@ impl std::fmt::Display for Layout {
 impl Layout {
     /// The partition a message goes to: a Kafka message's own; otherwise
     /// its user's, or, when it has none (it is rejected), one by position.
-    fn route(self, message: &Message, outcome: &Result<weft_normalize::Event, Refusal>) -> Part {
-        match (self, outcome) {
+    /// `user` is the message's user, found when the layout needs it.
+    fn route(self, message: &Message, user: Option<&str>) -> Part {
+        match (self, user) {
             (Layout::Kafka, _) => message.partition as Part,
-            (Layout::Hashed(n), Ok(event)) => partition_of(&event.user, n),
-            (Layout::Hashed(n), Err(_)) => (message.offset.unsigned_abs() % u64::from(n)) as Part,
+            (Layout::Hashed(n), Some(user)) => partition_of(user, n),
+            (Layout::Hashed(n), None) => (message.offset.unsigned_abs() % u64::from(n)) as Part,
         }
     }
 }
@@ -425,7 +427,7 @@ impl Pipeline {
             settings,
             layout,
             mut source,
-            mut normalizer,
+            normalizer,
             shared,
             opened,
             commits_tx,
@@ -445,7 +447,10 @@ impl Pipeline {
             let (tx, rx) = mpsc::sync_channel(WORK_QUEUE);
             let handle = std::thread::Builder::new()
                 .name(format!("weft-worker-{w}"))
-                .spawn(move || work(partitions, rx))
+                .spawn({
+                    let normalizer = Normalizer::new(settings.mapping.clone());
+                    move || work(partitions, rx, normalizer)
+                })
                 .map_err(PipelineError::Thread)?;
             queues.push(tx);
             handles.push(handle);
@@ -472,9 +477,8 @@ impl Pipeline {
             router: &router,
             sent: BTreeMap::new(),
             next: Offsets::new(),
-            unkeyed: 0,
         };
-        let result = reader.run(&mut *source, &mut normalizer, &commits, stop, &handles);
+        let result = reader.run(&mut *source, &normalizer, &commits, stop, &handles);
         // Dropping the queues tells every worker to checkpoint and stop.
         lock(&router.queues).clear();
         let mut error = result.err();
@@ -628,15 +632,13 @@ struct Reader<'a> {
     sent: BTreeMap<Part, (bool, bool)>,
     /// Next offset per source partition, after everything read.
     next: Offsets,
-    /// Kafka messages whose key is not their user (since the start).
-    unkeyed: u64,
 }
 
 impl Reader<'_> {
     fn run(
         &mut self,
         source: &mut dyn Source,
-        normalizer: &mut Normalizer,
+        normalizer: &Normalizer,
         commits: &mpsc::Receiver<Committed>,
         stop: &AtomicBool,
         workers: &[std::thread::JoinHandle<Result<(), PipelineError>>],
@@ -662,21 +664,24 @@ impl Reader<'_> {
                 for message in polled.drain(..) {
                     let next = self.next.entry(message.partition).or_insert(0);
                     *next = (*next).max(message.offset + 1);
-                    let outcome = normalizer.normalize(&message.payload).map_err(|r| Refusal {
-                        reason: r.reason.code(),
-                        detail: r.detail,
-                    });
-                    if let (Layout::Kafka, Ok(event)) = (self.layout, &outcome)
-                        && message.key.as_deref() != Some(event.user.as_bytes())
-                    {
-                        self.unkeyed += 1;
-                        self.shared.telemetry.unkeyed.inc();
-                    }
-                    let part = self.layout.route(&message, &outcome);
+                    // Partitions by user need the user to route; the
+                    // worker normalizes the rest, on its own core.
+                    let (parsed, user) = match self.layout {
+                        Layout::Kafka => (None, None),
+                        Layout::Hashed(_) => {
+                            let parsed = weft_normalize::parse(&message.payload)
+                                .and_then(|p| Ok((normalizer.user(&p)?, p)));
+                            match parsed {
+                                Ok((user, p)) => (Some(Ok(p)), Some(user)),
+                                Err(r) => (Some(Err(Refusal::from(r))), None),
+                            }
+                        }
+                    };
+                    let part = self.layout.route(&message, user.as_deref());
                     routed
                         .entry(part)
                         .or_default()
-                        .push(Routed { message, outcome });
+                        .push(Routed { message, parsed });
                 }
                 for (part, messages) in routed {
                     if !self.send(part, Input::Messages { received, messages }) {
@@ -696,7 +701,7 @@ impl Reader<'_> {
                 *lock(&self.shared.source) = SourceView {
                     describe: source.describe(),
                     running,
-                    unkeyed: self.unkeyed,
+                    unkeyed: self.shared.telemetry.unkeyed.get(),
                 };
                 published = Instant::now();
             }
@@ -752,7 +757,11 @@ impl Reader<'_> {
 
 /// A worker: steps the partitions it owns with what the reader handed them,
 /// until its queue closes; then checkpoints each one last.
-fn work(mut partitions: Vec<Partition>, queue: mpsc::Receiver<Work>) -> Result<(), PipelineError> {
+fn work(
+    mut partitions: Vec<Partition>,
+    queue: mpsc::Receiver<Work>,
+    mut normalizer: Normalizer,
+) -> Result<(), PipelineError> {
     let mut inboxes: BTreeMap<Part, Vec<Input>> = BTreeMap::new();
     loop {
         let mut closed = false;
@@ -782,7 +791,7 @@ fn work(mut partitions: Vec<Partition>, queue: mpsc::Receiver<Work>) -> Result<(
         let mut fenced = Vec::new();
         for partition in &mut partitions {
             let inputs = inboxes.remove(&partition.part).unwrap_or_default();
-            if let Err(e) = partition.step(inputs) {
+            if let Err(e) = partition.step(inputs, &mut normalizer) {
                 fenced.push(drop_fenced(e, partition)?);
             }
         }

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use weft_normalize::Event;
+use weft_normalize::{Normalizer, Parsed, Rejection};
 use weft_runtime::{Batch, BatchBuilder, Plugin, Role, Runtime};
 use weft_source::{Identity, Message, Offsets};
 use weft_state::{Part, Rejected};
@@ -26,16 +26,26 @@ use crate::{
     shared::{PartitionStatus, PartitionView, Running},
 };
 
-/// A message routed to a partition, normalized by the reader.
+/// A message routed to a partition. The reader parsed it when it needed
+/// its user to route it (partitions by user); otherwise its worker does.
 pub(crate) struct Routed {
     pub message: Message,
-    pub outcome: Result<Event, Refusal>,
+    pub parsed: Option<Result<Parsed, Refusal>>,
 }
 
 /// Why the normalizer refused a message.
 pub(crate) struct Refusal {
     pub reason: &'static str,
     pub detail: String,
+}
+
+impl From<Rejection> for Refusal {
+    fn from(r: Rejection) -> Self {
+        Refusal {
+            reason: r.reason.code(),
+            detail: r.detail,
+        }
+    }
 }
 
 /// What the reader hands a partition, in order.
@@ -225,7 +235,11 @@ impl Partition {
 
     /// One round: take what the reader handed over, process what the
     /// watermark releases, checkpoint when due, apply lifecycle changes.
-    pub(crate) fn step(&mut self, inputs: Vec<Input>) -> Result<(), PipelineError> {
+    pub(crate) fn step(
+        &mut self,
+        inputs: Vec<Input>,
+        normalizer: &mut Normalizer,
+    ) -> Result<(), PipelineError> {
         self.pending.extend(self.requests.try_iter());
         // A failed query leaves its instance unusable: restart it now, so the
         // next query is answered even when no events come.
@@ -246,7 +260,7 @@ impl Partition {
                     // all admitted (the progress after them says so).
                     for routed in messages {
                         self.sources.insert(routed.message.partition);
-                        self.admit(routed, received);
+                        self.admit(routed, received, normalizer);
                         self.reorder.advance(&self.sources, &none, false);
                     }
                 }
