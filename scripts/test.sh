@@ -102,7 +102,7 @@ accepts() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 # patched (scripts/tansu/group-coordinator.patch says what and why), built
 # once into $CARGO_BIN under a name of its own. A new patch gets a new name.
 TANSU_VERSION=0.6.0
-TANSU_BIN="$CARGO_BIN/tansu-$TANSU_VERSION-weft.1"
+TANSU_BIN="$CARGO_BIN/tansu-$TANSU_VERSION-weft.2"
 TANSU_SHA256=4fdd85473ec265140488cf8d55e82b844f5c051c8916fabdd4a71156ac053f6d
 TANSU_BROKER_SHA256=93c1e91b40c2a706dfdbe9a795c08c70918c874ad23f6e0e87564cc0a180e720
 

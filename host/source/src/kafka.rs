@@ -37,12 +37,11 @@ const FIXED_OPTIONS: [(&str, &str); 3] = [
 /// (tansu 0.6) does not renew a static member's session when it rejoins: at
 /// 10 s, a host restarted a few times in quick succession was expired right
 /// after joining and then never assigned a partition again.
-/// The assignment strategy stays librdkafka's (`range,roundrobin`): every
-/// strategy is exact, since a revoked partition always checkpoints first.
-/// `cooperative-sticky` (moving only what a rebalance must) is the better
-/// choice on a broker that supports it (`[kafka_options]`), but on the test
-/// broker its members were never assigned a partition.
-const DEFAULT_OPTIONS: [(&str, &str); 2] = [
+/// The assignment is cooperative-sticky: a rebalance moves only the
+/// partitions that must move, and the others keep being read (and keep
+/// their state in memory) through it.
+const DEFAULT_OPTIONS: [(&str, &str); 3] = [
+    ("partition.assignment.strategy", "cooperative-sticky"),
     ("session.timeout.ms", "30000"),
     ("heartbeat.interval.ms", "1000"),
 ];
