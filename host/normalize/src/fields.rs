@@ -4,7 +4,10 @@
 //! A value is removed from the message once it is used, so what remains afterwards is
 //! exactly the set of leftover properties.
 
-use serde_json::{Map, Value};
+use std::{borrow::Cow, fmt};
+
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::{Map, Value, value::RawValue};
 
 use crate::FieldMapping;
 
@@ -120,6 +123,100 @@ pub(crate) fn get<'m>(map: &'m Map<String, Value>, path: &Path) -> Option<&'m Va
         current = current.get(segment)?.as_object()?;
     }
     current.get(last)
+}
+
+/// An object's members, in order, with their values left unparsed and
+/// their keys borrowed from the message where they have no escapes.
+pub(crate) struct Skim<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'a> Skim<'a> {
+    /// The value of `key`: its last occurrence, as a parsed object keeps.
+    fn get(&self, key: &str) -> Option<&'a RawValue> {
+        self.0.iter().rev().find(|(k, _)| k == key).map(|(_, v)| *v)
+    }
+}
+
+impl<'de> Deserialize<'de> for Skim<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Members;
+        impl<'de> Visitor<'de> for Members {
+            type Value = Skim<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Skim<'de>, A::Error> {
+                let mut members = Vec::new();
+                while let Some(Key(key)) = map.next_key()? {
+                    members.push((key, map.next_value()?));
+                }
+                Ok(Skim(members))
+            }
+        }
+        deserializer.deserialize_map(Members)
+    }
+}
+
+/// A member's key, borrowed when it can be.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Text;
+        impl<'de> Visitor<'de> for Text {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v)))
+            }
+        }
+        deserializer.deserialize_str(Text)
+    }
+}
+
+/// The values of `candidates` in the skimmed object `top`, parsed, at the
+/// same paths of an object of their own: [`Candidates::first`] finds in it
+/// what it would find in the whole message.
+pub(crate) fn skim(top: &Skim<'_>, candidates: &Candidates) -> Map<String, Value> {
+    let mut found = Map::new();
+    for path in &candidates.0 {
+        if let Some(value) = skim_at(top, &path.segments) {
+            insert_at(&mut found, &path.segments, value);
+        }
+    }
+    found
+}
+
+/// The value at `segments` in a skimmed object, parsed.
+fn skim_at(object: &Skim<'_>, segments: &[String]) -> Option<Value> {
+    let (first, rest) = segments.split_first()?;
+    let raw = object.get(first)?;
+    if rest.is_empty() {
+        return serde_json::from_str(raw.get()).ok();
+    }
+    let child: Skim<'_> = serde_json::from_str(raw.get()).ok()?;
+    skim_at(&child, rest)
+}
+
+fn insert_at(map: &mut Map<String, Value>, segments: &[String], value: Value) {
+    let Some((first, rest)) = segments.split_first() else {
+        return;
+    };
+    if rest.is_empty() {
+        map.insert(first.clone(), value);
+    } else if let Value::Object(child) = map
+        .entry(first.clone())
+        .or_insert_with(|| Value::Object(Map::new()))
+    {
+        insert_at(child, rest, value);
+    }
 }
 
 /// Removes and returns the value at `path`. Objects left empty by the removal are removed

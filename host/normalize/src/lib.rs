@@ -163,28 +163,29 @@ impl Normalizer {
         }
     }
 
+    /// The user [`Normalizer::normalize`] finds in a message, read without
+    /// parsing the rest of it (only the user's candidates are parsed): what
+    /// routes a message to its user's partition. `None` when normalizing
+    /// would reject the message before or at its user.
+    pub fn user_of(&self, raw: &[u8]) -> Option<String> {
+        let top: fields::Skim = serde_json::from_slice(raw).ok()?;
+        let found = fields::skim(&top, &self.paths.user);
+        let (_, user) = text(&found, &self.paths.user, Reason::MissingUser, "user", true).ok()?;
+        Some(user)
+    }
+
     /// Normalizes one message, or says why it cannot be used. Never panics.
     pub fn normalize(&mut self, raw: &[u8]) -> Result<Event, Rejection> {
-        self.normalize_parsed(parse(raw)?)
-    }
+        let value: Value = serde_json::from_slice(raw)
+            .map_err(|e| reject(Reason::NotJson, clip(&e.to_string(), MAX_DETAIL_VALUE)))?;
+        let mut map = match value {
+            Value::Object(map) => map,
+            other => {
+                let detail = format!("expected a JSON object, got {}", kind(&other));
+                return Err(reject(Reason::NotObject, detail));
+            }
+        };
 
-    /// The user of a parsed message, as [`Normalizer::normalize`] would
-    /// find it (or its rejection for the user), without the rest: enough to
-    /// route the message to its user's partition.
-    pub fn user(&self, parsed: &Parsed) -> Result<String, Rejection> {
-        let user = text(
-            &parsed.0,
-            &self.paths.user,
-            Reason::MissingUser,
-            "user",
-            true,
-        )?;
-        Ok(user.1)
-    }
-
-    /// [`Normalizer::normalize`] of a message already [`parse`]d.
-    pub fn normalize_parsed(&mut self, parsed: Parsed) -> Result<Event, Rejection> {
-        let mut map = parsed.0;
         let p = &self.paths;
         let user = required(&mut map, &p.user, Reason::MissingUser, "user", true)?;
         let name = required(
@@ -226,23 +227,6 @@ impl Normalizer {
 
 fn reject(reason: Reason, detail: String) -> Rejection {
     Rejection { reason, detail }
-}
-
-/// A message parsed into a JSON object: the first step of normalizing it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Parsed(Map<String, Value>);
-
-/// Parses one message, or rejects it as not JSON or not an object.
-pub fn parse(raw: &[u8]) -> Result<Parsed, Rejection> {
-    let value: Value = serde_json::from_slice(raw)
-        .map_err(|e| reject(Reason::NotJson, clip(&e.to_string(), MAX_DETAIL_VALUE)))?;
-    match value {
-        Value::Object(map) => Ok(Parsed(map)),
-        other => {
-            let detail = format!("expected a JSON object, got {}", kind(&other));
-            Err(reject(Reason::NotObject, detail))
-        }
-    }
 }
 
 /// A mandatory text field, consumed: see [`text`].

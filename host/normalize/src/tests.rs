@@ -832,6 +832,65 @@ fn random_agent(rng: &mut Rng) -> String {
     (0..rng.below(12)).map(|_| *rng.pick(TOKENS)).collect()
 }
 
+/// `user_of` finds the user `normalize` does, and nothing when `normalize`
+/// rejects the message before or at its user.
+fn assert_user_of_agrees(n: &mut Normalizer, input: &[u8]) {
+    let found = n.user_of(input);
+    match n.normalize(input) {
+        Ok(event) => assert_eq!(
+            found,
+            Some(event.user),
+            "{}",
+            String::from_utf8_lossy(input)
+        ),
+        Err(r)
+            if matches!(
+                r.reason,
+                Reason::NotJson | Reason::NotObject | Reason::MissingUser
+            ) =>
+        {
+            // A document serde_json's value parser refuses (a number out
+            // of range) may still be skimmed: it is rejected either way.
+            if r.reason != Reason::NotJson {
+                assert_eq!(found, None, "{}: {r}", String::from_utf8_lossy(input));
+            }
+        }
+        Err(_) => {}
+    }
+}
+
+#[test]
+fn user_of_reads_the_user_normalize_reads() {
+    let mut n = Normalizer::new(FieldMapping::default());
+    let mut nested = Normalizer::new(mapping(json!({"user": "meta.who.id"})));
+    for input in [
+        r#"{"user_id": "a", "event": "v", "ts": 1}"#,
+        r#"{"us\u0065r_id": "esc\u00e9", "event": "v", "ts": 1}"#,
+        r#"{"user_id": "first", "user_id": "last", "event": "v", "ts": 1}"#,
+        r#"{"user_id": null, "user": 42, "event": "v", "ts": 1}"#,
+        r#"{"user_id": "", "user": "b", "event": "v", "ts": 1}"#,
+        r#"{"user_id": 1.5, "event": "v", "ts": 1}"#,
+        r#"{"distinct_id": "d", "event": "v", "ts": 1, "x": [1, {"y": 2}]}"#,
+        r#"  {"user": "spaced"  , "event" : "v", "ts": 1}  "#,
+        r#"{"event": "v", "ts": 1}"#,
+        r#"["user_id", "a"]"#,
+        r#"{"user_id": "a", "event": "v", "ts": 1"#,
+        r#"{"meta": {"who": {"id": "n"}}, "event": "v", "ts": 1}"#,
+        r#"{"meta": {"who": "flat"}, "event": "v", "ts": 1}"#,
+        r#"{"meta": {"who": {"id": 7}, "who": {"id": 8}}, "event": "v", "ts": 1}"#,
+    ] {
+        assert_user_of_agrees(&mut n, input.as_bytes());
+        assert_user_of_agrees(&mut nested, input.as_bytes());
+    }
+    assert_eq!(n.user_of(br#"{"us\u0065r_id": "x"}"#).as_deref(), Some("x"));
+    assert_eq!(
+        nested
+            .user_of(br#"{"meta": {"who": {"id": 7}}}"#)
+            .as_deref(),
+        Some("7")
+    );
+}
+
 #[test]
 fn never_panics_on_random_input() {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
@@ -875,7 +934,8 @@ fn never_panics_on_random_input() {
             _ => random_value(&mut rng, 0).to_string().into_bytes(),
         };
         accepted += usize::from(n.normalize(&input).is_ok());
-        let _ = mapped.normalize(&input);
+        assert_user_of_agrees(&mut n, &input);
+        assert_user_of_agrees(&mut mapped, &input);
     }
     // The generator must reach past the rejections, or enrichment and props go untested.
     assert!(accepted > 100, "only {accepted} inputs accepted");

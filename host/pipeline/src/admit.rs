@@ -6,25 +6,18 @@ use weft_normalize::Normalizer;
 use weft_source::Message;
 use weft_state::Rejected;
 
-use crate::{
-    partition::{Partition, Refusal, Routed},
-    reorder::Held,
-};
+use crate::{partition::Partition, reorder::Held};
 
 impl Partition {
     /// Normalizes, validates and dedups one message, received at
     /// wall-clock time `received` (epoch ms), then buffers it.
-    pub(crate) fn admit(&mut self, routed: Routed, received: i64, normalizer: &mut Normalizer) {
-        let Routed {
-            message:
-                Message {
-                    payload,
-                    partition,
-                    offset,
-                    key,
-                },
-            parsed,
-        } = routed;
+    pub(crate) fn admit(&mut self, message: Message, received: i64, normalizer: &mut Normalizer) {
+        let Message {
+            payload,
+            partition,
+            offset,
+            key,
+        } = message;
         if self
             .offsets
             .get(&partition)
@@ -35,16 +28,9 @@ impl Partition {
         self.offsets.insert(partition, offset + 1);
         self.counters.received += 1;
         self.unsaved += 1;
-        let outcome = match parsed {
-            None => normalizer.normalize(&payload),
-            Some(Ok(parsed)) => normalizer.normalize_parsed(parsed),
-            Some(Err(refusal)) => {
-                return self.reject(refusal.reason, refusal.detail, partition, offset, payload);
-            }
-        };
-        let event = match outcome.map_err(Refusal::from) {
+        let event = match normalizer.normalize(&payload) {
             Ok(event) => event,
-            Err(r) => return self.reject(r.reason, r.detail, partition, offset, payload),
+            Err(r) => return self.reject(r.reason.code(), r.detail, partition, offset, payload),
         };
         // A Kafka partition holds whole sessions only if keyed by user.
         if self.shared.group.get().is_some() && key.as_deref() != Some(event.user.as_bytes()) {

@@ -11,7 +11,7 @@
 //! and nothing counted twice.
 //!
 //! Threads: the reader (the caller of [`Pipeline::run`]) owns the source and
-//! routes messages (parsing them when the partition is the user's); `workers`
+//! routes messages (reading their user when the partition is the user's); `workers`
 //! threads each own the partitions `p % workers`, normalize their messages
 //! and step them. Plugin instances sit behind
 //! mutexes in [`Shared`] so the HTTP layer can query them between batches.
@@ -63,7 +63,7 @@ use weft_state::{Part, Store};
 
 use crate::{
     lifecycle::Origin,
-    partition::{Committed, Input, Partition, Refusal, Routed},
+    partition::{Committed, Input, Partition},
     shared::{Running, SourceView},
     telemetry::Telemetry,
 };
@@ -660,28 +660,18 @@ impl Reader<'_> {
                 // The wall clock when these were received bounds how far
                 // ahead of it an event may be dated.
                 let received = now_ms() as i64;
-                let mut routed: BTreeMap<Part, Vec<Routed>> = BTreeMap::new();
+                let mut routed: BTreeMap<Part, Vec<Message>> = BTreeMap::new();
                 for message in polled.drain(..) {
                     let next = self.next.entry(message.partition).or_insert(0);
                     *next = (*next).max(message.offset + 1);
-                    // Partitions by user need the user to route; the
-                    // worker normalizes the rest, on its own core.
-                    let (parsed, user) = match self.layout {
-                        Layout::Kafka => (None, None),
-                        Layout::Hashed(_) => {
-                            let parsed = weft_normalize::parse(&message.payload)
-                                .and_then(|p| Ok((normalizer.user(&p)?, p)));
-                            match parsed {
-                                Ok((user, p)) => (Some(Ok(p)), Some(user)),
-                                Err(r) => (Some(Err(Refusal::from(r))), None),
-                            }
-                        }
+                    // Partitions by user need the user to route (read
+                    // without parsing the rest); the worker normalizes.
+                    let user = match self.layout {
+                        Layout::Kafka => None,
+                        Layout::Hashed(_) => normalizer.user_of(&message.payload),
                     };
                     let part = self.layout.route(&message, user.as_deref());
-                    routed
-                        .entry(part)
-                        .or_default()
-                        .push(Routed { message, parsed });
+                    routed.entry(part).or_default().push(message);
                 }
                 for (part, messages) in routed {
                     if !self.send(part, Input::Messages { received, messages }) {

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use weft_normalize::{Normalizer, Parsed, Rejection};
+use weft_normalize::Normalizer;
 use weft_runtime::{Batch, BatchBuilder, Plugin, Role, Runtime};
 use weft_source::{Identity, Message, Offsets};
 use weft_state::{Part, Rejected};
@@ -26,34 +26,13 @@ use crate::{
     shared::{PartitionStatus, PartitionView, Running},
 };
 
-/// A message routed to a partition. The reader parsed it when it needed
-/// its user to route it (partitions by user); otherwise its worker does.
-pub(crate) struct Routed {
-    pub message: Message,
-    pub parsed: Option<Result<Parsed, Refusal>>,
-}
-
-/// Why the normalizer refused a message.
-pub(crate) struct Refusal {
-    pub reason: &'static str,
-    pub detail: String,
-}
-
-impl From<Rejection> for Refusal {
-    fn from(r: Rejection) -> Self {
-        Refusal {
-            reason: r.reason.code(),
-            detail: r.detail,
-        }
-    }
-}
-
 /// What the reader hands a partition, in order.
 pub(crate) enum Input {
-    /// Messages routed here, received at wall-clock time `received`.
+    /// Messages routed here, received at wall-clock time `received`; the
+    /// worker normalizes them.
     Messages {
         received: i64,
-        messages: Vec<Routed>,
+        messages: Vec<Message>,
     },
     /// Everything before `read_to` that belongs here has been handed over;
     /// whether the source is read to its end right now, and whether it has
@@ -258,9 +237,9 @@ impl Partition {
                     // event is late does not depend on where a poll began;
                     // the source counts as caught up only once these are
                     // all admitted (the progress after them says so).
-                    for routed in messages {
-                        self.sources.insert(routed.message.partition);
-                        self.admit(routed, received, normalizer);
+                    for message in messages {
+                        self.sources.insert(message.partition);
+                        self.admit(message, received, normalizer);
                         self.reorder.advance(&self.sources, &none, false);
                     }
                 }
