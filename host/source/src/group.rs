@@ -33,6 +33,12 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// A restore gives up after this long without a record.
 const RESTORE_STALL: Duration = Duration::from_secs(60);
 
+/// The largest changelog record (a checkpoint's dedup ids or metadata of a
+/// busy partition pass Kafka's default 1 MB): the producer's limit, and the
+/// changelog topic's `max.message.bytes` when weft creates it. A broker
+/// that caps messages lower needs the topic's limit raised to this.
+const MAX_RECORD: usize = 64 << 20;
+
 /// A record by key: a value, or `None` for a tombstone.
 pub type Record = (Vec<u8>, Option<Vec<u8>>);
 
@@ -132,6 +138,7 @@ impl Group {
             .clone()
             .set("enable.idempotence", "true")
             .set("acks", "all")
+            .set("message.max.bytes", MAX_RECORD.to_string())
             .set("linger.ms", "1")
             .create_with_context(Deliveries)
             .map_err(|e| error(format!("cannot create the changelog producer: {e}")))?;
@@ -223,9 +230,16 @@ impl Group {
     }
 
     fn failed(&self, topic: &str, e: KafkaError) -> SourceError {
+        let hint = if e.rdkafka_error_code() == Some(Code::MessageSizeTooLarge) {
+            format!(
+                " (a record of a checkpoint is larger than the broker or the topic accepts; weft writes records of up to {MAX_RECORD} bytes: raise the topic's max.message.bytes to that, or checkpoint more often)"
+            )
+        } else {
+            String::new()
+        };
         SourceError::Group {
             group: self.config.group.clone(),
-            reason: format!("cannot write to {topic:?}: {e}"),
+            reason: format!("cannot write to {topic:?}: {e}{hint}"),
         }
     }
 
@@ -383,8 +397,11 @@ fn create_compacted(
     let mut compact = true;
     loop {
         let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1));
+        let max = MAX_RECORD.to_string();
         if compact {
-            new = new.set("cleanup.policy", "compact");
+            new = new
+                .set("cleanup.policy", "compact")
+                .set("max.message.bytes", &max);
         }
         let results = block_on(admin.create_topics([&new], &options))
             .map_err(|e| format!("cannot create topic {topic:?}: {e}"))?;
