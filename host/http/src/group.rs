@@ -41,31 +41,35 @@ pub(crate) fn query(
     let Some(owners) = shared.owners() else {
         return shared.query(name, &params).map(Answer::Whole);
     };
-    let mut answers: BTreeMap<Part, String> = shared.partials(name, &params)?.into_iter().collect();
-    let wanted = |answers: &BTreeMap<Part, String>, parts: &[Part]| {
-        parts
-            .iter()
-            .any(|p| owners.all.contains(p) && !answers.contains_key(p))
-    };
-    let asked: Vec<_> = owners
+    // The other owners are asked while this host's partitions answer: a
+    // query waits for the slowest of them, not for their sum.
+    let here = shared.part_ids();
+    let asked: Vec<&str> = owners
         .others
         .iter()
-        .filter(|(_, parts)| wanted(&answers, parts))
+        .filter(|(_, parts)| {
+            parts
+                .iter()
+                .any(|p| owners.all.contains(p) && !here.contains(p))
+        })
         .map(|(url, _)| url.as_str())
         .collect();
-    let replies: Vec<Result<Vec<(Part, String)>, String>> = std::thread::scope(|scope| {
+    let (local, replies) = std::thread::scope(|scope| {
         let asking: Vec<_> = asked
             .iter()
             .map(|url| scope.spawn(|| ask(url, name, &params)))
             .collect();
-        asking
+        let local = shared.partials(name, &params);
+        let replies: Vec<Result<Vec<(Part, String)>, String>> = asking
             .into_iter()
             .map(|h| {
                 h.join()
                     .unwrap_or_else(|_| Err("the request panicked".into()))
             })
-            .collect()
+            .collect();
+        (local, replies)
     });
+    let mut answers: BTreeMap<Part, String> = local?.into_iter().collect();
     for (url, reply) in asked.iter().zip(replies) {
         match reply {
             Ok(partials) => {

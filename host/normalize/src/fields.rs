@@ -6,7 +6,7 @@
 
 use std::{borrow::Cow, fmt};
 
-use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde::de::{Deserialize, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::{Map, Value, value::RawValue};
 
 use crate::FieldMapping;
@@ -125,84 +125,130 @@ pub(crate) fn get<'m>(map: &'m Map<String, Value>, path: &Path) -> Option<&'m Va
     current.get(last)
 }
 
-/// An object's members, in order, with their values left unparsed and
-/// their keys borrowed from the message where they have no escapes.
-pub(crate) struct Skim<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+/// The members of an object that a path of some candidate goes through, in
+/// order, with their values left unparsed and their keys borrowed from the
+/// message where they have no escapes; every other member is skipped.
+pub(crate) struct Skim<'a>(Vec<(Cow<'a, [u8]>, &'a RawValue)>);
 
 impl<'a> Skim<'a> {
     /// The value of `key`: its last occurrence, as a parsed object keeps.
     fn get(&self, key: &str) -> Option<&'a RawValue> {
-        self.0.iter().rev().find(|(k, _)| k == key).map(|(_, v)| *v)
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| **k == *key.as_bytes())
+            .map(|(_, v)| *v)
     }
 }
 
-impl<'de> Deserialize<'de> for Skim<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Members;
-        impl<'de> Visitor<'de> for Members {
-            type Value = Skim<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Skim<'de>, A::Error> {
-                let mut members = Vec::new();
-                while let Some(Key(key)) = map.next_key()? {
-                    members.push((key, map.next_value()?));
-                }
-                Ok(Skim(members))
+/// Reads a [`Skim`] of an object at `depth` segments into the candidates'
+/// paths: only members named by a candidate's segment at that depth are kept.
+struct Wanted<'c> {
+    candidates: &'c Candidates,
+    depth: usize,
+}
+
+impl Wanted<'_> {
+    fn wants(&self, key: &[u8]) -> bool {
+        let at = |p: &Path| {
+            p.segments
+                .get(self.depth)
+                .is_some_and(|s| s.as_bytes() == key)
+        };
+        self.candidates.0.iter().any(at)
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Wanted<'_> {
+    type Value = Skim<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Skim<'de>, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Wanted<'_> {
+    type Value = Skim<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Skim<'de>, A::Error> {
+        let mut members = Vec::new();
+        while let Some(Key(key)) = map.next_key()? {
+            if self.wants(&key) {
+                members.push((key, map.next_value()?));
+            } else {
+                map.next_value::<IgnoredAny>()?;
             }
         }
-        deserializer.deserialize_map(Members)
+        Ok(Skim(members))
     }
 }
 
-/// A member's key, borrowed when it can be.
-struct Key<'a>(Cow<'a, str>);
+/// A member's key as bytes (unescaped, not checked for UTF-8: it is only
+/// compared with the candidates' names), borrowed when it can be.
+struct Key<'a>(Cow<'a, [u8]>);
 
 impl<'de> Deserialize<'de> for Key<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Text;
-        impl<'de> Visitor<'de> for Text {
+        struct Bytes;
+        impl<'de> Visitor<'de> for Bytes {
             type Value = Key<'de>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a string")
             }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+            fn visit_borrowed_bytes<E>(self, v: &'de [u8]) -> Result<Key<'de>, E> {
                 Ok(Key(Cow::Borrowed(v)))
             }
-            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+            fn visit_bytes<E>(self, v: &[u8]) -> Result<Key<'de>, E> {
                 Ok(Key(Cow::Owned(v.to_owned())))
             }
-            fn visit_string<E>(self, v: String) -> Result<Key<'de>, E> {
+            fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<Key<'de>, E> {
                 Ok(Key(Cow::Owned(v)))
             }
         }
-        deserializer.deserialize_str(Text)
+        deserializer.deserialize_bytes(Bytes)
     }
 }
 
-/// The values of `candidates` in the skimmed object `top`, parsed, at the
+/// The values of `candidates` in the JSON object `raw`, parsed, at the
 /// same paths of an object of their own: [`Candidates::first`] finds in it
-/// what it would find in the whole message.
-pub(crate) fn skim(top: &Skim<'_>, candidates: &Candidates) -> Map<String, Value> {
+/// what it would find in the whole message. `None` if `raw` is no object
+/// (members no candidate names are skipped, not parsed).
+pub(crate) fn skim(raw: &[u8], candidates: &Candidates) -> Option<Map<String, Value>> {
+    let mut deserializer = serde_json::Deserializer::from_slice(raw);
+    let top = Wanted {
+        candidates,
+        depth: 0,
+    }
+    .deserialize(&mut deserializer)
+    .ok()?;
+    deserializer.end().ok()?;
     let mut found = Map::new();
     for path in &candidates.0 {
-        if let Some(value) = skim_at(top, &path.segments) {
+        if let Some(value) = skim_at(&top, &path.segments, candidates, 1) {
             insert_at(&mut found, &path.segments, value);
         }
     }
-    found
+    Some(found)
 }
 
-/// The value at `segments` in a skimmed object, parsed.
-fn skim_at(object: &Skim<'_>, segments: &[String]) -> Option<Value> {
+/// The value at `segments` in a skimmed object at `depth`, parsed.
+fn skim_at(
+    object: &Skim<'_>,
+    segments: &[String],
+    candidates: &Candidates,
+    depth: usize,
+) -> Option<Value> {
     let (first, rest) = segments.split_first()?;
     let raw = object.get(first)?;
     if rest.is_empty() {
         return serde_json::from_str(raw.get()).ok();
     }
-    let child: Skim<'_> = serde_json::from_str(raw.get()).ok()?;
-    skim_at(&child, rest)
+    let mut deserializer = serde_json::Deserializer::from_str(raw.get());
+    let child = Wanted { candidates, depth }
+        .deserialize(&mut deserializer)
+        .ok()?;
+    skim_at(&child, rest, candidates, depth + 1)
 }
 
 fn insert_at(map: &mut Map<String, Value>, segments: &[String], value: Value) {

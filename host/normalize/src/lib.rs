@@ -164,12 +164,12 @@ impl Normalizer {
     }
 
     /// The user [`Normalizer::normalize`] finds in a message, read without
-    /// parsing the rest of it (only the user's candidates are parsed): what
+    /// parsing the rest of it (only the user's candidates are parsed, every
+    /// other member is skipped): what
     /// routes a message to its user's partition. `None` when normalizing
     /// would reject the message before or at its user.
     pub fn user_of(&self, raw: &[u8]) -> Option<String> {
-        let top: fields::Skim = serde_json::from_slice(raw).ok()?;
-        let found = fields::skim(&top, &self.paths.user);
+        let found = fields::skim(raw, &self.paths.user)?;
         let (_, user) = text(&found, &self.paths.user, Reason::MissingUser, "user", true).ok()?;
         Some(user)
     }
