@@ -7,9 +7,10 @@
 use std::{borrow::Cow, fmt};
 
 use serde::de::{Deserialize, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
-use serde_json::{Map, Value, value::RawValue};
+use serde_json::value::RawValue;
 
 use crate::FieldMapping;
+use crate::object::{Members, Node};
 
 /// A dotted path into a JSON object, e.g. `properties.page`.
 #[derive(Debug, Clone)]
@@ -30,6 +31,11 @@ impl Path {
     pub(crate) fn name(&self) -> &str {
         &self.name
     }
+
+    #[cfg(test)]
+    pub(crate) fn segments(&self) -> &[String] {
+        &self.segments
+    }
 }
 
 /// Candidate paths for one field, in priority order.
@@ -45,15 +51,21 @@ impl Candidates {
         }
     }
 
-    /// The first candidate present in `map` with a non-null value.
-    pub(crate) fn first<'c, 'm>(
+    /// The first candidate present in `object` with a non-null value.
+    pub(crate) fn first<'c, 'm, 'a>(
         &'c self,
-        map: &'m Map<String, Value>,
-    ) -> Option<(&'c Path, &'m Value)> {
-        self.0.iter().find_map(|path| match get(map, path) {
-            None | Some(Value::Null) => None,
+        object: &'m Members<'a>,
+    ) -> Option<(&'c Path, &'m Node<'a>)> {
+        self.0.iter().find_map(|path| match get(object, path) {
+            None => None,
+            Some(value) if value.is_null() => None,
             Some(value) => Some((path, value)),
         })
+    }
+
+    #[cfg(test)]
+    pub(crate) fn paths(&self) -> &[Path] {
+        &self.0
     }
 
     /// "`a`, `b`" for rejection details.
@@ -116,11 +128,14 @@ impl FieldPaths {
 }
 
 /// The value at `path`, walking nested objects.
-pub(crate) fn get<'m>(map: &'m Map<String, Value>, path: &Path) -> Option<&'m Value> {
+fn get<'m, 'a>(object: &'m Members<'a>, path: &Path) -> Option<&'m Node<'a>> {
     let (last, parents) = path.segments.split_last()?;
-    let mut current = map;
+    let mut current = object;
     for segment in parents {
-        current = current.get(segment)?.as_object()?;
+        match current.get(segment)? {
+            Node::Object(child) => current = child,
+            _ => return None,
+        }
     }
     current.get(last)
 }
@@ -214,7 +229,7 @@ impl<'de> Deserialize<'de> for Key<'de> {
 /// same paths of an object of their own: [`Candidates::first`] finds in it
 /// what it would find in the whole message. `None` if `raw` is no object
 /// (members no candidate names are skipped, not parsed).
-pub(crate) fn skim(raw: &[u8], candidates: &Candidates) -> Option<Map<String, Value>> {
+pub(crate) fn skim<'a>(raw: &'a [u8], candidates: &Candidates) -> Option<Members<'a>> {
     let mut deserializer = serde_json::Deserializer::from_slice(raw);
     let top = Wanted {
         candidates,
@@ -223,7 +238,7 @@ pub(crate) fn skim(raw: &[u8], candidates: &Candidates) -> Option<Map<String, Va
     .deserialize(&mut deserializer)
     .ok()?;
     deserializer.end().ok()?;
-    let mut found = Map::new();
+    let mut found = Members::default();
     for path in &candidates.0 {
         if let Some(value) = skim_at(&top, &path.segments, candidates, 1) {
             insert_at(&mut found, &path.segments, value);
@@ -233,12 +248,12 @@ pub(crate) fn skim(raw: &[u8], candidates: &Candidates) -> Option<Map<String, Va
 }
 
 /// The value at `segments` in a skimmed object at `depth`, parsed.
-fn skim_at(
-    object: &Skim<'_>,
+fn skim_at<'a>(
+    object: &Skim<'a>,
     segments: &[String],
     candidates: &Candidates,
     depth: usize,
-) -> Option<Value> {
+) -> Option<Node<'a>> {
     let (first, rest) = segments.split_first()?;
     let raw = object.get(first)?;
     if rest.is_empty() {
@@ -251,35 +266,39 @@ fn skim_at(
     skim_at(&child, rest, candidates, depth + 1)
 }
 
-fn insert_at(map: &mut Map<String, Value>, segments: &[String], value: Value) {
+fn insert_at<'a>(object: &mut Members<'a>, segments: &[String], value: Node<'a>) {
     let Some((first, rest)) = segments.split_first() else {
         return;
     };
     if rest.is_empty() {
-        map.insert(first.clone(), value);
-    } else if let Value::Object(child) = map
-        .entry(first.clone())
-        .or_insert_with(|| Value::Object(Map::new()))
-    {
+        object.push(Cow::Owned(first.clone()), value);
+        return;
+    }
+    if object.get(first).is_none() {
+        object.push(Cow::Owned(first.clone()), Node::Object(Members::default()));
+    }
+    if let Some(Node::Object(child)) = object.get_mut(first) {
         insert_at(child, rest, value);
     }
 }
 
 /// Removes and returns the value at `path`. Objects left empty by the removal are removed
 /// too, so a consumed `meta.ts` does not leave an empty `meta` behind in the props.
-pub(crate) fn take(map: &mut Map<String, Value>, path: &Path) -> Option<Value> {
-    take_in(map, &path.segments)
+pub(crate) fn take<'a>(object: &mut Members<'a>, path: &Path) -> Option<Node<'a>> {
+    take_in(object, &path.segments)
 }
 
-fn take_in(map: &mut Map<String, Value>, segments: &[String]) -> Option<Value> {
+fn take_in<'a>(object: &mut Members<'a>, segments: &[String]) -> Option<Node<'a>> {
     let (first, rest) = segments.split_first()?;
     if rest.is_empty() {
-        return map.remove(first);
+        return object.remove(first);
     }
-    let child = map.get_mut(first)?.as_object_mut()?;
+    let Some(Node::Object(child)) = object.get_mut(first) else {
+        return None;
+    };
     let taken = take_in(child, rest)?;
     if child.is_empty() {
-        map.remove(first);
+        object.remove(first);
     }
     Some(taken)
 }

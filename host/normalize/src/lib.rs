@@ -15,6 +15,7 @@
 
 mod agent;
 mod fields;
+mod object;
 mod props;
 mod time;
 
@@ -23,10 +24,11 @@ mod tests;
 
 use std::fmt;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use agent::AgentCache;
 use fields::{Candidates, FieldPaths};
+use object::{Members, Node};
 use time::TimeError;
 
 /// One normalized event. Absent string fields are "" (empty).
@@ -176,14 +178,9 @@ impl Normalizer {
 
     /// Normalizes one message, or says why it cannot be used. Never panics.
     pub fn normalize(&mut self, raw: &[u8]) -> Result<Event, Rejection> {
-        let value: Value = serde_json::from_slice(raw)
-            .map_err(|e| reject(Reason::NotJson, clip(&e.to_string(), MAX_DETAIL_VALUE)))?;
-        let mut map = match value {
-            Value::Object(map) => map,
-            other => {
-                let detail = format!("expected a JSON object, got {}", kind(&other));
-                return Err(reject(Reason::NotObject, detail));
-            }
+        let mut map = match serde_json::from_slice::<Node>(raw) {
+            Ok(Node::Object(members)) => members,
+            _ => return Err(unreadable(raw)),
         };
 
         let p = &self.paths;
@@ -225,13 +222,25 @@ impl Normalizer {
     }
 }
 
+/// Why `raw`, which is not a JSON object, was rejected: the reason and
+/// detail serde_json's own value parser gives.
+fn unreadable(raw: &[u8]) -> Rejection {
+    match serde_json::from_slice::<Value>(raw) {
+        Err(e) => reject(Reason::NotJson, clip(&e.to_string(), MAX_DETAIL_VALUE)),
+        Ok(other) => {
+            let detail = format!("expected a JSON object, got {}", kind(&other));
+            reject(Reason::NotObject, detail)
+        }
+    }
+}
+
 fn reject(reason: Reason, detail: String) -> Rejection {
     Rejection { reason, detail }
 }
 
 /// A mandatory text field, consumed: see [`text`].
 fn required(
-    map: &mut Map<String, Value>,
+    map: &mut Members<'_>,
     candidates: &Candidates,
     reason: Reason,
     what: &str,
@@ -245,7 +254,7 @@ fn required(
 /// A mandatory text field: a non-empty string, or (if `integer_ok`) an integer as its decimal
 /// text. The first non-null candidate decides; a bad or empty value is not skipped over.
 fn text<'c>(
-    map: &Map<String, Value>,
+    map: &Members<'_>,
     candidates: &'c Candidates,
     reason: Reason,
     what: &str,
@@ -256,11 +265,11 @@ fn text<'c>(
         return Err(reject(reason, detail));
     };
     let text = match value {
-        Value::String(s) if s.is_empty() => {
+        Node::Text(s) if s.is_empty() => {
             return Err(reject(reason, format!("field `{}` is empty", path.name())));
         }
-        Value::String(s) => s.clone(),
-        Value::Number(n) if integer_ok && (n.is_i64() || n.is_u64()) => n.to_string(),
+        Node::Text(s) => s.as_ref().to_owned(),
+        Node::Other(Value::Number(n)) if integer_ok && (n.is_i64() || n.is_u64()) => n.to_string(),
         other => {
             let expected = if integer_ok {
                 "a string or an integer"
@@ -270,7 +279,7 @@ fn text<'c>(
             let detail = format!(
                 "field `{}`: expected {expected}, got {}",
                 path.name(),
-                show(other)
+                show(&other.to_value())
             );
             return Err(reject(reason, detail));
         }
@@ -280,13 +289,13 @@ fn text<'c>(
 
 /// An optional text field: a string as-is or a number as its JSON text. Any other type
 /// leaves the field "" and the value in place, so it still shows up in the props.
-fn optional(map: &mut Map<String, Value>, candidates: &Candidates) -> String {
+fn optional(map: &mut Members<'_>, candidates: &Candidates) -> String {
     let Some((path, value)) = candidates.first(map) else {
         return String::new();
     };
     let text = match value {
-        Value::String(s) => s.clone(),
-        Value::Number(n) => n.to_string(),
+        Node::Text(s) => s.as_ref().to_owned(),
+        Node::Other(Value::Number(n)) => n.to_string(),
         _ => return String::new(),
     };
     fields::take(map, path);
@@ -294,7 +303,7 @@ fn optional(map: &mut Map<String, Value>, candidates: &Candidates) -> String {
 }
 
 fn event_time(
-    map: &mut Map<String, Value>,
+    map: &mut Members<'_>,
     candidates: &Candidates,
     format: TimeFormat,
 ) -> Result<i64, Rejection> {
@@ -302,8 +311,9 @@ fn event_time(
         let detail = format!("no time field (tried {})", candidates.names());
         return Err(reject(Reason::MissingTime, detail));
     };
-    let ms = time::parse(value, format).map_err(|e: TimeError| {
-        let detail = format!("field `{}`: {} {e}", path.name(), show(value));
+    let value = value.to_value();
+    let ms = time::parse(&value, format).map_err(|e: TimeError| {
+        let detail = format!("field `{}`: {} {e}", path.name(), show(&value));
         reject(Reason::BadTime, detail)
     })?;
     fields::take(map, path);

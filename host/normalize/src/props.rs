@@ -6,29 +6,30 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::{Map, Value};
+use crate::object::{Members, Node};
 
 /// Top-level leftovers plus the entries of a leftover `properties` object, one level deep.
 /// A top-level key wins over a `properties` entry of the same name.
-pub(crate) fn flatten(mut map: Map<String, Value>) -> Vec<(String, String)> {
-    let nested = match map.remove("properties") {
-        Some(Value::Object(nested)) => nested,
+pub(crate) fn flatten(object: Members<'_>) -> Vec<(String, String)> {
+    let mut top = object.into_unique();
+    let nested = match top.remove("properties") {
+        Some(Node::Object(nested)) => nested.into_unique(),
         // Not an object: an ordinary leftover like any other key.
         Some(other) => {
-            map.insert("properties".to_owned(), other);
-            Map::new()
+            top.insert("properties".into(), other);
+            BTreeMap::new()
         }
-        None => Map::new(),
+        None => BTreeMap::new(),
     };
     let mut props = BTreeMap::new();
-    for (key, value) in map {
+    for (key, value) in top {
         if let Some(text) = text(value) {
-            props.insert(key, text);
+            props.insert(key.into_owned(), text);
         }
     }
     for (key, value) in nested {
         if let Some(text) = text(value) {
-            props.entry(key).or_insert(text);
+            props.entry(key.into_owned()).or_insert(text);
         }
     }
     props.into_iter().collect()
@@ -36,10 +37,11 @@ pub(crate) fn flatten(mut map: Map<String, Value>) -> Vec<(String, String)> {
 
 /// Strings as-is, numbers and booleans as their JSON text, arrays and objects as compact
 /// JSON; `None` for null.
-fn text(value: Value) -> Option<String> {
+fn text(value: Node<'_>) -> Option<String> {
     match value {
-        Value::Null => None,
-        Value::String(s) => Some(s),
-        other => Some(other.to_string()),
+        Node::Text(s) => Some(s.into_owned()),
+        Node::Other(serde_json::Value::Null) => None,
+        Node::Other(other) => Some(other.to_string()),
+        object @ Node::Object(_) => Some(object.to_value().to_string()),
     }
 }

@@ -940,3 +940,231 @@ fn never_panics_on_random_input() {
     // The generator must reach past the rejections, or enrichment and props go untested.
     assert!(accepted > 100, "only {accepted} inputs accepted");
 }
+
+/// The normalizer as it was written before it parsed into borrowed members:
+/// the whole message as a `serde_json::Value`, fields looked up and removed
+/// in its map. What `normalize` must still give, rejections included.
+mod reference {
+    use serde_json::{Map, Value};
+
+    use crate::fields::{Candidates, Path};
+    use crate::{
+        Event, MAX_DETAIL_VALUE, Normalizer, Reason, Rejection, clip, kind, reject, show, time,
+    };
+
+    pub(super) fn normalize(n: &mut Normalizer, raw: &[u8]) -> Result<Event, Rejection> {
+        let value: Value = serde_json::from_slice(raw)
+            .map_err(|e| reject(Reason::NotJson, clip(&e.to_string(), MAX_DETAIL_VALUE)))?;
+        let Value::Object(mut map) = value else {
+            let detail = format!("expected a JSON object, got {}", kind(&value));
+            return Err(reject(Reason::NotObject, detail));
+        };
+        let p = n.paths.clone();
+        let user = required(&mut map, &p.user, Reason::MissingUser, "user", true)?;
+        let name = required(
+            &mut map,
+            &p.event,
+            Reason::MissingEvent,
+            "event name",
+            false,
+        )?;
+        let Some((path, value)) = first(&map, &p.time) else {
+            let detail = format!("no time field (tried {})", p.time.names());
+            return Err(reject(Reason::MissingTime, detail));
+        };
+        let time = time::parse(value, n.time_format).map_err(|e| {
+            let detail = format!("field `{}`: {} {e}", path.name(), show(value));
+            reject(Reason::BadTime, detail)
+        })?;
+        take(&mut map, path.segments());
+        let id = optional(&mut map, &p.id);
+        let session = optional(&mut map, &p.session);
+        let page = optional(&mut map, &p.path);
+        let device = optional(&mut map, &p.device);
+        let agent = n.agents.lookup(&optional(&mut map, &p.user_agent));
+        Ok(Event {
+            id,
+            time,
+            user,
+            name,
+            session,
+            path: page,
+            device: if device.is_empty() {
+                agent.device.to_owned()
+            } else {
+                device
+            },
+            browser: agent.browser,
+            os: agent.os,
+            props: flatten(map),
+        })
+    }
+
+    fn get<'m>(map: &'m Map<String, Value>, segments: &[String]) -> Option<&'m Value> {
+        let (last, parents) = segments.split_last()?;
+        let mut current = map;
+        for segment in parents {
+            current = current.get(segment)?.as_object()?;
+        }
+        current.get(last)
+    }
+
+    fn first<'c, 'm>(
+        map: &'m Map<String, Value>,
+        c: &'c Candidates,
+    ) -> Option<(&'c Path, &'m Value)> {
+        c.paths()
+            .iter()
+            .find_map(|path| match get(map, path.segments()) {
+                None | Some(Value::Null) => None,
+                Some(value) => Some((path, value)),
+            })
+    }
+
+    fn take(map: &mut Map<String, Value>, segments: &[String]) -> Option<Value> {
+        let (first, rest) = segments.split_first()?;
+        if rest.is_empty() {
+            return map.remove(first);
+        }
+        let child = map.get_mut(first)?.as_object_mut()?;
+        let taken = take(child, rest)?;
+        if child.is_empty() {
+            map.remove(first);
+        }
+        Some(taken)
+    }
+
+    fn required(
+        map: &mut Map<String, Value>,
+        c: &Candidates,
+        reason: Reason,
+        what: &str,
+        integer_ok: bool,
+    ) -> Result<String, Rejection> {
+        let Some((path, value)) = first(map, c) else {
+            return Err(reject(
+                reason,
+                format!("no {what} field (tried {})", c.names()),
+            ));
+        };
+        let text = match value {
+            Value::String(s) if s.is_empty() => {
+                return Err(reject(reason, format!("field `{}` is empty", path.name())));
+            }
+            Value::String(s) => s.clone(),
+            Value::Number(n) if integer_ok && (n.is_i64() || n.is_u64()) => n.to_string(),
+            other => {
+                let expected = if integer_ok {
+                    "a string or an integer"
+                } else {
+                    "a string"
+                };
+                let detail = format!(
+                    "field `{}`: expected {expected}, got {}",
+                    path.name(),
+                    show(other)
+                );
+                return Err(reject(reason, detail));
+            }
+        };
+        take(map, path.segments());
+        Ok(text)
+    }
+
+    fn optional(map: &mut Map<String, Value>, c: &Candidates) -> String {
+        let Some((path, value)) = first(map, c) else {
+            return String::new();
+        };
+        let text = match value {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            _ => return String::new(),
+        };
+        take(map, path.segments());
+        text
+    }
+
+    fn flatten(mut map: Map<String, Value>) -> Vec<(String, String)> {
+        let nested = match map.remove("properties") {
+            Some(Value::Object(nested)) => nested,
+            Some(other) => {
+                map.insert("properties".to_owned(), other);
+                Map::new()
+            }
+            None => Map::new(),
+        };
+        let text = |v: Value| match v {
+            Value::Null => None,
+            Value::String(s) => Some(s),
+            other => Some(other.to_string()),
+        };
+        let mut props = std::collections::BTreeMap::new();
+        for (k, v) in map {
+            if let Some(t) = text(v) {
+                props.insert(k, t);
+            }
+        }
+        for (k, v) in nested {
+            if let Some(t) = text(v) {
+                props.entry(k).or_insert(t);
+            }
+        }
+        props.into_iter().collect()
+    }
+}
+
+/// A random object's text with keys repeated: what a serialized `Value`
+/// never has, and a parsed map resolves to the last.
+fn random_members(rng: &mut Rng, depth: usize) -> String {
+    let members: Vec<String> = (0..rng.below(9))
+        .map(|_| {
+            let value = if depth < 2 && rng.below(3) == 0 {
+                random_members(rng, depth + 1)
+            } else {
+                random_value(rng, 1).to_string()
+            };
+            format!("{}: {value}", json!(rng.pick(KEYS)))
+        })
+        .collect();
+    format!("{{{}}}", members.join(", "))
+}
+
+#[test]
+fn normalize_equals_the_value_based_reference() {
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let mut n = Normalizer::new(FieldMapping::default());
+    let mut r = Normalizer::new(FieldMapping::default());
+    let config = json!({"user": "meta.user_id", "time": "properties.ts", "path": "meta.page"});
+    let (mut mapped, mut m) = (
+        Normalizer::new(mapping(config.clone())),
+        Normalizer::new(mapping(config)),
+    );
+    let mut accepted = 0;
+    for round in 0..30_000 {
+        let input = match round % 3 {
+            0 => random_value(&mut rng, 0).to_string(),
+            1 => random_members(&mut rng, 0),
+            // A valid message, so that the comparison reaches the props.
+            _ => format!(
+                r#"{{"user_id": "u{}", "event": "v", "ts": {T_MS}, "meta": {}, "properties": {}, "x": {}}}"#,
+                rng.below(9),
+                random_members(&mut rng, 1),
+                random_members(&mut rng, 1),
+                random_value(&mut rng, 1),
+            ),
+        };
+        let fast = n.normalize(input.as_bytes());
+        assert_eq!(
+            fast,
+            reference::normalize(&mut r, input.as_bytes()),
+            "{input}"
+        );
+        assert_eq!(
+            mapped.normalize(input.as_bytes()),
+            reference::normalize(&mut m, input.as_bytes()),
+            "{input}"
+        );
+        accepted += usize::from(fast.is_ok());
+    }
+    assert!(accepted > 5_000, "only {accepted} inputs accepted");
+}
