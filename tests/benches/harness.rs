@@ -393,16 +393,26 @@ fn scaling_child(file: &Path, events: usize, metrics: usize, runs: usize) {
 struct Memory {
     /// The process's peak resident memory during the run.
     rss_mb: f64,
+    /// Its resident memory once every event is processed, before the last
+    /// checkpoint.
+    processed_mb: f64,
+    /// Each plugin's linear memory then, all its partitions' instances.
+    plugins_mb: Vec<(String, f64)>,
     disk_mb: f64,
     logical_mb: f64,
 }
 
 /// The harness process's peak resident set (VmHWM), MB.
 fn peak_rss_mb() -> f64 {
+    proc_status_mb("VmHWM:")
+}
+
+/// A memory figure of this process's `/proc/self/status`, MB.
+fn proc_status_mb(field: &str) -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
@@ -415,8 +425,16 @@ fn open_sessions(dir: &Path, users: usize) -> Memory {
     let users = users.to_string();
     let answer = child(&[OsStr::new("--open-sessions"), users.as_ref(), dir.as_ref()]);
     let mb = |k: &str| answer[k].as_f64().expect("a number");
+    let plugins = answer["plugins_mb"]
+        .as_object()
+        .expect("the plugins' memory");
     Memory {
         rss_mb: mb("rss_mb"),
+        processed_mb: mb("processed_mb"),
+        plugins_mb: plugins
+            .iter()
+            .map(|(name, v)| (name.clone(), v.as_f64().expect("a number")))
+            .collect(),
         disk_mb: mb("disk_mb"),
         logical_mb: mb("logical_mb"),
     }
@@ -440,14 +458,22 @@ fn open_sessions_child(users: usize, dir: &Path) {
     await_pipeline(&started, "the end of the file", || {
         started.is_done().then_some(())
     });
+    let mb = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+    let processed_mb = proc_status_mb("VmRSS:");
+    let plugins_mb: serde_json::Map<String, Value> = shared
+        .plugin_infos()
+        .into_iter()
+        .map(|info| (info.name, json!(mb(info.stats.memory_bytes))))
+        .collect();
     started.stop().expect("a last checkpoint");
     assert_no_failures(&shared);
     shared.store.flush().expect("a flush");
-    let mb = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
     println!(
         "{}",
         json!({
             "rss_mb": peak_rss_mb(),
+            "processed_mb": processed_mb,
+            "plugins_mb": plugins_mb,
             "disk_mb": mb(shared.store.size_on_disk()),
             "logical_mb": mb(shared.store.logical_size()),
         })
@@ -1269,6 +1295,23 @@ fn main() {
         runs: vec![memory.rss_mb],
         ratio: None,
     });
+        figures.push(Figure {
+            item: "8".into(),
+            name: "of which resident once every event is processed, before the last checkpoint"
+                .into(),
+            unit: "MB".into(),
+            runs: vec![memory.processed_mb],
+            ratio: None,
+        });
+        for (plugin, mb) in &memory.plugins_mb {
+            figures.push(Figure {
+                item: "8".into(),
+                name: format!("of which `{plugin}`'s linear memory (every partition's instance)"),
+                unit: "MB".into(),
+                runs: vec![*mb],
+                ratio: None,
+            });
+        }
         figures.push(Figure {
         item: "8".into(),
         name: format!(

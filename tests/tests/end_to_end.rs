@@ -393,6 +393,18 @@ fn workers_share_the_partitions_and_do_not_change_answers() {
             .map(|p| p["events_in"].as_u64().unwrap_or_default())
             .sum();
         assert_eq!(core["events_in"].as_u64(), Some(events_in), "{core}");
+        // Every instance reports its linear memory (a Rust plugin has at
+        // least one 64 KiB page), and the plugin's figure is their sum.
+        let memory: Vec<u64> = per_partition
+            .iter()
+            .map(|p| p["memory_bytes"].as_u64().unwrap_or_default())
+            .collect();
+        assert!(memory.iter().all(|&m| m >= 64 << 10), "{core}");
+        assert_eq!(
+            core["memory_bytes"].as_u64(),
+            Some(memory.iter().sum()),
+            "{core}"
+        );
     }
 }
 

@@ -122,14 +122,16 @@ impl Partition {
             return self.call(i, call);
         }
         let started = Instant::now();
-        let result = {
+        let (result, memory) = {
             let mut plugin = lock(&slot.plugin);
-            match call {
+            let result = match call {
                 Call::Batch(b) if slot.role == Role::Stage => plugin.process(b).map(Some),
                 Call::Batch(b) => plugin.ingest(b).map(|()| None),
                 Call::Tick(w) => plugin.tick(w).map(|()| None),
-            }
+            };
+            (result, plugin.memory_bytes())
         };
+        lock(&slot.stats).memory_bytes = memory;
         if let Some(b) = batch {
             let elapsed = started.elapsed().as_secs_f64();
             self.shared

@@ -199,6 +199,9 @@ pub struct PluginStats {
     pub quarantined: Option<String>,
     /// Queries that trapped or ran out of a limit (not those it declined).
     pub query_errors: u64,
+    /// The linear memory of the instance (of all partitions' instances, in
+    /// a plugin's sum), in bytes, as of its last call.
+    pub memory_bytes: u64,
     pub last_query_error: Option<String>,
 }
 
@@ -273,6 +276,7 @@ pub struct PartitionPluginInfo {
     pub restarts: u64,
     pub dead_letters: u64,
     pub quarantined: Option<String>,
+    pub memory_bytes: u64,
 }
 
 fn status_of(stats: &PluginStats) -> &'static str {
@@ -304,6 +308,7 @@ fn add_stats(into: &mut PluginStats, other: &PluginStats) {
     into.last_error = into.last_error.take().or_else(|| other.last_error.clone());
     into.restarts += other.restarts;
     into.dead_letters += other.dead_letters;
+    into.memory_bytes += other.memory_bytes;
     into.quarantined = into
         .quarantined
         .take()
@@ -662,6 +667,7 @@ impl Shared {
                         restarts: s.restarts,
                         dead_letters: s.dead_letters,
                         quarantined: s.quarantined.clone(),
+                        memory_bytes: s.memory_bytes,
                     });
                     match &mut stats {
                         None => stats = Some(s),

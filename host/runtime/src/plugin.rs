@@ -13,7 +13,7 @@
 
 use std::{fmt, sync::Arc, time::Duration};
 
-use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, component::ResourceTable};
+use wasmtime::{ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, component::ResourceTable};
 use wasmtime_wasi::{
     HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView, p2::pipe::MemoryOutputPipe,
 };
@@ -100,6 +100,57 @@ impl fmt::Display for Role {
     }
 }
 
+/// An instance's limits, and the linear memory it has grown to (all its
+/// memories together; wasm memory never shrinks).
+struct Memory {
+    limits: StoreLimits,
+    bytes: usize,
+}
+
+impl ResourceLimiter for Memory {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let grown = self.limits.memory_growing(current, desired, maximum)?;
+        if grown {
+            self.bytes += desired.saturating_sub(current);
+        }
+        Ok(grown)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.limits.memory_grow_failed(error)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.limits.table_grow_failed(error)
+    }
+
+    fn instances(&self) -> usize {
+        self.limits.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.limits.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.limits.memories()
+    }
+}
+
 /// How much of a guest's stderr is kept to explain a trap.
 const STDERR_CAPACITY: usize = 16 * 1024;
 
@@ -110,7 +161,7 @@ pub struct PluginCtx {
     wasi: WasiCtx,
     table: ResourceTable,
     stderr: MemoryOutputPipe,
-    limits: StoreLimits,
+    limits: Memory,
     meter: Meter,
     /// A state read that failed during the current call: the call fails
     /// with it (see [`Error::State`]).
@@ -232,10 +283,13 @@ fn instantiate(
         wasi: sandbox(stderr.clone()),
         table: ResourceTable::new(),
         stderr,
-        limits: StoreLimitsBuilder::new()
-            .memory_size(memory)
-            .trap_on_grow_failure(true)
-            .build(),
+        limits: Memory {
+            limits: StoreLimitsBuilder::new()
+                .memory_size(memory)
+                .trap_on_grow_failure(true)
+                .build(),
+            bytes: 0,
+        },
         meter: Meter::new(runtime.stop.clone()),
         state_error: None,
     };
@@ -361,6 +415,11 @@ impl Plugin {
         self.poisoned = false;
         self.calls_since_checkpoint = 0;
         self.init()
+    }
+
+    /// The linear memory this instance has grown to, in bytes.
+    pub fn memory_bytes(&self) -> u64 {
+        self.store.data().limits.bytes as u64
     }
 
     /// Whether a trap has left the instance unusable (see [`Plugin::restart`]).
