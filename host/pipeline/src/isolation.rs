@@ -131,18 +131,22 @@ impl Partition {
             };
             (result, plugin.memory_bytes())
         };
-        lock(&slot.stats).memory_bytes = memory;
-        if let Some(b) = batch {
-            let elapsed = started.elapsed().as_secs_f64();
+        let elapsed = started.elapsed().as_secs_f64();
+        if batch.is_some() {
             self.shared
                 .telemetry
                 .plugin_batch
                 .with_label_values(&[slot.name.as_str()])
                 .observe(elapsed);
+        }
+        {
             let mut stats = lock(&slot.stats);
-            stats.batches += 1;
-            stats.events_in += b.events.len() as u64;
-            stats.busy_seconds += elapsed;
+            stats.memory_bytes = memory;
+            if let Some(b) = batch {
+                stats.batches += 1;
+                stats.events_in += b.events.len() as u64;
+                stats.busy_seconds += elapsed;
+            }
         }
         match result {
             Ok(out) => {
